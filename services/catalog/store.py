@@ -1,0 +1,1 @@
+"""Catalog tables (schema `catalog`); the first revision holds only its outbox."""

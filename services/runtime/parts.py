@@ -1,0 +1,83 @@
+"""The infrastructure every service's `build_app` starts from, built in one place so the wiring reads the same."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from faststream.nats import NatsBroker, NatsRouter
+
+from services.runtime.bus import BusState, build_broker
+from services.runtime.db import Database
+from services.runtime.dlq import dead_letter_middleware
+from services.runtime.hostid import stable_host_id
+from services.runtime.outbox import Outbox
+from services.runtime.service import Service, Task
+from services.runtime.settings import RuntimeSettings
+from services.runtime.telemetry import build_tracer_provider
+
+#: Deliveries of one stream message before it is dead-lettered (poison messages go at once).
+MAX_DELIVER = 5
+#: Seconds JetStream waits for an ack before redelivering.
+ACK_WAIT_S = 30.0
+
+
+@dataclass
+class ServiceParts:
+    name: str
+    settings: RuntimeSettings
+    host_id: str
+    broker: NatsBroker
+    bus_state: BusState
+    tracer_provider: object
+    #: Stream subscribers go here: it carries the dead-letter middleware.
+    streams: NatsRouter
+    database: Database | None = None
+    outbox: Outbox | None = None
+
+    def service(self, tasks: list[Task] | None = None) -> Service:
+        self.broker.include_router(self.streams)
+        all_tasks = list(tasks or [])
+        if self.outbox is not None:
+            all_tasks.append(self.outbox.run)
+        return Service(
+            self.name,
+            host_id=self.host_id,
+            broker=self.broker,
+            bus_state=self.bus_state,
+            tracer_provider=self.tracer_provider,  # type: ignore[arg-type]
+            database=self.database,
+            tasks=all_tasks,
+            retry_initial_s=self.settings.retry_initial_s,
+            retry_max_s=self.settings.retry_max_s,
+        )
+
+
+def build_parts(name: str, settings: RuntimeSettings, *, migrations: Path | None = None) -> ServiceParts:
+    """Broker (with tracing), stream router (with dead-lettering), and, given migrations, database + outbox."""
+    tracer_provider = build_tracer_provider(name)
+    bus_state = BusState()
+    broker = build_broker(settings.nats_url, name, tracer_provider, bus_state)
+    host_id = stable_host_id(settings.state_dir, settings.host_id)
+    streams = NatsRouter(middlewares=[dead_letter_middleware(broker, name, host_id, MAX_DELIVER)])
+    database = outbox = None
+    if migrations is not None:
+        database = Database(
+            settings.database_url,
+            name.replace("-", "_"),
+            migrations,
+            retry_initial_s=settings.retry_initial_s,
+            retry_max_s=settings.retry_max_s,
+        )
+        outbox = Outbox(database, broker)
+    return ServiceParts(
+        name=name,
+        settings=settings,
+        host_id=host_id,
+        broker=broker,
+        bus_state=bus_state,
+        tracer_provider=tracer_provider,
+        streams=streams,
+        database=database,
+        outbox=outbox,
+    )

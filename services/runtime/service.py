@@ -1,0 +1,172 @@
+"""The process shell every service runs in: connect with backoff, answer health, run background tasks, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from faststream.nats import NatsBroker
+from opentelemetry.sdk.trace import TracerProvider
+
+from contracts.health import DependencyState, HealthReply, HealthRequest
+from contracts.subjects import fill
+from services.runtime.bus import BusState, ensure_streams
+from services.runtime.db import Database, DbState
+
+log = logging.getLogger(__name__)
+
+Task = Callable[[], Awaitable[None]]
+
+
+def package_version() -> str:
+    try:
+        return version("modelfleet")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class Service:
+    """One service process. `build_app` constructs it; `run()` drives it until SIGTERM/SIGINT."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        host_id: str,
+        broker: NatsBroker,
+        bus_state: BusState,
+        tracer_provider: TracerProvider,
+        database: Database | None = None,
+        tasks: Sequence[Task] = (),
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.host_id = host_id
+        self.broker = broker
+        self.bus_state = bus_state
+        self.tracer_provider = tracer_provider
+        self.database = database
+        self.tasks = list(tasks)
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.started_at = time.monotonic()
+        self.ready = asyncio.Event()
+        self._retry = (retry_initial_s, retry_max_s)
+        self._running: list[asyncio.Task[None]] = []
+        self._register_health()
+
+    def health(self) -> HealthReply:
+        nats = DependencyState.UP if self.bus_state.connected else DependencyState.DOWN
+        if self.database is None:
+            db = DependencyState.NOT_USED
+        else:
+            db = DependencyState.UP if self.database.state is DbState.UP else DependencyState.DOWN
+        problems = [f"nats: {self.bus_state.last_error or 'disconnected'}"] if nats is DependencyState.DOWN else []
+        if db is DependencyState.DOWN and self.database is not None:
+            problems.append(f"database: {self.database.last_error or self.database.state.value}")
+        return HealthReply(
+            service=self.name,
+            version=package_version(),
+            instance_id=self.instance_id,
+            host=self.host_id,
+            uptime_s=round(time.monotonic() - self.started_at, 3),
+            healthy=not problems,
+            nats=nats,
+            database=db,
+            detail="; ".join(problems),
+        )
+
+    def _register_health(self) -> None:
+        # Every replica answers (no queue group): the gateway gathers replies from all of them.
+        @self.broker.subscriber(fill(HealthRequest.SUBJECT, service=self.name), title=f"{self.name} health")
+        async def on_health() -> HealthReply:
+            """Consumes rpc.<service>.health.v1; replies HealthReply. Read-only, so naturally idempotent."""
+            return self.health()
+
+    async def start(self) -> None:
+        """Connect to NATS (retrying with backoff for as long as it takes), declare streams, start tasks."""
+        if self.database is not None:
+            self._spawn(self.database.watch)
+        delay, cap = self._retry
+        while True:
+            try:
+                await self.broker.connect()
+                await ensure_streams(self.broker)
+                await self.broker.start()
+                break
+            except Exception as exc:  # transient: NATS not up yet, or JetStream not ready
+                self.bus_state.connected = False
+                self.bus_state.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("%s: NATS unavailable (%s); retrying in %.1fs", self.name, self.bus_state.last_error, delay)
+                await self._close_broker()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, cap)
+        self.bus_state.connected = True
+        for task in self.tasks:
+            self._spawn(task)
+        self.ready.set()
+        log.info("%s started (instance %s on %s)", self.name, self.instance_id, self.host_id)
+
+    def _spawn(self, task: Task) -> None:
+        self._running.append(asyncio.create_task(self._supervise(task), name=f"{self.name}:{task}"))
+
+    async def _supervise(self, task: Task) -> None:
+        """Background tasks must not die on a transient fault: restart them with backoff."""
+        delay, cap = self._retry
+        while True:
+            try:
+                await task()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: background task failed; restarting in %.1fs", self.name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, cap)
+
+    async def stop(self) -> None:
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self.bus_state.closing = True
+        await self._close_broker()
+        if self.database is not None:
+            await self.database.close()
+        self.tracer_provider.shutdown()
+
+    async def _close_broker(self) -> None:
+        try:
+            await self.broker.stop()
+        except Exception as exc:
+            log.debug("broker stop: %s", exc)
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        starter = asyncio.create_task(self.start())
+        await stop.wait()
+        starter.cancel()
+        await asyncio.gather(starter, return_exceptions=True)
+        await self.stop()
+
+
+def run_service(build: Callable[[], Service]) -> None:
+    """Entry point of `python -m services.<name>`."""
+    logging.basicConfig(
+        level=os.environ.get("MODELFLEET_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("faststream").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        await build().run()
+
+    asyncio.run(main())
