@@ -54,3 +54,24 @@ class ModelRegistered(Envelope):
     model_id: Name
     display_name: Name
     source: Annotated[str, StringConstraints(pattern=r"^(curated|imported|custom)$")] = "curated"
+
+
+class RolesRequest(Contract):
+    """Which roles the active profile set (or the named one) defines, each with its model entry."""
+
+    SUBJECT = "rpc.catalog.roles.v1"
+
+    profile_set: Name | None = None
+
+
+class RoleEntry(Contract):
+    role: Name
+    model_ref: Name
+    provider: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    auto_download: bool = True
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class RolesReply(Contract):
+    profile_set: Name
+    roles: list[RoleEntry] = Field(default_factory=list)

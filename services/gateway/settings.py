@@ -1,0 +1,15 @@
+"""Settings of the gateway (env prefix MODELFLEET_GATEWAY_)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.runtime.settings import RuntimeSettings
+
+
+class GatewaySettings(RuntimeSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELFLEET_GATEWAY_", extra="ignore", frozen=True)
+
+    bind: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8080, ge=1, le=65535)
+    health_timeout_s: float = Field(default=1.5, gt=0, le=30, description="How long a service may stay silent.")
+    request_timeout_s: float = Field(default=10.0, gt=0, le=600, description="Timeout of a bus request.")

@@ -1,0 +1,80 @@
+"""Fixtures shared by every tier: real NATS and PostgreSQL servers, fresh databases, service processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.processes import ServiceProcess
+from tests.harness.servers import choose, create_database, nats_server, postgres_server
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One PostgreSQL server for the session; tests take a fresh database from `database_url`."""
+    with postgres_server(tmp_path_factory.mktemp("pg")) as url:
+        yield url
+
+
+@pytest.fixture
+async def database_url(postgres_server_url: str) -> str:
+    """A new, empty database for this test."""
+    return await create_database(postgres_server_url)
+
+
+@pytest.fixture(scope="session")
+def _shared_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    if choose("MODELFLEET_TEST_NATS_URL") == "embedded":
+        yield None  # embedded servers are cheap (~30 ms): each test gets its own, with empty streams
+        return
+    with nats_server(tmp_path_factory.mktemp("nats")) as url:
+        yield url
+
+
+@pytest.fixture
+def nats_url(_shared_nats: str | None, tmp_path: Path) -> Iterator[str]:
+    if _shared_nats is not None:
+        yield _shared_nats
+        return
+    with nats_server(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def service_env(nats_url: str, tmp_path: Path) -> Callable[..., dict[str, str]]:
+    """The environment a service process needs; pass `database_url=` for services with tables."""
+
+    def make(database_url: str | None = None, **extra: str) -> dict[str, str]:
+        env = {
+            "MODELFLEET_NATS_URL": nats_url,
+            "MODELFLEET_STATE_DIR": str(tmp_path / "state"),
+            "MODELFLEET_HOST_ID": "test-host",
+            "MODELFLEET_LOG_LEVEL": "INFO",
+            "OTEL_SDK_DISABLED": "false",
+        }
+        if database_url:
+            env["MODELFLEET_DATABASE_URL"] = database_url
+        env.update(extra)
+        return env
+
+    return make
+
+
+@pytest.fixture
+async def start_service(nats_url: str, tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
+    """`await start_service("provisioner", env)` starts it, waits for healthy; all are stopped at the end."""
+    started: list[ServiceProcess] = []
+
+    async def start(service: str, env: dict[str, str], timeout_s: float = 30.0) -> ServiceProcess:
+        proc = ServiceProcess(service, env, tmp_path / "logs" / f"{service}-{len(started)}.log").start()
+        started.append(proc)
+        await proc.wait_healthy(env.get("MODELFLEET_NATS_URL", nats_url), timeout_s)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()

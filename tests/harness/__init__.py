@@ -1,0 +1,1 @@
+"""Test harness: real servers (environment URL, Docker, or embedded) and service processes."""

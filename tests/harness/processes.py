@@ -1,0 +1,88 @@
+"""Service processes for integration and e2e tests: start by module, wait for health on the bus, stop by PID."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+
+from contracts.health import HealthRequest
+from contracts.subjects import fill
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ServiceProcess:
+    """`python -m services.<module>` with the given environment; output goes to `log_path`."""
+
+    service: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def module(self) -> str:
+        return "services." + self.service.replace("-", "_")
+
+    def start(self) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module], cwd=ROOT, env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        return self
+
+    async def wait_healthy(self, nats_url: str, timeout_s: float = 30.0) -> dict[str, object]:
+        """Ask `rpc.<service>.health.v1` until it says healthy; fail with the log tail if it never does."""
+        subject = fill(HealthRequest.SUBJECT, service=self.service)
+        deadline = time.monotonic() + timeout_s
+        last: object = None
+        nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=2)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise AssertionError(f"{self.service} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    msg = await nc.request(subject, b"{}", timeout=0.5)
+                    last = json.loads(msg.data)
+                    if isinstance(last, dict) and last.get("healthy"):
+                        return last
+                except Exception as exc:  # not up yet
+                    last = exc
+                await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+        raise AssertionError(f"{self.service} not healthy after {timeout_s}s (last: {last}):\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
