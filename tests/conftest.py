@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.processes import ServiceProcess
+from tests.harness.processes import GatewayProcess, ServiceProcess
 from tests.harness.servers import choose, create_database, nats_server, postgres_server
 
 
@@ -72,6 +72,23 @@ async def start_service(nats_url: str, tmp_path: Path) -> AsyncIterator[Callable
         started.append(proc)
         await proc.wait_healthy(env.get("MODELFLEET_NATS_URL", nats_url), timeout_s)
         return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
+    """`url = await start_gateway(env)` runs the gateway as a process on a free port; stopped at the end."""
+    started: list[GatewayProcess] = []
+
+    async def start(env: dict[str, str], timeout_s: float = 30.0) -> str:
+        proc = GatewayProcess("gateway", env, tmp_path / "logs" / f"gateway-{len(started)}.log").start()
+        started.append(proc)
+        return await proc.wait_ready(timeout_s)
 
     try:
         yield start

@@ -86,3 +86,38 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+@dataclass
+class GatewayProcess(ServiceProcess):
+    """`python -m services.gateway` on a free port; ready when /healthz answers."""
+
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayProcess:
+        from services.runtime.embedded import free_port
+
+        self.port = self.port or free_port()
+        self.env = {**self.env, "MODELFLEET_GATEWAY_PORT": str(self.port), "MODELFLEET_GATEWAY_BIND": "127.0.0.1"}
+        super().start()
+        return self
+
+    async def wait_ready(self, timeout_s: float = 30.0) -> str:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    if (await client.get(f"{self.url}/healthz", timeout=1)).status_code == 200:
+                        return self.url
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"gateway not ready after {timeout_s}s:\n{self.log_tail()}")
