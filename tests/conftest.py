@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+TIERS = ("unit", "integration", "e2e", "chaos")
+
 from tests.harness.processes import GatewayProcess, ServiceProcess
 from tests.harness.servers import choose, create_database, nats_server, postgres_server
 
@@ -95,3 +97,11 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
     finally:
         for proc in started:
             proc.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test belongs to exactly one tier; an untiered test is a collection error, not a silent default."""
+    for item in items:
+        tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
+        if len(tiers) != 1:
+            raise pytest.UsageError(f"{item.nodeid} must carry exactly one tier marker of {TIERS}, has {tiers}")

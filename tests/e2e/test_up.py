@@ -1,0 +1,109 @@
+"""`modelfleet up` as a user runs it: all healthy, a crashed child restarted, SIGTERM stops every process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from services.runtime.embedded import free_port
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent / "modelfleet"
+
+
+def _wait_health(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"modelfleet up exited with {proc.returncode}:\n{log.read_text()}"
+        try:
+            r = httpx.get(f"{url}/api/v1/health", timeout=3)
+            last = r.json()
+            if r.status_code == 200:
+                return last  # type: ignore[return-value]
+        except (httpx.HTTPError, ValueError) as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"not all-healthy after {timeout_s}s: {last}\n{log.read_text()}")
+
+
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # exited or a zombie not reaped yet
+        return ""
+
+
+def _postmaster_pid(state: Path) -> int:
+    pid_files = list(state.rglob("postmaster.pid")) + list(Path("/var/tmp").glob("modelfleet-pg-*/data/postmaster.pid"))
+    for f in pid_files:
+        pid = int(f.read_text().split()[0])
+        if psutil.pid_exists(pid):
+            return pid
+    raise AssertionError("no running postmaster found")
+
+
+def test_up_reaches_all_healthy_restarts_a_crashed_child_and_stops_cleanly(tmp_path: Path) -> None:
+    state, port, log = tmp_path / "state", free_port(), tmp_path / "up.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELFLEET_", "OTEL_"))}
+    env["MODELFLEET_URL"] = url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN), "up", "--state-dir", str(state), "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        started = time.monotonic()
+        body = _wait_health(url, 60, proc, log)
+        print(f"all-healthy after {time.monotonic() - started:.1f}s")
+        assert set(body["services"]) == {"catalog", "provisioner", "hardware-probe", "router", "inference-fallback"}
+        assert all(s["status"] == "up" for s in body["services"].values())
+
+        status = subprocess.run([str(BIN), "status", "--json"], env=env, capture_output=True, timeout=30)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["status"] == "ok"
+
+        children = psutil.Process(proc.pid).children(recursive=True)
+        spawned = {p.pid for p in children} | {_postmaster_pid(state)}
+        router = next(p for p in children if "services.router" in _cmdline(p))
+        router.kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            again = [
+                p
+                for p in psutil.Process(proc.pid).children()
+                if "services.router" in _cmdline(p) and p.pid != router.pid
+            ]
+            if again:
+                break
+            time.sleep(0.2)
+        assert again, f"crashed router was not restarted:\n{log.read_text()}"
+        spawned |= {p.pid for p in again}
+        _wait_health(url, 30, proc, log)
+        assert "router exited" in log.read_text()
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0, log.read_text()
+        assert "stopped cleanly" in log.read_text()
+        survivors = [pid for pid in spawned if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+        assert survivors == [], f"processes left behind: {survivors}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_status_fails_when_no_gateway_answers(tmp_path: Path) -> None:
+    env = dict(os.environ, MODELFLEET_URL=f"http://127.0.0.1:{free_port()}")
+    r = subprocess.run([str(BIN), "status"], env=env, capture_output=True, timeout=30)
+    assert r.returncode == 2
+    assert b"cannot reach the gateway" in r.stderr
