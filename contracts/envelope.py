@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -26,8 +26,9 @@ class Contract(BaseModel):
 
     SUBJECT: ClassVar[str] = ""
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
         subject = cls.__dict__.get("SUBJECT")
         if subject:
             validate_subject(subject)

@@ -1,4 +1,4 @@
-"""Subject grammar: evt.<producer>.<entity>.<past-tense>.vN, cmd.<owner>.<verb>.vN, rpc.<owner>.<verb>.vN, dlq.<subject>."""
+"""Subject grammar: evt.<producer>.<entity>.<past-tense>.vN, cmd.<owner>.<verb>.vN, rpc.<owner>.<verb>.vN, dlq.<...>."""
 
 from __future__ import annotations
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("unit", "integration", "e2e", "chaos")
-
 from tests.harness.processes import GatewayProcess, ServiceProcess
 from tests.harness.servers import choose, create_database, nats_server, postgres_server
+
+TIERS = ("unit", "integration", "e2e", "chaos")
 
 
 @pytest.fixture(scope="session")

@@ -25,13 +25,18 @@ def client(timeout_s: float = 30.0) -> httpx.Client:
     return httpx.Client(base_url=gateway_url(), headers=headers, timeout=timeout_s)
 
 
-def call(method: str, path: str, *, ok: tuple[int, ...] = (200,), timeout_s: float = 30.0, **kwargs: Any) -> httpx.Response:
+def call(
+    method: str, path: str, *, ok: tuple[int, ...] = (200,), timeout_s: float = 30.0, **kwargs: Any
+) -> httpx.Response:
     """One request to the gateway; a connection failure or an unexpected status ends the command with its reason."""
     try:
         with client(timeout_s) as c:
             response = c.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
-        err.print(f"[red]cannot reach the gateway at {gateway_url()}[/red]: {exc} (is `modelfleet up` running? set MODELFLEET_URL)")
+        err.print(
+            f"[red]cannot reach the gateway at {gateway_url()}[/red]: {exc} "
+            "(is `modelfleet up` running? set MODELFLEET_URL)"
+        )
         raise typer.Exit(2) from exc
     if response.status_code not in ok:
         try:

@@ -7,7 +7,12 @@ import typer
 from services.cli import status as status_cmd
 from services.cli import up as up_cmd
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="modelfleet: a fleet manager for local LLMs.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="modelfleet: a fleet manager for local LLMs.",
+)
 app.command("up")(up_cmd.up)
 app.command("status")(status_cmd.status)
 

@@ -31,8 +31,9 @@ def render(body: dict[str, object], console: Console | None = None, url: str | N
         replicas: list[dict[str, object]] = svc["replicas"]  # type: ignore[assignment]
         first = replicas[0] if replicas else {}
         colour = "green" if svc["status"] == "up" else "red"
+        uptime = f"{first.get('uptime_s', '-')}s" if first else "-"
         table.add_row(
             name, f"[{colour}]{svc['status']}[/{colour}]", str(len(replicas)), str(first.get("nats", "-")),
-            str(first.get("database", "-")), f"{first.get('uptime_s', '-')}s" if first else "-", str(first.get("detail", "")),
+            str(first.get("database", "-")), uptime, str(first.get("detail", "")),
         )  # fmt: skip
     console.print(table)

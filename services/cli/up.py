@@ -28,10 +28,21 @@ def _module(service: str) -> str:
 def up(
     port: int = typer.Option(8080, "--port", envvar="MODELFLEET_GATEWAY_PORT", help="Gateway port."),
     bind: str = typer.Option("127.0.0.1", "--bind", envvar="MODELFLEET_GATEWAY_BIND", help="Gateway address."),
-    nats_url: str | None = typer.Option(None, "--nats-url", envvar="MODELFLEET_NATS_URL", help="Use this NATS instead of an embedded one."),
-    database_url: str | None = typer.Option(None, "--database-url", envvar="MODELFLEET_DATABASE_URL", help="Use this PostgreSQL instead of an embedded one."),
-    state_dir: Path = typer.Option(default_state_dir(), "--state-dir", envvar="MODELFLEET_STATE_DIR", help="Where embedded servers keep their data."),
-    ready_timeout_s: float = typer.Option(60.0, "--ready-timeout", help="Seconds to wait for all-healthy before reporting."),
+    nats_url: str | None = typer.Option(
+        None, "--nats-url", envvar="MODELFLEET_NATS_URL", help="Use this NATS instead of an embedded one."
+    ),
+    database_url: str | None = typer.Option(
+        None, "--database-url", envvar="MODELFLEET_DATABASE_URL", help="Use this PostgreSQL instead of an embedded one."
+    ),
+    state_dir: Path = typer.Option(
+        default_state_dir(),
+        "--state-dir",
+        envvar="MODELFLEET_STATE_DIR",
+        help="Where embedded servers keep their data.",
+    ),
+    ready_timeout_s: float = typer.Option(
+        60.0, "--ready-timeout", help="Seconds to wait for all-healthy before reporting."
+    ),
 ) -> None:
     """Run a whole fleet on this machine until Ctrl-C or SIGTERM; then stop every process it started."""
     stopping = False
@@ -69,7 +80,9 @@ def up(
         _wait_healthy(url, supervisor, ready_timeout_s, lambda: stopping)
         while not stopping:
             for child, code in supervisor.tick():
-                console.print(f"[yellow]{child.name} exited with {code}; restarting in {child.backoff_s / 2:.1f}s[/yellow]")
+                console.print(
+                    f"[yellow]{child.name} exited with {code}; restarting in {child.backoff_s / 2:.1f}s[/yellow]"
+                )
             time.sleep(0.2)
         console.print("stopping…")
     finally:

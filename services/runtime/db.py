@@ -36,7 +36,9 @@ def async_url(url: str) -> str:
 class Database:
     """One service's database: `schema` holds its tables, `migrations` its Alembic revisions."""
 
-    def __init__(self, url: str, schema: str, migrations: Path, *, retry_initial_s: float = 0.2, retry_max_s: float = 5.0):
+    def __init__(
+        self, url: str, schema: str, migrations: Path, *, retry_initial_s: float = 0.2, retry_max_s: float = 5.0
+    ):
         self.schema = schema
         self.migrations = migrations
         self.engine: AsyncEngine = create_async_engine(async_url(url), pool_pre_ping=True, pool_size=5, max_overflow=5)

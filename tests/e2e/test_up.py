@@ -59,7 +59,10 @@ def test_up_reaches_all_healthy_restarts_a_crashed_child_and_stops_cleanly(tmp_p
     env["MODELFLEET_URL"] = url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(BIN), "up", "--state-dir", str(state), "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+            [str(BIN), "up", "--state-dir", str(state), "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         started = time.monotonic()

@@ -57,4 +57,3 @@ async def test_poison_messages_are_dead_lettered_and_service_stays_healthy(
         assert provisioner.proc.poll() is None
     finally:
         await nc.close()
-

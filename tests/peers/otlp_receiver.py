@@ -30,7 +30,7 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
@@ -64,9 +64,13 @@ class OtlpReceiver:
                     for s in ss.spans:
                         self.spans.append(
                             ReceivedSpan(
-                                service=attrs.get("service.name", ""), name=s.name, trace_id=s.trace_id.hex(),
-                                span_id=s.span_id.hex(), parent_span_id=s.parent_span_id.hex(), kind=s.kind,
-                            )  # fmt: skip
+                                service=attrs.get("service.name", ""),
+                                name=s.name,
+                                trace_id=s.trace_id.hex(),
+                                span_id=s.span_id.hex(),
+                                parent_span_id=s.parent_span_id.hex(),
+                                kind=s.kind,
+                            )
                         )
 
     def snapshot(self) -> list[ReceivedSpan]:
