@@ -64,6 +64,7 @@ class Database:
     def _upgrade(self, connection: Connection) -> None:
         config = Config()
         config.set_main_option("script_location", str(_ALEMBIC_DIR))
+        config.set_main_option("path_separator", "os")
         config.set_main_option("version_locations", str(self.migrations))
         config.attributes["connection"] = connection
         config.attributes["schema"] = self.schema
