@@ -117,7 +117,9 @@ class _Comparer:
             if key in new and (key not in old or new[key] < old[key]):
                 self.breaks.append(Break(path, "constraint tightened", f"{key} {old.get(key)} -> {new[key]}"))
         if "pattern" in new and new["pattern"] != old.get("pattern"):
-            self.breaks.append(Break(path, "constraint tightened", f"pattern {old.get('pattern')!r} -> {new['pattern']!r}"))
+            self.breaks.append(
+                Break(path, "constraint tightened", f"pattern {old.get('pattern')!r} -> {new['pattern']!r}")
+            )
 
     def _branches(self, schema: Schema, side: int, ref: str | None = None, depth: int = 0) -> list[_Branch]:
         """Flatten `$ref`, `anyOf`/`oneOf`, single `allOf`, type lists, `enum` and `const` into alternatives."""

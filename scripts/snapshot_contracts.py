@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "OVERWRITTEN (accepted)" if args.accept_breaking else "NOT written"
         print(f"{key}: breaking change, {verdict}: " + "; ".join(map(str, breaks)), file=sys.stderr)
     for key in report.removed:
-        print(f"{key}: snapshot of a removed contract kept; delete it by hand if the contract is retired", file=sys.stderr)
+        print(
+            f"{key}: snapshot of a removed contract kept; delete it by hand if the contract is retired", file=sys.stderr
+        )
     written = len(report.missing) + len(report.additive) + (len(report.breaking) if args.accept_breaking else 0)
     print(f"{len(ALL_CONTRACTS)} contracts, {written} snapshot(s) written to {args.dir}")
     return 1 if report.breaking and not args.accept_breaking else 0
