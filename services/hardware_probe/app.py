@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 from services.hardware_probe import handlers
+from services.hardware_probe.host_stats import HostStats
+from services.hardware_probe.nvml import NvmlReader
+from services.hardware_probe.ollama_status import OllamaStatus
+from services.hardware_probe.sampler import Sampler
 from services.hardware_probe.settings import HardwareProbeSettings
+from services.hardware_probe.torch_stats import TorchStats
+from services.runtime.hostid import stable_host_id
 from services.runtime.parts import build_parts
 from services.runtime.service import Service
 
 
-def build_app(settings: HardwareProbeSettings) -> Service:
+def build_sampler(settings: HardwareProbeSettings, host_id: str, nvml: NvmlReader | None = None) -> Sampler:
+    return Sampler(
+        host_id, HostStats(settings.models_dir), nvml or NvmlReader(),
+        OllamaStatus(settings.ollama_url, settings.ollama_timeout_s) if settings.ollama_url else None,
+        TorchStats(settings.torch), settings.interval_s,
+    )  # fmt: skip
+
+
+def build_app(settings: HardwareProbeSettings, nvml: NvmlReader | None = None) -> Service:
     parts = build_parts("hardware-probe", settings)
-    beat = handlers.heartbeat_task(parts.broker, parts.host_id, settings.interval_s, settings.ollama_url)
-    return parts.service(tasks=[beat])
+    sampler = build_sampler(settings, parts.host_id, nvml)
+    handlers.register(parts.broker, sampler)
+    return parts.service(tasks=[handlers.sample_task(parts.broker, sampler, settings.history)])
+
+
+def local_host_id(settings: HardwareProbeSettings) -> str:
+    return stable_host_id(settings.state_dir, settings.host_id)

@@ -1,27 +1,55 @@
-"""Probe publishers: the heartbeat timer."""
+"""Probe publishers and responders: the sample timer (GpuSampled + HostHeartbeat + KV entry) and rpc sample."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from faststream.nats import NatsBroker
+from nats.js.api import KeyValueConfig
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
 
-from contracts.hardware import HostHeartbeat
+from contracts.hardware import HOSTS_BUCKET, GpuSampled, SampleRequest
+from contracts.subjects import fill
 from services.hardware_probe import domain
+from services.hardware_probe.sampler import Sampler
 from services.runtime.bus import publish_event
 
+log = logging.getLogger(__name__)
 
-def heartbeat_task(broker: NatsBroker, host_id: str, interval_s: float, ollama_url: str) -> Callable[[], Awaitable[None]]:
+
+async def hosts_bucket(broker: NatsBroker, history: int) -> KeyValue:
+    """Bind the `hosts` bucket, creating it on first use (every probe may race to; creation is idempotent)."""
+    js = broker.connection.jetstream()
+    try:
+        return await js.key_value(HOSTS_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=HOSTS_BUCKET, history=history, description="latest sample of each host")
+        )
+
+
+def sample_task(broker: NatsBroker, sampler: Sampler, history: int) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
-        """Emits evt.hardware.host.heartbeat.v1 every interval; each carries a fresh event_id."""
+        """Every interval emits evt.hardware.gpu.sampled.v1 and evt.hardware.host.heartbeat.v1 and puts the sample
+        under key <host id> in the `hosts` bucket. Each event has a fresh event_id (the dedup key)."""
+        kv = await hosts_bucket(broker, history)
         while True:
             started = time.monotonic()
-            await publish_event(
-                broker,
-                HostHeartbeat(producer="hardware-probe", host=host_id, host_id=host_id, interval_s=interval_s, ollama_url=ollama_url),
-            )
-            await asyncio.sleep(domain.next_delay(interval_s, time.monotonic() - started))
+            sample = await sampler.sample()
+            await publish_event(broker, sample)
+            await kv.put(sampler.host_id, sample.model_dump_json().encode())
+            await publish_event(broker, domain.heartbeat(sample, sampler.interval_s))
+            await asyncio.sleep(domain.next_delay(sampler.interval_s, time.monotonic() - started))
 
     return run
+
+
+def register(broker: NatsBroker, sampler: Sampler) -> None:
+    @broker.subscriber(fill(SampleRequest.SUBJECT, host=sampler.host_id), title="probe sample")
+    async def on_sample(request: SampleRequest) -> GpuSampled:
+        """Consumes rpc.probe.<host>.sample.v1; replies a fresh GpuSampled (not published). Read-only."""
+        return await sampler.sample()

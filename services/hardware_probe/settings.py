@@ -1,9 +1,15 @@
 """Settings of the hardware-probe daemon (env prefix MODELFLEET_PROBE_)."""
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.runtime.settings import RuntimeSettings
+
+
+def default_models_dir() -> Path:
+    return Path.home() / ".ollama" / "models"
 
 
 class HardwareProbeSettings(RuntimeSettings):
@@ -13,3 +19,11 @@ class HardwareProbeSettings(RuntimeSettings):
     ollama_url: str = Field(
         default="http://127.0.0.1:11434", validation_alias=AliasChoices("MODELFLEET_OLLAMA_URL", "ollama_url")
     )
+    ollama_timeout_s: float = Field(default=2.0, gt=0, le=60, description="Timeout of each Ollama status call.")
+    models_dir: Path = Field(
+        default_factory=default_models_dir,
+        validation_alias=AliasChoices("MODELFLEET_PROBE_MODELS_DIR", "OLLAMA_MODELS", "models_dir"),
+        description="Where models are stored; the sample reports the free disk under it.",
+    )
+    torch: bool = Field(default=True, description="Report torch's allocated/reserved bytes when torch sees CUDA.")
+    history: int = Field(default=5, ge=1, le=64, description="Revisions the hosts KV bucket keeps per host.")

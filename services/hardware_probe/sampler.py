@@ -1,0 +1,51 @@
+"""One sample of this host: CPU, memory, disk, NVML devices, torch figures and Ollama, as a GpuSampled."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from contracts.hardware import GpuSampled
+from services.hardware_probe import domain
+from services.hardware_probe.host_stats import HostStats
+from services.hardware_probe.nvml import NvmlReader
+from services.hardware_probe.ollama_status import OllamaStatus
+from services.hardware_probe.torch_stats import TorchStats
+
+PRODUCER = "hardware-probe"
+
+
+class Sampler:
+    def __init__(
+        self, host_id: str, host: HostStats, nvml: NvmlReader, ollama: OllamaStatus | None, torch: TorchStats,
+        interval_s: float,
+    ):  # fmt: skip
+        self.host_id = host_id
+        self.host = host
+        self.nvml = nvml
+        self.ollama = ollama
+        self.torch = torch
+        self.interval_s = interval_s
+
+    async def sample(self) -> GpuSampled:
+        started = time.perf_counter()
+        gpu = self.nvml.read()
+        host = self.host.read()
+        devices = gpu.devices
+        if gpu.has_gpu and self.torch.enabled:
+            figures = {i: (d.allocated_bytes, d.reserved_bytes) for i, d in self.torch.read().items()}
+            devices = domain.with_torch(devices, figures)
+        ollama = await self.ollama.read() if self.ollama is not None else None
+        return GpuSampled(
+            producer=PRODUCER, host=self.host_id, host_id=self.host_id, has_gpu=gpu.has_gpu, no_gpu_reason=gpu.reason,
+            gpus=devices, nvml_driver_version=gpu.driver_version, torch_version=self.torch.version,
+            ollama_url=self.ollama.url if self.ollama else None, ollama_reachable=bool(ollama and ollama.reachable),
+            ollama_version=ollama.version if ollama else None, ollama_error=ollama.error if ollama else None,
+            ollama_models=ollama.models if ollama else [], interval_s=self.interval_s,
+            sample_ms=round((time.perf_counter() - started) * 1000, 3), **asdict(host),
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        self.nvml.close()
+        if self.ollama is not None:
+            await self.ollama.close()
