@@ -75,3 +75,354 @@ class RoleEntry(Contract):
 class RolesReply(Contract):
     profile_set: Name
     roles: list[RoleEntry] = Field(default_factory=list)
+
+
+# --- Profile types and the fixed ids of their system defaults ---------------------------------------------------------
+
+#: The 19 profile types, by number; the system default of type N has id 00000000-0000-0000-0000-0000000000NN.
+PROFILE_TYPES: dict[int, str] = {
+    1: "primary",
+    2: "primary_summary",
+    3: "master_summary",
+    4: "brief_summary",
+    5: "key_points",
+    6: "self_critique",
+    7: "improvement",
+    8: "memory_retrieval",
+    9: "analysis",
+    10: "research_task",
+    11: "research_plan",
+    12: "research_consolidation",
+    13: "research_analysis",
+    14: "embedding",
+    15: "formatting",
+    16: "image_generation_prompt",
+    17: "image_generation",
+    18: "engineering",
+    19: "reranking",
+}
+PROFILE_TYPE_NUMBERS: dict[str, int] = {name: n for n, name in PROFILE_TYPES.items()}
+
+
+def system_profile_id(profile_type: int) -> uuid.UUID:
+    """The fixed id of a type's system default profile (type numbers use decimal digits: 19 -> ...000019)."""
+    if profile_type not in PROFILE_TYPES:
+        raise ValueError(f"profile type must be 1..19, got {profile_type}")
+    return uuid.UUID(f"00000000-0000-0000-0000-{profile_type:012d}")
+
+
+def profile_type_number(value: int | str) -> int:
+    """Accept a type by number (`18`, `"18"`) or by name (`engineering`, `Research Plan`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value in PROFILE_TYPES:
+            return value
+    elif isinstance(value, str):
+        key = value.strip().lower().replace(" ", "_").replace("-", "_")
+        if key.isdigit() and int(key) in PROFILE_TYPES:
+            return int(key)
+        if key in PROFILE_TYPE_NUMBERS:
+            return PROFILE_TYPE_NUMBERS[key]
+    raise ValueError(f"unknown profile type {value!r} (1..19 or one of {', '.join(PROFILE_TYPE_NUMBERS)})")
+
+
+ProviderName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Text = Annotated[str, StringConstraints(max_length=20_000)]
+
+
+# --- Who is asking ----------------------------------------------------------------------------------------------------
+
+
+class Caller(Contract):
+    """The authenticated caller the gateway passes on; the catalog applies the permission rules to it."""
+
+    user_id: Name
+    admin: bool = False
+
+
+class AuthRequest(Contract):
+    """Who holds this user token (the admin token never leaves the gateway)."""
+
+    SUBJECT = "rpc.catalog.auth.v1"
+
+    token: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+
+
+class AuthReply(Contract):
+    user_id: Name
+    admin: bool = False
+
+
+class TokenIssueRequest(Contract):
+    """Admin only: mint a new bearer token for `user_id` (creating the user); earlier tokens stay valid."""
+
+    SUBJECT = "rpc.catalog.token.issue.v1"
+
+    caller: Caller
+    user_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
+    display_name: Annotated[str, StringConstraints(max_length=256)] = ""
+
+
+class TokenIssueReply(Contract):
+    user_id: Name
+    token: str
+
+
+# --- Models -----------------------------------------------------------------------------------------------------------
+
+
+class QuantizationDoc(Contract):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    file: Annotated[str, StringConstraints(max_length=512)] = ""
+    size_bytes: int = Field(ge=0)
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+class ModelSources(Contract):
+    ollama: Name | None = None
+    hf_repo: Name | None = None
+    hf_file: Annotated[str, StringConstraints(max_length=512)] | None = None
+    hf_revision: Name | None = None
+    local_path: Annotated[str, StringConstraints(max_length=1024)] | None = None
+
+
+class ModelDoc(Contract):
+    """One model of the library."""
+
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,255}$")]
+    display_name: Name
+    family: Annotated[str, StringConstraints(max_length=64)] = ""
+    provider: ProviderName = "ollama"
+    parameter_count: int | None = Field(default=None, ge=0)
+    context_window: int | None = Field(default=None, gt=0)
+    capabilities: list[str] = Field(default_factory=list)
+    category: Annotated[str, StringConstraints(max_length=32)] = "balanced"
+    tags: list[str] = Field(default_factory=list)
+    ratings: dict[str, int] = Field(default_factory=dict, description="conversation, instruction_following, ... 1-10")
+    recommended_use: Text = ""
+    min_ram_gb: float | None = Field(default=None, ge=0)
+    min_vram_gb: float | None = Field(default=None, ge=0)
+    quantizations: list[QuantizationDoc] = Field(default_factory=list)
+    sources: ModelSources = Field(default_factory=ModelSources)
+    default_parameters: dict[str, Any] = Field(default_factory=dict)
+    fallbacks: list[Name] = Field(default_factory=list, description="Model ids to try when this one is unavailable.")
+    origin: Annotated[str, StringConstraints(pattern=r"^(curated|imported|custom)$")] = "curated"
+    extra: dict[str, Any] = Field(default_factory=dict, description="Fields of the source format kept for export.")
+    edited_fields: list[str] = Field(default_factory=list, description="Edited locally; kept on updates.")
+
+
+class CatalogModelsRequest(Contract):
+    """Filters: every one given must hold."""
+
+    SUBJECT = "rpc.catalog.models.list.v1"
+
+    capability: Name | None = None
+    category: Name | None = None
+    tag: Name | None = None
+    max_size_bytes: int | None = Field(default=None, ge=0)
+    family: Name | None = None
+
+
+class CatalogModelsReply(Contract):
+    models: list[ModelDoc] = Field(default_factory=list)
+
+
+class ModelInfoRequest(Contract):
+    SUBJECT = "rpc.catalog.models.info.v1"
+
+    model: Name
+
+
+class SetDefaultRequest(Contract):
+    """Admin only: the default model (what `model: "default"` resolves to, and every fallback chain's last resort)."""
+
+    SUBJECT = "rpc.catalog.models.default.v1"
+
+    caller: Caller
+    model: Name
+
+
+class SetDefaultReply(Contract):
+    default_model: Name
+    model_ref: Name
+
+
+# --- Profiles ---------------------------------------------------------------------------------------------------------
+
+
+class ProfileInput(Contract):
+    """A profile as a client writes it; on update, omitted fields keep their value."""
+
+    name: Name | None = None
+    type: int | str | None = None
+    description: Text | None = None
+    model_name: Name | None = None
+    parameters: dict[str, Any] | None = None
+    system_prompt: Text | None = None
+    circuit_breaker: dict[str, Any] | None = None
+    gpu_config: dict[str, Any] | None = None
+
+
+class ProfileDoc(Contract):
+    id: uuid.UUID
+    owner_id: Name | None = Field(default=None, description="None: a system profile.")
+    name: Name
+    type: int = Field(ge=1, le=19)
+    type_name: Name
+    description: Text = ""
+    model_name: Name
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    system_prompt: Text = ""
+    circuit_breaker: dict[str, Any] | None = None
+    gpu_config: dict[str, Any] | None = None
+    system_default: bool = False
+
+
+class ProfileListRequest(Contract):
+    """A user sees system profiles and their own; an admin sees all, or one owner's with `owner_id`."""
+
+    SUBJECT = "rpc.catalog.profiles.list.v1"
+
+    caller: Caller
+    type: int | str | None = None
+    owner_id: Name | None = None
+
+
+class ProfileListReply(Contract):
+    profiles: list[ProfileDoc] = Field(default_factory=list)
+
+
+class ProfileGetRequest(Contract):
+    SUBJECT = "rpc.catalog.profiles.get.v1"
+
+    caller: Caller
+    profile_id: uuid.UUID
+
+
+class ProfileSaveRequest(Contract):
+    """Create (`profile_id` None) or update a profile."""
+
+    SUBJECT = "rpc.catalog.profiles.save.v1"
+
+    caller: Caller
+    profile_id: uuid.UUID | None = None
+    profile: ProfileInput
+
+
+class ProfileDeleteRequest(Contract):
+    SUBJECT = "rpc.catalog.profiles.delete.v1"
+
+    caller: Caller
+    profile_id: uuid.UUID
+
+
+class ProfileDeleteReply(Contract):
+    profile_id: uuid.UUID
+    deleted: bool = True
+
+
+# --- Per-user profile config ------------------------------------------------------------------------------------------
+
+
+class UserConfigRequest(Contract):
+    """Set a user's profile per type (by type name or number) and parameter overrides; omitted types keep theirs."""
+
+    SUBJECT = "rpc.catalog.userconfig.set.v1"
+
+    caller: Caller
+    user_id: Name
+    profiles: dict[str, uuid.UUID | None] = Field(default_factory=dict, description="type -> id (null: default)")
+    overrides: dict[str, Any] | None = None
+
+
+class UserConfigGetRequest(Contract):
+    SUBJECT = "rpc.catalog.userconfig.get.v1"
+
+    caller: Caller
+    user_id: Name
+
+
+class UserConfigReply(Contract):
+    user_id: Name
+    profiles: dict[str, uuid.UUID] = Field(default_factory=dict, description="Every type, effective (defaults filled).")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- Profile sets (roles), overview, default --------------------------------------------------------------------------
+
+
+class RoleModelDoc(Contract):
+    name: Name
+    provider: ProviderName = "ollama"
+    auto_download: bool = True
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    description: Text = ""
+
+
+class ProfileSetDoc(Contract):
+    name: Name
+    models: dict[str, RoleModelDoc] = Field(default_factory=dict)
+
+
+class OverviewRequest(Contract):
+    """Admin only: the active profile set with each role resolved, and every available set."""
+
+    SUBJECT = "rpc.catalog.overview.v1"
+
+    caller: Caller
+    user_id: Name | None = None
+
+
+class OverviewReply(Contract):
+    active_profile_set: Name
+    active: ProfileSetDoc
+    resolved: dict[str, ResolveReply] = Field(default_factory=dict)
+    available_profile_sets: list[ProfileSetDoc] = Field(default_factory=list)
+    default_model: Name | None = None
+    performance_profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+# --- Import / export --------------------------------------------------------------------------------------------------
+
+ManifestFormat = Annotated[str, StringConstraints(pattern=r"^(json|toml|models\.txt)$")]
+
+
+class ImportRequest(Contract):
+    """Admin only: one file, applied in one transaction or not at all; `format` guessed from `filename` if absent."""
+
+    SUBJECT = "rpc.catalog.import.v1"
+
+    caller: Caller
+    filename: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    content: Annotated[str, StringConstraints(max_length=10_000_000)]
+    format: ManifestFormat | None = None
+
+
+class ImportReply(Contract):
+    filename: str
+    format: ManifestFormat
+    profile_sets: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
+    performance_profiles: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ExportRequest(Contract):
+    SUBJECT = "rpc.catalog.export.v1"
+
+    caller: Caller
+    format: ManifestFormat
+
+
+class ExportReply(Contract):
+    format: ManifestFormat
+    filename: str
+    content: str
+
+
+class CatalogChanged(Envelope):
+    """Something in the catalog changed; every replica reloads its in-memory view."""
+
+    SUBJECT = "evt.catalog.entries.changed.v1"
+
+    what: Annotated[str, StringConstraints(max_length=256)] = ""
+    instance_id: Annotated[str, StringConstraints(max_length=64)] = ""

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.catalog import handlers
+from services.catalog.library import load_library
+from services.catalog.operations import Catalog
 from services.catalog.settings import CatalogSettings
+from services.catalog.store import CatalogStore
 from services.runtime.parts import build_parts
 from services.runtime.service import Service
 
@@ -14,5 +17,9 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 def build_app(settings: CatalogSettings) -> Service:
     parts = build_parts("catalog", settings, migrations=MIGRATIONS)
-    handlers.register(parts.broker)
-    return parts.service()
+    assert parts.database is not None and parts.outbox is not None
+    catalog = Catalog(
+        CatalogStore(parts.database), parts.outbox, settings, load_library(settings.library_path), parts.host_id
+    )
+    handlers.register(parts.broker, parts.streams, catalog)
+    return parts.service(tasks=[catalog.start])

@@ -1,0 +1,276 @@
+"""The catalog's service layer: each operation validates in the domain, writes one transaction with its events
+through the outbox, then refreshes the in-memory view that resolution reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts.catalog import (
+    AuthReply,
+    Caller,
+    CatalogChanged,
+    ExportReply,
+    ImportReply,
+    ModelDoc,
+    ModelRegistered,
+    ProfileChanged,
+    ProfileDoc,
+    ProfileInput,
+    SetDefaultReply,
+    TokenIssueReply,
+    UserConfigReply,
+)
+from services.catalog import domain, manifests
+from services.catalog.domain import CatalogError, CatalogView, UserRecord
+from services.catalog.library import Library
+from services.catalog.settings import CatalogSettings
+from services.catalog.store import CatalogStore
+from services.runtime.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+Write = Callable[[AsyncSession], Awaitable[None]]
+
+
+class Catalog:
+    def __init__(
+        self, store: CatalogStore, outbox: Outbox, settings: CatalogSettings, library: Library, host_id: str
+    ) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.settings = settings
+        self.library = library
+        self.host_id = host_id
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.view = CatalogView(active_set=settings.profile)
+        self.ready = asyncio.Event()
+
+    # --- lifecycle and cache ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Background task: once migrated, apply the curated library and load the view."""
+        await self.store.database.migrated.wait()
+        await self.apply_library()
+        await self.reload()
+        self.ready.set()
+        log.info("catalog view loaded: %d models, %d profiles", len(self.view.models), len(self.view.profiles))
+
+    async def reload(self) -> None:
+        async with self.store.database.transaction() as session:
+            view = await self.store.load_view(session)
+        view.active_set = self.settings.profile
+        view.global_parameters = dict(self.settings.global_parameters)
+        self.view = view  # one assignment: readers see the old view or the new one, never half of each
+
+    async def current(self) -> CatalogView:
+        if not self.ready.is_set():
+            try:
+                await asyncio.wait_for(self.ready.wait(), self.settings.ready_timeout_s)
+            except TimeoutError as exc:
+                raise CatalogError(503, "the catalog is still loading (is PostgreSQL up?)") from exc
+        return self.view
+
+    def _event(self, cls: type[Any], **fields: Any) -> Any:
+        return cls(producer="catalog", host=self.host_id, **fields)
+
+    async def _write(self, what: str, write: Write) -> None:
+        """One transaction: the change, its events and a CatalogChanged for the other replicas; then reload."""
+        async with self.store.database.transaction() as session:
+            await write(session)
+            await self.outbox.add(session, self._event(CatalogChanged, what=what, instance_id=self.instance_id))
+        self.outbox.wake()
+        await self.reload()
+
+    async def apply_library(self) -> None:
+        """Insert what is new, update curated models except locally edited fields; never touch user data."""
+        async with self.store.database.transaction() as session:
+            view = await self.store.load_view(session)
+            for model in self.library.models:
+                stored = view.models.get(model.id)
+                merged = domain.merge_curated(model, stored)
+                if stored is None or merged != stored:
+                    await self.store.save_model(session, merged)
+                if stored is None:
+                    await self.outbox.add(session, self._registered(merged))
+            for profile in self.library.profiles:
+                if await self.store.insert_profile_if_missing(session, profile):
+                    await self.outbox.add(session, self._event(ProfileChanged, profile_id=profile.id, change="created"))
+            for profile_set in self.library.sets:
+                await self.store.insert_set_if_missing(session, profile_set)
+            if view.default_model is None and self.library.default_model:
+                await self.store.set_meta(session, "default_model", self.library.default_model)
+        self.outbox.wake()
+
+    def _registered(self, model: ModelDoc) -> ModelRegistered:
+        return ModelRegistered(
+            producer="catalog",
+            host=self.host_id,
+            model_id=model.id,
+            display_name=model.display_name,
+            source=model.origin,
+        )
+
+    # --- auth ------------------------------------------------------------------------------------------------------
+
+    async def authenticate(self, token: str) -> AuthReply:
+        async with self.store.database.transaction() as session:
+            user_id = await self.store.user_for_token(session, token)
+        if user_id is None:
+            raise CatalogError(401, "unknown or revoked token")
+        return AuthReply(user_id=user_id)
+
+    async def issue_token(self, caller: Caller, user_id: str, display_name: str) -> TokenIssueReply:
+        domain.require_admin(caller, "issuing tokens")
+        view = await self.current()
+        token = "mf_" + secrets.token_urlsafe(32)
+        user = view.users.get(user_id) or UserRecord(user_id, display_name)
+        if display_name:
+            user = UserRecord(user.user_id, display_name, user.profiles, user.overrides)
+
+        async def write(session: AsyncSession) -> None:
+            await self.store.save_user(session, user)
+            await self.store.add_token(session, user_id, token)
+
+        await self._write(f"token for {user_id}", write)
+        return TokenIssueReply(user_id=user_id, token=token)
+
+    # --- profiles --------------------------------------------------------------------------------------------------
+
+    async def get_profile(self, caller: Caller, profile_id: uuid.UUID) -> ProfileDoc:
+        profile = (await self.current()).profiles.get(profile_id)
+        if profile is None:
+            raise CatalogError(404, f"no profile {profile_id}")
+        domain.check_read(caller, profile)
+        return profile
+
+    async def save_profile(self, caller: Caller, profile_id: uuid.UUID | None, inp: ProfileInput) -> ProfileDoc:
+        view = await self.current()
+        existing = None
+        if profile_id is not None:
+            existing = view.profiles.get(profile_id)
+            if existing is None:
+                raise CatalogError(404, f"no profile {profile_id}")
+            domain.check_write(caller, existing)
+        profile = domain.build_profile(view, caller, existing, inp, uuid.uuid4())
+        change = "updated" if existing else "created"
+
+        async def write(session: AsyncSession) -> None:
+            await self.store.save_profile(session, profile)
+            event = self._event(ProfileChanged, profile_id=profile.id, change=change, owner_id=profile.owner_id)
+            await self.outbox.add(session, event)
+
+        await self._write(f"profile {profile.id} {change}", write)
+        return profile
+
+    async def delete_profile(self, caller: Caller, profile_id: uuid.UUID) -> None:
+        profile = await self.get_profile(caller, profile_id)
+        domain.check_write(caller, profile)
+        if profile.system_default:
+            raise CatalogError(409, f"profile {profile_id} is a system default: edit it, it cannot be deleted")
+
+        async def write(session: AsyncSession) -> None:
+            await self.store.delete_profile(session, profile_id)
+            event = self._event(ProfileChanged, profile_id=profile_id, change="deleted", owner_id=profile.owner_id)
+            await self.outbox.add(session, event)
+
+        await self._write(f"profile {profile_id} deleted", write)
+
+    # --- users -----------------------------------------------------------------------------------------------------
+
+    async def user_config(self, caller: Caller, user_id: str) -> UserConfigReply:
+        domain.check_user(caller, user_id)
+        view = await self.current()
+        user = view.users.get(user_id) or UserRecord(user_id)
+        return UserConfigReply(
+            user_id=user_id, profiles=domain.effective_config(view, user_id), overrides=user.overrides
+        )
+
+    async def set_user_config(
+        self, caller: Caller, user_id: str, profiles: dict[str, uuid.UUID | None], overrides: dict[str, Any] | None
+    ) -> UserConfigReply:
+        domain.check_user(caller, user_id)
+        view = await self.current()
+        if user_id not in view.users and not caller.admin:
+            raise CatalogError(404, f"no user {user_id!r}")
+        user = domain.apply_config(view, view.users.get(user_id) or UserRecord(user_id), profiles, overrides)
+
+        async def write(session: AsyncSession) -> None:
+            await self.store.save_user(session, user)
+
+        await self._write(f"profile config of {user_id}", write)
+        return await self.user_config(caller, user_id)
+
+    # --- models, import, export ------------------------------------------------------------------------------------
+
+    async def set_default(self, caller: Caller, model: str) -> SetDefaultReply:
+        domain.require_admin(caller, "setting the default model")
+        view = await self.current()
+        domain.check_model_name(view, model, "model")
+        found = view.find_model(model)
+        name = found.id if found else model
+
+        async def write(session: AsyncSession) -> None:
+            await self.store.set_meta(session, "default_model", name)
+
+        await self._write(f"default model {name}", write)
+        return SetDefaultReply(default_model=name, model_ref=domain.model_ref_of(found)[0] if found else model)
+
+    async def import_file(self, caller: Caller, filename: str, content: str, fmt: str | None) -> ImportReply:
+        domain.require_admin(caller, "importing a manifest")
+        view = await self.current()
+        try:
+            plan = manifests.parse(filename, content, fmt)
+        except manifests.ManifestError as exc:
+            raise CatalogError(422, str(exc)) from exc
+        for warning in plan.warnings:
+            log.warning("import: %s", warning)
+        models = [_as_local_edit(view.models.get(m.id), m) for m in plan.models]
+
+        async def write(session: AsyncSession) -> None:
+            for profile_set in plan.sets:
+                await self.store.save_set(session, profile_set, filename)
+            for model in models:
+                await self.store.save_model(session, model)
+                if model.id not in view.models:
+                    await self.outbox.add(session, self._registered(model))
+            for name, preset in plan.presets.items():
+                await self.store.save_preset(session, name, preset)
+
+        await self._write(f"import of {filename}", write)
+        return ImportReply(
+            filename=filename, format=plan.format, profile_sets=[s.name for s in plan.sets],
+            models=[m.id for m in models], performance_profiles=list(plan.presets), warnings=plan.warnings,
+        )  # fmt: skip
+
+    async def export(self, caller: Caller, fmt: str) -> ExportReply:
+        domain.require_admin(caller, "exporting the catalog")
+        view = await self.current()
+        if fmt == "json":
+            return ExportReply(
+                format=fmt, filename="llm_models.json", content=manifests.export_json([*view.sets.values()])
+            )
+        if fmt == "toml":
+            content = manifests.export_toml([*view.models.values()], view.presets)
+            return ExportReply(format=fmt, filename="presets.toml", content=content)
+        return ExportReply(
+            format=fmt, filename="models.txt", content=manifests.export_models_txt([*view.models.values()])
+        )
+
+
+def _as_local_edit(stored: ModelDoc | None, imported: ModelDoc) -> ModelDoc:
+    """An import over an existing model is a local edit: the fields it changes survive curated updates."""
+    if stored is None:
+        return imported
+    old, new = stored.model_dump(), imported.model_dump()
+    skip = {"origin", "edited_fields", "id"}
+    changed = [k for k in new if k not in skip and new[k] != old.get(k) and new[k] not in (None, "", [], {})]
+    data = {**old, **{k: new[k] for k in changed}}
+    data["edited_fields"] = sorted({*stored.edited_fields, *changed})
+    return ModelDoc.model_validate(data)
