@@ -1,15 +1,24 @@
-"""Provisioner contracts: the durable provision command and the facts of its progress."""
+"""Provisioner contracts: the durable provision command, the facts of its progress, inventory and HF listing RPCs."""
 
 from __future__ import annotations
 
+import re
 import uuid
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from contracts.envelope import Envelope
+from contracts.envelope import Contract, Envelope
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=8000)]
+
+#: What provisioning did for one (role or model, host).
+Action = Literal["present", "pulled", "imported", "skipped", "failed"]
+#: Where an inventory entry came from.
+Source = Literal["curated", "custom_hf", "pinned_hf", "local", "discovered"]
 
 
 class ProvisionCommand(Envelope):
@@ -23,6 +32,9 @@ class ProvisionCommand(Envelope):
     hosts: list[Name] = Field(default_factory=list, max_length=1024)
     force: bool = False
     requested_by: Name | None = None
+    allow_unpinned: bool = Field(
+        default=False, description="Allow a branch name (e.g. `main`) as the revision of a pinned HF import."
+    )
 
 
 class ProvisionProgress(Envelope):
@@ -55,4 +67,156 @@ class ProvisionFailed(Envelope):
     request_id: uuid.UUID
     target_host: Name
     model: Name
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=8000)]
+    reason: Reason
+    error_channel: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        default=None, description="http (a status code), stream (an error line mid-pull), connection, verify, hub, ..."
+    )
+    status_code: int | None = Field(default=None, description="The backend's HTTP status; -1 for a mid-stream error.")
+
+
+class ProvisionActionResult(Contract):
+    """What provisioning did for one role (or explicit model) on one host."""
+
+    role: Name | None = None
+    model: Name
+    target_host: Name
+    action: Action
+    reason: Reason | None = None
+    ollama_name: Name | None = None
+    size_bytes: int | None = Field(default=None, ge=0)
+    sha256: Sha256 | None = None
+    revision: Name | None = None
+
+
+class ProvisionCompleted(Envelope):
+    """Every action of one provision request, published once when all of them are decided."""
+
+    SUBJECT = "evt.provisioner.request.completed.v1"
+
+    request_id: uuid.UUID
+    actions: list[ProvisionActionResult] = Field(default_factory=list)
+
+
+class UpdateAvailable(Envelope):
+    """The update check found a newer remote revision (or digest) than the one installed."""
+
+    SUBJECT = "evt.provisioner.update.available.v1"
+
+    target_host: Name
+    model: Name
+    repo_id: Name | None = None
+    installed_revision: Name | None = None
+    remote_revision: Name
+    source: Source
+
+
+class InventoryEntry(Contract):
+    host: Name
+    model_id: Name
+    display_name: Name
+    repo_id: Name | None = None
+    file_name: Name | None = None
+    quantization: Name | None = None
+    parameter_count: int | None = Field(default=None, ge=0)
+    context_window: int | None = Field(default=None, ge=0)
+    size_bytes: int | None = Field(default=None, ge=0)
+    sha256: Sha256 | None = None
+    revision: Name | None = None
+    ollama_name: Name | None = None
+    source: Source
+    tags: list[Name] = Field(default_factory=list)
+    installed_at: datetime
+    last_used: datetime | None = None
+
+
+class InventoryRequest(Contract):
+    SUBJECT = "rpc.provisioner.inventory.v1"
+
+    host: Name | None = None
+
+
+class InventoryReply(Contract):
+    entries: list[InventoryEntry] = Field(default_factory=list)
+
+
+class InventorySyncRequest(Contract):
+    """Adopt what is already on the host(s): Ollama's model list and model files under the models directory."""
+
+    SUBJECT = "rpc.provisioner.inventory.sync.v1"
+
+    host: Name | None = None
+    requested_by: Name | None = None
+
+
+class InventorySyncReply(Contract):
+    adopted: list[InventoryEntry] = Field(default_factory=list)
+    hosts: list[Name] = Field(default_factory=list)
+    errors: list[Reason] = Field(default_factory=list)
+
+
+class InventoryDeleteRequest(Contract):
+    SUBJECT = "rpc.provisioner.inventory.delete.v1"
+
+    host: Name
+    model: Name
+    inventory_only: bool = Field(default=False, description="Forget the entry but leave the model on the host.")
+    requested_by: Name | None = None
+
+
+class InventoryDeleteReply(Contract):
+    host: Name
+    model: Name
+    removed_from_host: bool
+    removed_from_inventory: bool
+
+
+class QuantizationsRequest(Contract):
+    SUBJECT = "rpc.provisioner.hf.quantizations.v1"
+
+    repo_id: Name
+    revision: Name = "main"
+    context_tokens: int = Field(default=4096, ge=0, le=10_000_000)
+
+
+class Quantization(Contract):
+    file_name: Name
+    quantization: Name
+    size_bytes: int = Field(ge=0)
+    sha256: Sha256 | None = None
+    estimated_vram_bytes: int = Field(ge=0)
+    fit: dict[str, str] = Field(default_factory=dict, description="host id -> perfect | tight | wont_fit | no_gpu")
+
+
+class QuantizationsReply(Contract):
+    repo_id: Name
+    revision: Name
+    commit: Name
+    quantizations: list[Quantization] = Field(default_factory=list)
+
+
+class ProvisionResultRequest(Contract):
+    """The stored result of a provision request (for a client that reconnects after it finished)."""
+
+    SUBJECT = "rpc.provisioner.result.v1"
+
+    request_id: uuid.UUID
+
+
+class ProvisionResultReply(Contract):
+    request_id: uuid.UUID
+    done: bool
+    actions: list[ProvisionActionResult] = Field(default_factory=list)
+
+
+_TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def pinned_hf_ref(repo_id: str, quant: str, revision: str) -> str:
+    """The model reference of a pinned GGUF import: `hf.co/{user}/{repo}:{quant}@{revision}`."""
+    return f"hf.co/{repo_id}:{quant}@{revision}"
+
+
+def pinned_ollama_name(repo_id: str, quant: str, revision: str) -> str:
+    """The name a pinned import is registered under in Ollama; every service computes it the same way."""
+    rev = revision[:12] if re.fullmatch(r"[0-9a-f]{40}", revision) else revision
+    return f"hf.co/{repo_id}:{_TAG_UNSAFE.sub('-', f'{quant}-{rev}')}"[:256]

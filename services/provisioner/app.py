@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contracts.provisioner import ProvisionProgress
 from services.provisioner import handlers
+from services.provisioner.handlers import Jobs
+from services.provisioner.hosts import HostDirectory
+from services.provisioner.hub import HubClient
+from services.provisioner.inventory_ops import InventoryOps
+from services.provisioner.provisioning import CatalogClient, Provisioner
 from services.provisioner.settings import ProvisionerSettings
 from services.provisioner.store import ProvisionerStore
+from services.provisioner.updates import UpdateChecker
+from services.runtime.bus import publish_event
 from services.runtime.parts import build_parts
-from services.runtime.service import Service
+from services.runtime.service import Service, Task
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -17,5 +25,48 @@ def build_app(settings: ProvisionerSettings) -> Service:
     parts = build_parts("provisioner", settings, migrations=MIGRATIONS)
     assert parts.database is not None and parts.outbox is not None
     store = ProvisionerStore(parts.database)
-    handlers.register(parts.streams, store, parts.outbox, parts.host_id)
-    return parts.service()
+    token = settings.hf_token.get_secret_value() if settings.hf_token else None
+    hub = HubClient(settings.hf_endpoint, token, settings.resolved_models_dir(), settings.resolved_quarantine_dir())
+    hosts = HostDirectory(parts.broker, dict(settings.ollama_hosts))
+    broker = parts.broker
+
+    async def publish(event: ProvisionProgress) -> None:
+        await publish_event(broker, event)
+
+    provisioner = Provisioner(
+        settings=settings,
+        store=store,
+        outbox=parts.outbox,
+        publish=publish,
+        hosts=hosts,
+        hub=hub,
+        catalog=CatalogClient(broker, settings.catalog_timeout_s),
+        host_id=parts.host_id,
+    )
+    ops = InventoryOps(
+        store=store, hosts=hosts, hub=hub, host_id=parts.host_id, backend=provisioner.backend, cache=provisioner.cache
+    )
+    jobs = Jobs(settings.max_concurrent)
+    handlers.register(
+        parts.streams,
+        broker,
+        store=store,
+        outbox=parts.outbox,
+        host_id=parts.host_id,
+        provisioner=provisioner,
+        ops=ops,
+        jobs=jobs,
+        ack_wait_s=settings.command_ack_wait_s,
+    )
+    tasks: list[Task] = [jobs.run]
+    if settings.update_check:
+        checker = UpdateChecker(
+            store=store,
+            outbox=parts.outbox,
+            hub=hub,
+            host_id=parts.host_id,
+            interval_s=settings.update_interval_s,
+            skip=settings.skip_downloads,
+        )
+        tasks.append(checker.run)
+    return parts.service(tasks=tasks)

@@ -1,8 +1,23 @@
-"""Provisioner decisions, free of IO: what a provision command asks for."""
+"""Provisioner decisions, free of IO: model references, revision pinning, safe paths, progress, fit, plans."""
 
 from __future__ import annotations
 
-from contracts.provisioner import ProvisionCommand
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Literal
+
+from contracts.provisioner import ProvisionCommand, pinned_ollama_name
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+QUANT = re.compile(r"(?i)(?:^|[-_.])((?:IQ|Q)[0-9](?:_[A-Z0-9]+)*|F16|BF16|F32)(?=\.gguf$|[-_.])")
+
+Kind = Literal["ollama", "gguf_import", "checkpoint"]
+
+
+class BadReference(ValueError):
+    """A model reference, revision or file path that cannot be provisioned as written."""
 
 
 def describe(cmd: ProvisionCommand) -> str:
@@ -11,3 +26,213 @@ def describe(cmd: ProvisionCommand) -> str:
     hosts = ", ".join(cmd.hosts) or "every host with a reachable Ollama"
     models = f"; models {', '.join(cmd.models)}" if cmd.models else ""
     return f"roles {roles}{models} on {hosts}{' (forced)' if cmd.force else ''}"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What one model reference asks for.
+
+    - `qwen3:8b`, `hf.co/{user}/{repo}:{quant}`: pulled by Ollama (the latter passes through unpinned);
+    - `hf.co/{user}/{repo}:{quant}@{revision}`: a pinned, verified GGUF import;
+    - `{user}/{repo}@{revision}`: a pinned, verified safetensors checkpoint for the PyTorch fallback.
+    """
+
+    raw: str
+    kind: Kind
+    ollama_name: str | None = None
+    repo_id: str | None = None
+    quant: str | None = None
+    revision: str | None = None
+
+    @property
+    def source(self) -> str:
+        if self.kind != "ollama":
+            return "pinned_hf"
+        return "custom_hf" if self.raw.startswith("hf.co/") else "curated"
+
+
+def parse_ref(raw: str) -> ModelRef:
+    ref = raw.strip()
+    if not ref or any(c.isspace() for c in ref):
+        raise BadReference(f"model {raw!r}: a model reference has no spaces and is not empty")
+    if "@" in ref:
+        name, _, revision = ref.rpartition("@")
+        if not revision:
+            raise BadReference(f"model {raw!r}: empty revision after '@'")
+        if name.startswith("hf.co/"):
+            repo_id, sep, quant = name[len("hf.co/") :].partition(":")
+            if not sep or not quant:
+                raise BadReference(f"model {raw!r}: a pinned import names its quantization: hf.co/user/repo:Q4_K_M@rev")
+            _check_repo(repo_id, raw)
+            return ModelRef(ref, "gguf_import", pinned_ollama_name(repo_id, quant, revision), repo_id, quant, revision)
+        _check_repo(name, raw)
+        return ModelRef(ref, "checkpoint", None, name, None, revision)
+    if ref.startswith("hf.co/"):
+        repo_id, sep, quant = ref[len("hf.co/") :].partition(":")
+        _check_repo(repo_id, raw)
+        return ModelRef(ref, "ollama", ref, repo_id, quant or None)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9_.-]+)?", ref):
+        raise BadReference(f"model {raw!r}: not an Ollama model name (name[:tag])")
+    return ModelRef(ref, "ollama", normalize_ollama(ref))
+
+
+def _check_repo(repo_id: str, raw: str) -> None:
+    if not REPO_ID.match(repo_id) or ".." in repo_id:
+        raise BadReference(f"model {raw!r}: repo id {repo_id!r} is not user/repo")
+
+
+def normalize_ollama(name: str) -> str:
+    """Ollama's rule: a name without a tag means `:latest`."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def quantization_of(file_name: str) -> str | None:
+    match = QUANT.search(PurePosixPath(file_name).name)
+    return match.group(1).upper() if match else None
+
+
+RevisionKind = Literal["commit", "tag", "branch"]
+
+
+def classify_revision(revision: str, tags: dict[str, str], branches: dict[str, str]) -> RevisionKind:
+    """A 40-hex commit sha, a tag, or a branch; anything else is not a revision of this repo."""
+    if COMMIT_SHA.match(revision):
+        return "commit"
+    if revision in tags:
+        return "tag"
+    if revision in branches:
+        return "branch"
+    raise BadReference(f"revision {revision!r}: no such commit, tag or branch")
+
+
+def require_pinned(revision: str, kind: RevisionKind, *, allow_unpinned: bool) -> None:
+    """A branch moves under you; only an explicit opt-in (or the automated update check) may use one."""
+    if kind == "branch" and not allow_unpinned:
+        raise BadReference(
+            f"revision {revision!r} is a branch and can change; pin a commit sha or a tag, or pass --allow-unpinned"
+        )
+
+
+def safe_relative_path(file_name: str) -> PurePosixPath:
+    """A repo file path that stays inside the folder it is written to; `../../x.gguf` and `/etc/x` are refused."""
+    if not file_name or "\\" in file_name or "\x00" in file_name:
+        raise BadReference(f"file name {file_name!r}: empty, or has a backslash or NUL")
+    path = PurePosixPath(file_name)
+    if path.is_absolute() or any(part in ("..", ".", "") for part in file_name.split("/")):
+        raise BadReference(f"file name {file_name!r} climbs out of the models directory")
+    return path
+
+
+def select_quant_file(files: dict[str, int], quant: str) -> str:
+    """The single GGUF file of `quant` among `files` (name -> size); split or missing files are refused."""
+    wanted = quant.upper()
+    matches = [n for n in files if n.lower().endswith(".gguf") and quantization_of(n) == wanted]
+    if not matches:
+        known = sorted({q for n in files if (q := quantization_of(n))})
+        raise BadReference(f"quant {quant!r}: no such GGUF file in the repo (has: {', '.join(known) or 'none'})")
+    if len(matches) > 1:
+        raise BadReference(
+            f"quant {quant!r}: several files match ({', '.join(sorted(matches))}); split GGUFs are not supported"
+        )
+    return matches[0]
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    done: int
+    total: int | None
+    rate_bytes_per_s: float | None
+    eta_s: float | None
+
+
+@dataclass
+class TransferMeter:
+    """Bytes done of a transfer; `snapshot(now)` gives rate (over the last interval) and ETA."""
+
+    started: float
+    total: int | None = None
+    done: int = 0
+    _last_t: float | None = None
+    _last_done: int = 0
+    _rate: float | None = None
+
+    def snapshot(self, now: float) -> Snapshot:
+        since, before = (self._last_t, self._last_done) if self._last_t is not None else (self.started, 0)
+        if now > since:
+            instant = (self.done - before) / (now - since)
+            self._rate = instant if self._rate is None else 0.5 * self._rate + 0.5 * instant
+        self._last_t, self._last_done = now, self.done
+        eta = None
+        if self.total is not None and self._rate:
+            eta = max(0.0, (self.total - self.done) / self._rate)
+        return Snapshot(self.done, self.total, self._rate, eta)
+
+
+@dataclass
+class LayerMeter:
+    """Ollama reports per-layer `completed`/`total`; a download's bytes are their sums."""
+
+    layers: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def update(self, digest: str, completed: int | None, total: int | None) -> tuple[int, int]:
+        if total:
+            self.layers[digest] = (completed or 0, total)
+        done = sum(c for c, _ in self.layers.values())
+        return done, sum(t for _, t in self.layers.values())
+
+
+class ProgressGate:
+    """At most one progress event per `interval_s` per download."""
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        self.last: float | None = None
+
+    def wait_s(self, now: float) -> float:
+        return 0.0 if self.last is None else max(0.0, self.last + self.interval_s - now)
+
+    def mark(self, now: float) -> None:
+        self.last = now
+
+
+# --- VRAM fit -----------------------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def estimate_vram_bytes(file_size: int, context_tokens: int) -> int:
+    """The simple estimate: file × 1.2 + context/1000 MB + 500 MB of overhead."""
+    return int(file_size * 1.2 + (context_tokens / 1000) * MIB + 500 * MIB)
+
+
+class FitClass:
+    """Names how well `need` bytes fit a host with `capacity` bytes of GPU memory."""
+
+    def classify(self, need: int, capacity: int) -> str:
+        if capacity <= 0:
+            return "no_gpu"
+        ratio = need / capacity
+        if ratio < 0.9:
+            return "perfect"
+        return "tight" if ratio <= 1.0 else "wont_fit"
+
+
+# --- decisions ----------------------------------------------------------------------------------
+
+
+def skip_reason(*, auto_download: bool, skip_downloads: bool, provider: str) -> str | None:
+    """Why a missing model is not downloaded, or None when it should be."""
+    if provider not in ("ollama", "hf", "huggingface", "pytorch", "transformers"):
+        return f"provider {provider!r} is not provisioned by modelfleet"
+    if skip_downloads:
+        return "SKIP_MODEL_DOWNLOADS is set"
+    if not auto_download:
+        return "auto_download is false for this role"
+    return None
+
+
+def update_due(last_check: float | None, now: float, interval_s: float) -> bool:
+    return last_check is None or now - last_check >= interval_s

@@ -1,0 +1,68 @@
+"""Which hosts to provision: the probes' latest samples in the `hosts` KV bucket, plus statically configured ones."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from faststream.nats import NatsBroker
+from nats.js.errors import BucketNotFoundError, NoKeysError
+from pydantic import ValidationError
+
+from contracts.hardware import HOSTS_BUCKET, GpuSampled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Host:
+    host_id: str
+    ollama_url: str | None
+    reachable: bool
+    gpu_capacity_bytes: int
+
+
+class HostDirectory:
+    def __init__(self, broker: NatsBroker, static: dict[str, str]):
+        self.broker = broker
+        self.static = static
+
+    async def all(self) -> dict[str, Host]:
+        hosts = {h: Host(h, url, True, 0) for h, url in self.static.items()}
+        for sample in await self._samples():
+            capacity = sum(g.memory_total_bytes for g in sample.gpus)
+            hosts[sample.host_id] = Host(sample.host_id, sample.ollama_url, sample.ollama_reachable, capacity)
+        return hosts
+
+    async def _samples(self) -> list[GpuSampled]:
+        try:
+            kv = await self.broker.connection.jetstream().key_value(HOSTS_BUCKET)
+            keys = await kv.keys()
+        except (BucketNotFoundError, NoKeysError):
+            return []
+        out = []
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+                if entry.value:
+                    out.append(GpuSampled.model_validate_json(entry.value))
+            except (ValidationError, NoKeysError, Exception) as exc:  # one bad entry must not hide the others
+                log.warning("ignored hosts/%s: %s", key, exc)
+        return out
+
+    async def targets(self, requested: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """(host -> Ollama URL to provision, host -> why it cannot be). None requested: every reachable host."""
+        hosts = await self.all()
+        if not requested:
+            return {h.host_id: h.ollama_url for h in hosts.values() if h.reachable and h.ollama_url}, {}
+        ok: dict[str, str] = {}
+        bad: dict[str, str] = {}
+        for name in requested:
+            host = hosts.get(name)
+            if host is None:
+                bad[name] = f"host {name!r} is unknown (no probe sample in the `hosts` bucket, not configured)"
+            elif not host.ollama_url or not host.reachable:
+                bad[name] = f"host {name!r}: its probe reports no reachable Ollama ({host.ollama_url or 'no URL'})"
+            else:
+                ok[name] = host.ollama_url
+        return ok, bad

@@ -1,0 +1,120 @@
+"""One host's Ollama through `ollama.AsyncClient`: pull with progress, register a verified GGUF, list, show, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+
+from services.provisioner import domain
+
+Progress = Callable[[int, int | None, str], None]
+
+
+class BackendError(RuntimeError):
+    """Ollama refused or failed: `channel` is http, stream or connection; `status` is -1 for a mid-stream error."""
+
+    def __init__(self, message: str, channel: str, status: int | None = None):
+        super().__init__(message)
+        self.channel = channel
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    name: str
+    size: int | None
+    digest: str | None
+    family: str | None
+    parameter_size: str | None
+    quantization: str | None
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    parameter_count: int | None
+    context_window: int | None
+    quantization: str | None
+
+
+class OllamaBackend:
+    def __init__(self, url: str, timeout_s: float = 30.0):
+        self.url = url
+        self.client = ollama.AsyncClient(host=url, timeout=timeout_s)
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except ollama.ResponseError as exc:
+            channel = "stream" if exc.status_code == -1 else "http"
+            raise BackendError(f"Ollama at {self.url}: {exc.error}", channel, exc.status_code) from exc
+        except (ConnectionError, httpx.TransportError) as exc:
+            raise BackendError(f"Ollama at {self.url} is unreachable: {exc}", "connection") from exc
+
+    async def installed(self) -> dict[str, InstalledModel]:
+        listing = await self._call(self.client.list())
+        out: dict[str, InstalledModel] = {}
+        for m in listing.models:
+            d = m.details
+            out[str(m.model)] = InstalledModel(
+                str(m.model),
+                m.size,
+                m.digest,
+                d.family if d else None,
+                d.parameter_size if d else None,
+                d.quantization_level if d else None,
+            )
+        return out
+
+    async def has(self, name: str) -> bool:
+        return domain.normalize_ollama(name) in await self.installed()
+
+    async def pull(self, name: str, progress: Progress) -> None:
+        """Pull `name`, reporting (bytes done, total, status) summed over layers as Ollama streams them."""
+        meter = domain.LayerMeter()
+
+        async def run() -> None:
+            async for part in await self.client.pull(name, stream=True):
+                done, total = meter.update(part.digest or "", part.completed, part.total)
+                progress(done, total or None, part.status or "")
+
+        await self._call(run())
+
+    async def register(self, name: str, path: Path, sha256: str) -> None:
+        """POST /api/blobs/sha256:<digest> (unless present), then /api/create with `files`."""
+        digest = f"sha256:{sha256}"
+        head = await self._call(self.client._client.head(f"/api/blobs/{digest}"))
+        if head.status_code != 200:
+            uploaded = await self._call(self.client.create_blob(path))
+            if uploaded != digest:
+                raise BackendError(f"Ollama at {self.url} holds {uploaded} for a file verified as {digest}", "verify")
+        await self._call(self.client.create(model=name, files={path.name: digest}))
+
+    async def details(self, name: str) -> ModelDetails:
+        shown = await self._call(self.client.show(name))
+        info: dict[str, Any] = dict(shown.modelinfo or {})
+        arch = info.get("general.architecture")
+        ctx = info.get(f"{arch}.context_length") if arch else None
+        params = info.get("general.parameter_count")
+        quant = shown.details.quantization_level if shown.details else None
+        return ModelDetails(
+            int(params) if isinstance(params, int) else None, int(ctx) if isinstance(ctx, int) else None, quant
+        )
+
+    async def loaded(self) -> set[str]:
+        running = await self._call(self.client.ps())
+        return {str(m.model) for m in running.models}
+
+    async def delete(self, name: str) -> bool:
+        """True if deleted, False if Ollama did not have it."""
+        try:
+            await self._call(self.client.delete(name))
+        except BackendError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True

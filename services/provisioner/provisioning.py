@@ -1,0 +1,465 @@
+"""Carries out one provision request: resolve roles, pick hosts, and ensure each model on each host, once.
+
+Every (role or model, host) ends in exactly one action: present, pulled, imported, skipped or failed. Downloads
+are single-flight per (host, model) and per pinned file; outcomes are written with their inventory and audit rows
+and their events (model.pulled / failed) through the outbox, in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from faststream.nats import NatsBroker
+from huggingface_hub.errors import HfHubHTTPError
+
+from contracts.catalog import RolesReply, RolesRequest
+from contracts.provisioner import (
+    ModelPulled,
+    ProvisionActionResult,
+    ProvisionCommand,
+    ProvisionFailed,
+    ProvisionProgress,
+)
+from services.provisioner import domain
+from services.provisioner.flights import ResultCache, SingleFlight
+from services.provisioner.hosts import HostDirectory
+from services.provisioner.hub import Downloaded, HubClient, RemoteFile, VerificationFailed
+from services.provisioner.ollama_backend import BackendError, OllamaBackend
+from services.provisioner.progress import ProgressRelay, Publish
+from services.provisioner.settings import ProvisionerSettings
+from services.provisioner.store import InventoryRow, ProvisionerStore
+from services.runtime.outbox import Outbox
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Target:
+    role: str | None
+    model: str
+    provider: str = "ollama"
+    auto_download: bool = True
+
+
+class Failure(RuntimeError):
+    def __init__(self, reason: str, channel: str | None = None, status: int | None = None):
+        super().__init__(reason)
+        self.channel = channel
+        self.status = status
+
+
+class CatalogClient:
+    def __init__(self, broker: NatsBroker, timeout_s: float):
+        self.broker = broker
+        self.timeout_s = timeout_s
+
+    async def roles(self) -> RolesReply:
+        try:
+            msg = await self.broker.request(
+                RolesRequest().model_dump(mode="json"), RolesRequest.SUBJECT, timeout=self.timeout_s
+            )
+        except Exception as exc:
+            raise Failure(
+                f"the catalog did not answer {RolesRequest.SUBJECT}: {type(exc).__name__} {exc}".strip()
+            ) from exc
+        data = json.loads(msg.body or b"null")
+        if isinstance(data, dict) and "error" in data and set(data) == {"error"}:
+            raise Failure(f"the catalog refused: {data['error'].get('detail')}")
+        return RolesReply.model_validate(data)
+
+
+class Provisioner:
+    def __init__(
+        self,
+        *,
+        settings: ProvisionerSettings,
+        store: ProvisionerStore,
+        outbox: Outbox,
+        publish: Publish,
+        hosts: HostDirectory,
+        hub: HubClient,
+        catalog: CatalogClient,
+        host_id: str,
+        backend: Callable[[str], OllamaBackend] | None = None,
+    ):
+        self.settings = settings
+        self.store = store
+        self.outbox = outbox
+        self.publish = publish
+        self.hosts = hosts
+        self.hub = hub
+        self.catalog = catalog
+        self.host_id = host_id
+        self.backend = backend or (lambda url: OllamaBackend(url, settings.ollama_timeout_s))
+        self.pulls: SingleFlight[ProvisionActionResult] = SingleFlight()
+        self.files: SingleFlight[Downloaded] = SingleFlight()
+        self.cache: ResultCache[ProvisionActionResult] = ResultCache()
+
+    async def handle(self, cmd: ProvisionCommand) -> list[ProvisionActionResult]:
+        targets, actions = await self._targets(cmd)
+        urls, bad = await self.hosts.targets(list(cmd.hosts))
+        for host, reason in bad.items():
+            actions += [_action(t, host, "failed", reason) for t in targets]
+        if targets and not urls and not bad:
+            actions += [_action(t, "*", "failed", "no host with a reachable Ollama is known") for t in targets]
+        jobs: list[Awaitable[ProvisionActionResult]] = []
+        for t in targets:
+            kind = _kind(t.model)
+            if kind == "checkpoint":
+                jobs.append(self._cached(cmd, t, self.host_id, ""))
+            else:
+                jobs += [self._cached(cmd, t, host, url) for host, url in urls.items()]
+        actions += await asyncio.gather(*jobs)
+        return actions
+
+    async def _targets(self, cmd: ProvisionCommand) -> tuple[list[Target], list[ProvisionActionResult]]:
+        targets = [Target(None, m) for m in cmd.models]
+        if cmd.models and not cmd.roles:
+            return targets, []
+        try:
+            reply = await self.catalog.roles()
+        except Failure as exc:
+            wanted = list(cmd.roles) or ["*"]
+            return targets, [
+                ProvisionActionResult(role=r, model="*", target_host="*", action="failed", reason=str(exc))
+                for r in wanted
+            ]
+        by_role = {e.role: e for e in reply.roles}
+        failed = [
+            ProvisionActionResult(
+                role=r,
+                model="*",
+                target_host="*",
+                action="failed",
+                reason=f"role {r!r} is not in the active profile set {reply.profile_set!r}",
+            )
+            for r in cmd.roles
+            if r not in by_role
+        ]
+        chosen = [by_role[r] for r in cmd.roles if r in by_role] if cmd.roles else list(by_role.values())
+        targets += [Target(e.role, e.model_ref, e.provider, e.auto_download) for e in chosen]
+        return targets, failed
+
+    async def _cached(self, cmd: ProvisionCommand, t: Target, host: str, url: str) -> ProvisionActionResult:
+        key = (t.role or t.model, host)
+        hit = self.cache.get(key)
+        if hit is not None and not cmd.force and hit.model == t.model:
+            return hit
+        result = await self._ensure(cmd, t, host, url)
+        if result.action in ("present", "pulled", "imported"):
+            self.cache.put(key, result.model_copy(update={"action": "present", "role": t.role}))
+        return result.model_copy(update={"role": t.role})
+
+    async def _ensure(self, cmd: ProvisionCommand, t: Target, host: str, url: str) -> ProvisionActionResult:
+        try:
+            ref = domain.parse_ref(t.model)
+        except domain.BadReference as exc:
+            return _action(t, host, "failed", str(exc))
+        reason = domain.skip_reason(auto_download=t.auto_download, skip_downloads=False, provider=t.provider)
+        if reason is not None:
+            return _action(t, host, "skipped", reason)
+        try:
+            if ref.kind == "ollama":
+                return await self._ollama(cmd, t, ref, host, url)
+            if ref.kind == "gguf_import":
+                return await self._import(cmd, t, ref, host, url)
+            return await self._checkpoint(cmd, t, ref)
+        except Failure as exc:
+            await self._failed(cmd, t, host, str(exc), exc.channel, exc.status)
+            return _action(t, host, "failed", str(exc))
+
+    def _skip(self, t: Target) -> str | None:
+        return domain.skip_reason(
+            auto_download=t.auto_download, skip_downloads=self.settings.skip_downloads, provider=t.provider
+        )
+
+    # --- Ollama pulls -------------------------------------------------------------------------
+
+    async def _ollama(
+        self, cmd: ProvisionCommand, t: Target, ref: domain.ModelRef, host: str, url: str
+    ) -> ProvisionActionResult:
+        backend = self.backend(url)
+        name = ref.ollama_name or t.model
+        installed = await _backend(backend.installed())
+        if name in installed:
+            if await self.store.find(host, ref.raw) is None:
+                await self._record(cmd, host, _row(host, ref, name, installed[name].size, None, None), "adopt", None)
+            return _action(t, host, "present", ollama_name=name, size=installed[name].size)
+        if (reason := self._skip(t)) is not None:
+            return _action(t, host, "skipped", reason, ollama_name=name)
+        return await self.pulls.run((host, name), lambda: self._pull(cmd, t, ref, host, backend, name))
+
+    async def _pull(
+        self, cmd: ProvisionCommand, t: Target, ref: domain.ModelRef, host: str, backend: OllamaBackend, name: str
+    ) -> ProvisionActionResult:
+        async with ProgressRelay(
+            self.publish, self._progress(cmd, host, name), self.settings.progress_interval_s
+        ) as relay:
+            await _backend(backend.pull(name, relay.update))
+        size = (await _backend(backend.installed())).get(name)
+        details = await _backend(backend.details(name))
+        row = _row(host, ref, name, size.size if size else None, None, None)
+        row.parameter_count, row.context_window = details.parameter_count, details.context_window
+        row.quantization = details.quantization or row.quantization
+        pulled = ModelPulled(
+            producer="provisioner",
+            host=self.host_id,
+            correlation_id=cmd.request_id,
+            request_id=cmd.request_id,
+            target_host=host,
+            model=name,
+            size_bytes=row.size_bytes,
+        )
+        await self._record(cmd, host, row, "pull", pulled)
+        return _action(t, host, "pulled", ollama_name=name, size=row.size_bytes)
+
+    # --- pinned imports -----------------------------------------------------------------------
+
+    async def _import(
+        self, cmd: ProvisionCommand, t: Target, ref: domain.ModelRef, host: str, url: str
+    ) -> ProvisionActionResult:
+        assert ref.repo_id and ref.quant and ref.revision and ref.ollama_name
+        backend = self.backend(url)
+        existing = await self.store.find(host, ref.raw)
+        if existing is not None and not cmd.force and await _backend(backend.has(ref.ollama_name)):
+            return _action(
+                t,
+                host,
+                "present",
+                ollama_name=ref.ollama_name,
+                size=existing.size_bytes,
+                sha256=existing.sha256,
+                revision=existing.revision,
+            )
+        if (reason := self._skip(t)) is not None:
+            return _action(t, host, "skipped", reason, ollama_name=ref.ollama_name)
+        pinned = await _hub(
+            asyncio.to_thread(self.hub.pin, ref.repo_id, ref.revision, allow_unpinned=cmd.allow_unpinned)
+        )
+        files = await _hub(asyncio.to_thread(self.hub.files, ref.repo_id, pinned.commit))
+        try:
+            name = domain.select_quant_file({p: f.size for p, f in files.items()}, ref.quant)
+            self.hub.target(ref.repo_id, pinned.commit, name)
+        except domain.BadReference as exc:
+            raise Failure(str(exc), "hub") from exc
+        got = await self._fetch(cmd, host, ref, pinned.commit, files[name])
+        return await self.pulls.run(
+            (host, ref.ollama_name), lambda: self._register(cmd, t, ref, host, backend, got, name)
+        )
+
+    async def _fetch(
+        self, cmd: ProvisionCommand, host: str, ref: domain.ModelRef, commit: str, file: RemoteFile
+    ) -> Downloaded:
+        repo_id = ref.repo_id
+        assert repo_id
+
+        async def work() -> Downloaded:
+            template = self._progress(cmd, host, ref.raw)
+            async with ProgressRelay(self.publish, template, self.settings.progress_interval_s) as relay:
+                relay.update(0, file.size, "downloading")
+                return await _hub(asyncio.to_thread(self.hub.download, repo_id, commit, file, relay.update))
+
+        return await self.files.run((ref.repo_id, commit, file.path), work)
+
+    async def _register(
+        self,
+        cmd: ProvisionCommand,
+        t: Target,
+        ref: domain.ModelRef,
+        host: str,
+        backend: OllamaBackend,
+        got: Downloaded,
+        file_name: str,
+    ) -> ProvisionActionResult:
+        assert ref.ollama_name
+        await _backend(backend.register(ref.ollama_name, got.path, got.sha256))
+        row = _row(host, ref, ref.ollama_name, got.size, got.sha256, got.commit)
+        row.file_name = file_name
+        row.quantization = domain.quantization_of(file_name) or ref.quant
+        async with self.store.database.transaction() as session:
+            dup = await self.store.duplicate_of(session, host, got.sha256, ref.raw)
+        if dup is not None:
+            row.tags = [*row.tags, f"duplicate-of:{dup.model_id}"]
+        pulled = ModelPulled(
+            producer="provisioner",
+            host=self.host_id,
+            correlation_id=cmd.request_id,
+            request_id=cmd.request_id,
+            target_host=host,
+            model=ref.ollama_name,
+            size_bytes=got.size,
+            sha256=got.sha256,
+            revision=got.commit,
+        )
+        await self._record(cmd, host, row, "import", pulled)
+        return _action(
+            t, host, "imported", ollama_name=ref.ollama_name, size=got.size, sha256=got.sha256, revision=got.commit
+        )
+
+    async def _checkpoint(self, cmd: ProvisionCommand, t: Target, ref: domain.ModelRef) -> ProvisionActionResult:
+        assert ref.repo_id and ref.revision
+        host = self.host_id
+        existing = await self.store.find(host, ref.raw)
+        if existing is not None and not cmd.force:
+            return _action(t, host, "present", revision=existing.revision)
+        if (reason := self._skip(t)) is not None:
+            return _action(t, host, "skipped", reason)
+        pinned = await _hub(
+            asyncio.to_thread(self.hub.pin, ref.repo_id, ref.revision, allow_unpinned=cmd.allow_unpinned)
+        )
+        async with ProgressRelay(
+            self.publish, self._progress(cmd, host, ref.raw), self.settings.progress_interval_s
+        ) as relay:
+            folder, got = await _hub(asyncio.to_thread(self.hub.fetch_checkpoint, pinned, relay.update))
+        size = sum(g.size for g in got)
+        row = _row(host, ref, None, size, None, pinned.commit)
+        row.file_name = str(Path(folder).relative_to(self.hub.models_dir))
+        row.tags = ["safetensors", "pytorch-fallback"]
+        pulled = ModelPulled(
+            producer="provisioner",
+            host=self.host_id,
+            correlation_id=cmd.request_id,
+            request_id=cmd.request_id,
+            target_host=host,
+            model=ref.raw,
+            size_bytes=size,
+            revision=pinned.commit,
+        )
+        await self._record(cmd, host, row, "download", pulled)
+        return _action(t, host, "imported", size=size, revision=pinned.commit)
+
+    # --- persistence --------------------------------------------------------------------------
+
+    def _progress(self, cmd: ProvisionCommand, host: str, model: str) -> ProvisionProgress:
+        return ProvisionProgress(
+            producer="provisioner",
+            host=self.host_id,
+            correlation_id=cmd.request_id,
+            request_id=cmd.request_id,
+            target_host=host,
+            model=model,
+            status="starting",
+        )
+
+    async def _record(
+        self, cmd: ProvisionCommand, host: str, row: InventoryRow, action: str, event: ModelPulled | None
+    ) -> None:
+        async with self.store.database.transaction() as session:
+            await self.store.upsert_inventory(session, row)
+            self.store.audit(
+                session,
+                actor=cmd.requested_by or "provisioner",
+                action=action,
+                host=host,
+                model=row.model_id,
+                revision=row.revision,
+                sha256=row.sha256,
+                result="ok",
+            )
+            if event is not None:
+                await self.outbox.add(session, event)
+        self.outbox.wake()
+
+    async def _failed(
+        self, cmd: ProvisionCommand, t: Target, host: str, reason: str, channel: str | None, status: int | None
+    ) -> None:
+        event = ProvisionFailed(
+            producer="provisioner",
+            host=self.host_id,
+            correlation_id=cmd.request_id,
+            request_id=cmd.request_id,
+            target_host=host,
+            model=t.model,
+            reason=reason[:8000],
+            error_channel=channel,
+            status_code=status,
+        )
+        async with self.store.database.transaction() as session:
+            self.store.audit(
+                session,
+                actor=cmd.requested_by or "provisioner",
+                action="provision",
+                host=host,
+                model=t.model,
+                result="failed",
+                detail=reason[:2000],
+            )
+            await self.outbox.add(session, event)
+        self.outbox.wake()
+
+
+def _kind(model: str) -> str:
+    try:
+        return domain.parse_ref(model).kind
+    except domain.BadReference:
+        return "ollama"
+
+
+def _row(
+    host: str, ref: domain.ModelRef, ollama_name: str | None, size: int | None, sha256: str | None, revision: str | None
+) -> InventoryRow:
+    return InventoryRow(
+        host=host,
+        model_id=ref.raw,
+        display_name=ollama_name or ref.raw,
+        repo_id=ref.repo_id,
+        quantization=ref.quant,
+        size_bytes=size,
+        sha256=sha256,
+        revision=revision,
+        ollama_name=ollama_name,
+        source=ref.source,
+        tags=[],
+    )
+
+
+def _action(
+    t: Target,
+    host: str,
+    action: str,
+    reason: str | None = None,
+    *,
+    ollama_name: str | None = None,
+    size: int | None = None,
+    sha256: str | None = None,
+    revision: str | None = None,
+) -> ProvisionActionResult:
+    return ProvisionActionResult(
+        role=t.role,
+        model=t.model,
+        target_host=host,
+        action=action,
+        reason=reason,
+        ollama_name=ollama_name,
+        size_bytes=size,
+        sha256=sha256,
+        revision=revision,
+    )
+
+
+async def _backend(coro: Awaitable[T]) -> T:
+    try:
+        return await coro
+    except BackendError as exc:
+        raise Failure(str(exc), exc.channel, exc.status) from exc
+
+
+async def _hub(coro: Awaitable[T]) -> T:
+    try:
+        return await coro
+    except VerificationFailed as exc:
+        raise Failure(str(exc), "verify") from exc
+    except domain.BadReference as exc:
+        raise Failure(str(exc), "hub") from exc
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        raise Failure(f"hub {type(exc).__name__}: {str(exc).splitlines()[0]}", "hub", status) from exc
+    except OSError as exc:
+        raise Failure(f"download failed: {type(exc).__name__}: {exc}", "connection") from exc
