@@ -65,6 +65,9 @@ async def answer(call: Callable[[], Awaitable[BaseModel]]) -> Reply:
         return (await call()).model_dump(mode="json")
     except CatalogError as exc:
         return error(exc.status, exc.detail)
+    except Exception as exc:  # a fault of ours or of PostgreSQL: answer it rather than let the caller time out
+        log.exception("catalog request failed")
+        return error(503 if "connect" in str(exc).lower() else 500, f"{type(exc).__name__}: {exc}"[:500])
 
 
 def register(broker: NatsBroker, streams: NatsRouter, catalog: Catalog) -> None:

@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import tomli_w
+from pydantic import ValidationError
 
 from contracts.catalog import ModelDoc, ModelSources, ProfileSetDoc, QuantizationDoc, RoleModelDoc
 from contracts.model_ref import ModelRefError, parse_model_ref
@@ -68,7 +69,12 @@ def parse(filename: str, content: str, fmt: str | None = None) -> ImportPlan:
     parser = {"json": parse_json, "toml": parse_toml, "models.txt": parse_models_txt}.get(fmt)
     if parser is None:
         raise ManifestError(filename, "format", "format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return parser(filename, content)
+    try:
+        return parser(filename, content)
+    except ValidationError as exc:  # a value the contracts refuse, past the format's own checks
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "(entry)"
+        raise ManifestError(filename, "entry", where, first["msg"]) from exc
 
 
 # --- JSON manifest: profiles.<set>.models.<role> = "name" | {name, provider, auto_download, parameters, description} -

@@ -1,0 +1,198 @@
+"""Gateway routes of the catalog: models overview, profiles CRUD, the library, user profile config, import/export."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from contracts.catalog import (
+    Caller,
+    CatalogModelsReply,
+    CatalogModelsRequest,
+    ExportReply,
+    ExportRequest,
+    ImportReply,
+    ImportRequest,
+    ModelDoc,
+    ModelInfoRequest,
+    OverviewReply,
+    OverviewRequest,
+    ProfileDeleteReply,
+    ProfileDeleteRequest,
+    ProfileDoc,
+    ProfileGetRequest,
+    ProfileInput,
+    ProfileListReply,
+    ProfileListRequest,
+    ProfileSaveRequest,
+    SetDefaultReply,
+    SetDefaultRequest,
+    TokenIssueReply,
+    TokenIssueRequest,
+    UserConfigGetRequest,
+    UserConfigReply,
+    UserConfigRequest,
+)
+from contracts.envelope import Contract
+from services.gateway.auth import admin, caller
+from services.gateway.bus_client import BusClient, BusUnavailable, RemoteError
+
+router = APIRouter(tags=["catalog"])
+R = TypeVar("R", bound=BaseModel)
+_MEDIA = {"json": "application/json", "toml": "application/toml", "models.txt": "text/plain; charset=utf-8"}
+
+
+async def ask(request: Request, body: Contract, reply: type[R], timeout_s: float | None = None) -> R:
+    """One catalog request; its error document becomes the HTTP status, a silent bus a 503."""
+    bus: BusClient = request.app.state.bus
+    timeout = timeout_s or request.app.state.settings.request_timeout_s
+    try:
+        return await bus.request(body.SUBJECT, body, reply, timeout_s=timeout)
+    except RemoteError as exc:
+        raise HTTPException(exc.status, exc.detail) from exc
+    except BusUnavailable as exc:
+        raise HTTPException(503, str(exc)) from exc
+
+
+class DefaultModelBody(BaseModel):
+    model: str = Field(min_length=1, max_length=256, examples=["qwen3:8b"])
+
+
+class ProfileConfigBody(BaseModel):
+    profiles: dict[str, uuid.UUID | None] = Field(default_factory=dict, examples=[{"primary": "…uuid…"}])
+    overrides: dict[str, Any] | None = None
+
+
+class TokenBody(BaseModel):
+    display_name: str = Field(default="", max_length=256)
+
+
+@router.get("/api/v1/models", response_model=OverviewReply)
+async def models_overview(request: Request, user_id: str | None = None, who: Caller = Depends(admin)) -> OverviewReply:
+    """Admin: the active profile set with every role resolved (for `user_id`'s overrides if given), and all sets."""
+    return await ask(request, OverviewRequest(caller=who, user_id=user_id), OverviewReply)
+
+
+@router.post("/api/v1/models/default", response_model=SetDefaultReply)
+async def set_default(request: Request, body: DefaultModelBody, who: Caller = Depends(admin)) -> SetDefaultReply:
+    """Admin: set the default model (`model: "default"` and the last resort of every fallback chain)."""
+    return await ask(request, SetDefaultRequest(caller=who, model=body.model), SetDefaultReply)
+
+
+@router.get("/api/v1/profiles", response_model=ProfileListReply)
+async def list_profiles(
+    request: Request, type: str | None = None, owner_id: str | None = None, who: Caller = Depends(caller)
+) -> ProfileListReply:
+    """System profiles and the caller's own (an admin sees all; `owner_id=system` for system ones only)."""
+    return await ask(request, ProfileListRequest(caller=who, type=type, owner_id=owner_id), ProfileListReply)
+
+
+@router.get("/api/v1/profiles/{profile_id}", response_model=ProfileDoc)
+async def get_profile(request: Request, profile_id: uuid.UUID, who: Caller = Depends(caller)) -> ProfileDoc:
+    return await ask(request, ProfileGetRequest(caller=who, profile_id=profile_id), ProfileDoc)
+
+
+@router.post("/api/v1/profiles", response_model=ProfileDoc, status_code=201)
+async def create_profile(request: Request, body: ProfileInput, who: Caller = Depends(caller)) -> ProfileDoc:
+    """A user's profile is theirs; one an admin creates is a system profile."""
+    return await ask(request, ProfileSaveRequest(caller=who, profile=body), ProfileDoc)
+
+
+@router.put("/api/v1/profiles/{profile_id}", response_model=ProfileDoc)
+async def update_profile(
+    request: Request, profile_id: uuid.UUID, body: ProfileInput, who: Caller = Depends(caller)
+) -> ProfileDoc:
+    """Omitted fields keep their value; system profiles are read-only to users."""
+    return await ask(request, ProfileSaveRequest(caller=who, profile_id=profile_id, profile=body), ProfileDoc)
+
+
+@router.delete("/api/v1/profiles/{profile_id}", response_model=ProfileDeleteReply)
+async def delete_profile(request: Request, profile_id: uuid.UUID, who: Caller = Depends(caller)) -> ProfileDeleteReply:
+    return await ask(request, ProfileDeleteRequest(caller=who, profile_id=profile_id), ProfileDeleteReply)
+
+
+@router.get("/api/v1/catalog/models", response_model=CatalogModelsReply)
+async def catalog_models(
+    request: Request,
+    capability: str | None = Query(None, examples=["embedding"]),
+    category: str | None = Query(None, examples=["balanced"]),
+    tag: str | None = None,
+    family: str | None = None,
+    max_size_gb: float | None = Query(None, ge=0, description="Smallest download at most this many GB (10^9 bytes)."),
+    max_size_bytes: int | None = Query(None, ge=0),
+    who: Caller = Depends(caller),
+) -> CatalogModelsReply:
+    """The model library, filtered; every filter given must hold."""
+    limit = (
+        max_size_bytes if max_size_bytes is not None else (int(max_size_gb * 1e9) if max_size_gb is not None else None)
+    )
+    query = CatalogModelsRequest(capability=capability, category=category, tag=tag, family=family, max_size_bytes=limit)
+    return await ask(request, query, CatalogModelsReply)
+
+
+@router.get("/api/v1/catalog/models/{model:path}", response_model=ModelDoc)
+async def catalog_model(request: Request, model: str, who: Caller = Depends(caller)) -> ModelDoc:
+    """One model by id, Ollama name or Hugging Face repo."""
+    return await ask(request, ModelInfoRequest(model=model), ModelDoc)
+
+
+@router.get("/api/v1/users/{user_id}/profile-config", response_model=UserConfigReply)
+async def get_profile_config(request: Request, user_id: str, who: Caller = Depends(caller)) -> UserConfigReply:
+    return await ask(request, UserConfigGetRequest(caller=who, user_id=user_id), UserConfigReply)
+
+
+@router.put("/api/v1/users/{user_id}/profile-config", response_model=UserConfigReply)
+async def put_profile_config(
+    request: Request, user_id: str, body: ProfileConfigBody, who: Caller = Depends(caller)
+) -> UserConfigReply:
+    """Map profile types to profile ids (null: back to the system default) and set parameter overrides."""
+    req = UserConfigRequest(caller=who, user_id=user_id, profiles=body.profiles, overrides=body.overrides)
+    return await ask(request, req, UserConfigReply)
+
+
+@router.post("/api/v1/users/{user_id}/tokens", response_model=TokenIssueReply, status_code=201)
+async def issue_token(request: Request, user_id: str, body: TokenBody, who: Caller = Depends(admin)) -> TokenIssueReply:
+    """Admin: mint a bearer token for `user_id` (the user is created on first issue). Shown once."""
+    req = TokenIssueRequest(caller=who, user_id=user_id, display_name=body.display_name)
+    return await ask(request, req, TokenIssueReply)
+
+
+@router.post(
+    "/api/v1/catalog/import",
+    response_model=ImportReply,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The file as written: llm_models.json, a presets .toml, or models.txt.",
+            "content": {
+                m: {"schema": {"type": "string"}} for m in ("application/json", "application/toml", "text/plain")
+            },
+        }
+    },
+)
+async def import_manifest(
+    request: Request,
+    filename: str = Query("upload", min_length=1, max_length=512, description="Its name; picks the format."),
+    format: Literal["json", "toml", "models.txt"] | None = None,
+    who: Caller = Depends(admin),
+) -> ImportReply:
+    """Admin: one transaction; a bad file changes nothing and the error names the file, line or key, and field."""
+    try:
+        content = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HTTPException(422, f"{filename}: the file is not UTF-8 text (byte {exc.start})") from exc
+    req = ImportRequest(caller=who, filename=filename, content=content, format=format)
+    return await ask(request, req, ImportReply, timeout_s=60.0)
+
+
+@router.get("/api/v1/catalog/export", response_class=Response)
+async def export_manifest(
+    request: Request, format: Literal["json", "toml", "models.txt"] = "json", who: Caller = Depends(admin)
+) -> Response:
+    """Admin: the catalog as a file of that format (profile sets / presets / models.txt)."""
+    reply = await ask(request, ExportRequest(caller=who, format=format), ExportReply)
+    headers = {"Content-Disposition": f'attachment; filename="{reply.filename}"'}
+    return Response(reply.content, media_type=_MEDIA[reply.format], headers=headers)
