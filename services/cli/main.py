@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from services.cli import diagnose as diagnose_cmd
+from services.cli import hardware_cmds
 from services.cli import status as status_cmd
 from services.cli import up as up_cmd
 
@@ -15,6 +17,9 @@ app = typer.Typer(
 )
 app.command("up")(up_cmd.up)
 app.command("status")(status_cmd.status)
+app.command("hardware")(hardware_cmds.hardware)
+app.command("fit")(hardware_cmds.fit)
+app.command("diagnose")(diagnose_cmd.diagnose)
 
 
 def main() -> None:

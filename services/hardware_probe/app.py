@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.hardware_probe import handlers
 from services.hardware_probe.host_stats import HostStats
-from services.hardware_probe.nvml import NvmlReader
+from services.runtime.nvml import NvmlReader
 from services.hardware_probe.ollama_status import OllamaStatus
 from services.hardware_probe.sampler import Sampler
 from services.hardware_probe.settings import HardwareProbeSettings

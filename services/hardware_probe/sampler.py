@@ -8,7 +8,7 @@ from dataclasses import asdict
 from contracts.hardware import GpuSampled
 from services.hardware_probe import domain
 from services.hardware_probe.host_stats import HostStats
-from services.hardware_probe.nvml import NvmlReader
+from services.runtime.nvml import NvmlReader
 from services.hardware_probe.ollama_status import OllamaStatus
 from services.hardware_probe.torch_stats import TorchStats
 

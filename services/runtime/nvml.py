@@ -1,4 +1,5 @@
-"""The one place that calls NVML (nvidia-ml-py, imported as pynvml); tests hand a stand-in module to NvmlReader."""
+"""The one place that calls NVML (nvidia-ml-py, imported as pynvml): the probe and `modelfleet diagnose` read
+GPUs through NvmlReader, and tests hand it a stand-in module (no GPU on CI machines)."""
 
 from __future__ import annotations
 
