@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from contracts.catalog import ModelDoc, ModelSources, ProfileSetDoc, QuantizationDoc, RoleModelDoc
 from contracts.model_ref import ModelRefError, parse_model_ref
-from contracts.parameters import ParameterError, validate_parameters
+from contracts.parameters import ALIASES, ParameterError, validate_parameters
 
 #: Providers the fleet can serve; a manifest entry naming another is skipped with a warning.
 SUPPORTED_PROVIDERS = ("ollama", "huggingface", "local")
@@ -253,7 +253,7 @@ def _performance_profile(filename: str, content: str, name: str, table: dict[str
     try:
         parameters = validate_parameters(params)
     except ParameterError as exc:
-        key = next((k for k in params if k == exc.field or k == "max_tokens"), exc.field)
+        key = next((k for k in params if ALIASES.get(k, k) == exc.field), exc.field)
         raise ManifestError(filename, _toml_line(content, section, key), exc.field, str(exc)) from exc
     for key in _PERF_TEXT:
         if key in table and not isinstance(table[key], str):
