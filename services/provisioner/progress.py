@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from types import TracebackType
 
 from contracts.provisioner import ProvisionProgress
@@ -52,7 +53,7 @@ class ProgressRelay:
             }
         )
         try:
-            await self.publish(event.model_copy(update={"event_id": uuid.uuid4()}))
+            await self.publish(event.model_copy(update={"event_id": uuid.uuid4(), "occurred_at": datetime.now(UTC)}))
         except Exception as exc:  # progress is best effort; the outcome goes through the outbox
             log.warning("progress event not published: %s", exc)
 

@@ -37,7 +37,7 @@ class HubFile:
 
     @property
     def git_oid(self) -> str:
-        return hashlib.sha1(f"{self.path}:{self.sha256}".encode()).hexdigest()  # noqa: S324 - an id, not security
+        return hashlib.sha1(f"{self.path}:{self.sha256}".encode()).hexdigest()
 
     def chunks(self, start: int, end: int) -> Any:
         """Yield the bytes of [start, end) in pieces of at most one block."""
@@ -93,7 +93,7 @@ class HubRepo:
         parent = self.branches.get(branch)
         tree = {} if replace or parent is None else dict(self.commits[parent])
         tree.update({f.path: f for f in files})
-        sha = hashlib.sha1(f"{self.repo_id}:{parent}:{sorted(tree)}:{len(self.commits)}".encode()).hexdigest()  # noqa: S324
+        sha = hashlib.sha1(f"{self.repo_id}:{parent}:{sorted(tree)}:{len(self.commits)}".encode()).hexdigest()
         self.commits[sha] = tree
         self.branches[branch] = sha
         return sha
@@ -305,7 +305,7 @@ def _tree_entries(tree: dict[str, HubFile], prefix: str, recursive: bool) -> lis
     dirs = [
         {"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
         for d in sorted(folders)
-    ]  # noqa: S324
+    ]
     return dirs + files
 
 
