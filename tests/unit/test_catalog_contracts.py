@@ -21,15 +21,35 @@ pytestmark = pytest.mark.unit
         ("qwen3:30b-a3b", "ollama", "qwen3:30b-a3b", "ollama"),
         ("nomic-embed-text", "ollama", "nomic-embed-text", "ollama"),
         ("library/llama3.2:3b-instruct-q4_K_M", "ollama", "library/llama3.2:3b-instruct-q4_K_M", "ollama"),
-        ("hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:q4_k_m", "hf_gguf", "hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:Q4_K_M", "ollama"),
-        ("hf.co/mradermacher/Llama-3.3-70B-Instruct-GGUF", "hf_gguf", "hf.co/mradermacher/Llama-3.3-70B-Instruct-GGUF", "ollama"),
-        ("https://huggingface.co/mradermacher/Llama-3.3-70B-Instruct-GGUF", "hf", "mradermacher/Llama-3.3-70B-Instruct-GGUF", "huggingface"),
+        (
+            "hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:q4_k_m",
+            "hf_gguf",
+            "hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:Q4_K_M",
+            "ollama",
+        ),
+        (
+            "hf.co/mradermacher/Llama-3.3-70B-Instruct-GGUF",
+            "hf_gguf",
+            "hf.co/mradermacher/Llama-3.3-70B-Instruct-GGUF",
+            "ollama",
+        ),
+        (
+            "https://huggingface.co/mradermacher/Llama-3.3-70B-Instruct-GGUF",
+            "hf",
+            "mradermacher/Llama-3.3-70B-Instruct-GGUF",
+            "huggingface",
+        ),
         ("deepseek-ai/Janus-Pro-1B", "hf", "deepseek-ai/Janus-Pro-1B", "huggingface"),
         ("Qwen/Qwen3-8B@v1.0", "hf", "Qwen/Qwen3-8B@v1.0", "huggingface"),
-        ("Qwen/Qwen3-8B@0123456789abcdef0123456789abcdef01234567", "hf", "Qwen/Qwen3-8B@0123456789abcdef0123456789abcdef01234567", "huggingface"),
+        (
+            "Qwen/Qwen3-8B@0123456789abcdef0123456789abcdef01234567",
+            "hf",
+            "Qwen/Qwen3-8B@0123456789abcdef0123456789abcdef01234567",
+            "huggingface",
+        ),
         ("local:models/tinyllama.Q4_K_M.gguf", "local", "local:models/tinyllama.Q4_K_M.gguf", "local"),
     ],
-)  # fmt: skip
+)
 def test_model_references_parse_to_their_canonical_spelling(text, kind, canonical, provider):
     ref = parse_model_ref(text)
     assert (ref.kind, ref.canonical, ref.provider) == (kind, canonical, provider)

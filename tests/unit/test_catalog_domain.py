@@ -64,8 +64,13 @@ def test_curated_library_has_the_required_models_and_real_sizes():
 
 
 _PARAM = st.fixed_dictionaries(
-    {}, optional={"temperature": st.floats(0, 2, allow_nan=False), "top_k": st.integers(0, 100), "num_ctx": st.integers(1, 65536)}
-)  # fmt: skip
+    {},
+    optional={
+        "temperature": st.floats(0, 2, allow_nan=False),
+        "top_k": st.integers(0, 100),
+        "num_ctx": st.integers(1, 65536),
+    },
+)
 
 
 @given(glob=_PARAM, model=_PARAM, profile=_PARAM, user=_PARAM, request_=_PARAM)
