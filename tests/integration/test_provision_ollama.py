@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from itertools import pairwise
 
 import pytest
 
@@ -53,7 +54,7 @@ async def test_pull_progress_in_order_then_pulled_inventory_and_cache(
     assert done_bytes == sorted(done_bytes)
     assert done_bytes[-1] == progress[-1]["total_bytes"] == (8 << 20) + 485
     times = [datetime.fromisoformat(e["occurred_at"]) for e in progress]
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in pairwise(times)]
     assert min(gaps) >= 0.45, gaps  # at most 2 per second
     assert any(e["rate_bytes_per_s"] and e["eta_s"] is not None for e in progress)
     pulled = bus.of(cmd.request_id, ".model.pulled.v1")
