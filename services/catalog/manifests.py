@@ -33,6 +33,9 @@ _PRESET_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {  # field -> 
     "min_ram_gb": ((int, float), False),
 }
 _PERF_TEXT = ("description", "use_case")
+_TOML_FIELDS = frozenset(
+    {"provider", "context_window", "recommended_use", "min_ram_gb", "quantizations", "sources", "tags", "extra"}
+)
 
 
 class ManifestError(ValueError):
@@ -50,6 +53,8 @@ class ImportPlan:
     models: list[ModelDoc] = field(default_factory=list)
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: The model fields this format carries; an import over an existing model changes only these.
+    model_fields: frozenset[str] = frozenset()
 
 
 def guess_format(filename: str, content: str) -> str:
@@ -188,7 +193,7 @@ def parse_toml(filename: str, content: str) -> ImportPlan:
         match = re.search(r"line (\d+)", str(exc))
         where = f"line {match.group(1)}" if match else "document"
         raise ManifestError(filename, where, "(document)", f"not valid TOML: {exc}") from exc
-    plan = ImportPlan("toml")
+    plan = ImportPlan("toml", model_fields=_TOML_FIELDS)
     for section in doc:
         if section not in ("model_presets", "performance_profiles"):
             plan.warnings.append(f"{filename}: [{section}] is not a catalog section; ignored")
@@ -280,7 +285,7 @@ def export_toml(models: list[ModelDoc], presets: dict[str, dict[str, Any]]) -> s
 
 
 def parse_models_txt(filename: str, content: str) -> ImportPlan:
-    plan = ImportPlan("models.txt")
+    plan = ImportPlan("models.txt", model_fields=frozenset({"provider", "sources"}))
     seen: set[str] = set()
     for number, raw in enumerate(content.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()

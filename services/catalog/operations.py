@@ -231,7 +231,7 @@ class Catalog:
             raise CatalogError(422, str(exc)) from exc
         for warning in plan.warnings:
             log.warning("import: %s", warning)
-        models = [_as_local_edit(view.models.get(m.id), m) for m in plan.models]
+        models = [_as_local_edit(view.models.get(m.id), m, plan.model_fields) for m in plan.models]
 
         async def write(session: AsyncSession) -> None:
             for profile_set in plan.sets:
@@ -264,13 +264,12 @@ class Catalog:
         )
 
 
-def _as_local_edit(stored: ModelDoc | None, imported: ModelDoc) -> ModelDoc:
+def _as_local_edit(stored: ModelDoc | None, imported: ModelDoc, carried: frozenset[str]) -> ModelDoc:
     """An import over an existing model is a local edit: the fields it changes survive curated updates."""
     if stored is None:
         return imported
     old, new = stored.model_dump(), imported.model_dump()
-    skip = {"origin", "edited_fields", "id"}
-    changed = [k for k in new if k not in skip and new[k] != old.get(k) and new[k] not in (None, "", [], {})]
+    changed = [k for k in carried if new[k] != old.get(k) and new[k] not in (None, "", [], {})]
     data = {**old, **{k: new[k] for k in changed}}
     data["edited_fields"] = sorted({*stored.edited_fields, *changed})
     return ModelDoc.model_validate(data)
