@@ -29,6 +29,31 @@ def documented_services() -> tuple[str, ...]:
     return (*SERVICES, "gateway")
 
 
+#: The producer token of `evt.<producer>...` subjects, where it differs from the service's bus name.
+PRODUCER_SERVICE = {"hardware": "hardware-probe", "fallback": "inference-fallback"}
+
+
+def published_by(service: str) -> list[type[Any]]:
+    """The contracts `service` publishes: events named for it as producer; commands come in through the gateway."""
+    from contracts.registry import ALL_CONTRACTS
+
+    out = []
+    for cls in ALL_CONTRACTS.values():
+        kind, owner = [*cls.SUBJECT.split("."), "", ""][:2]
+        if (kind == "evt" and PRODUCER_SERVICE.get(owner, owner) == service) or (
+            kind == "cmd" and service == "gateway"
+        ):
+            out.append(cls)
+    return sorted(out, key=lambda cls: cls.SUBJECT)
+
+
+def _declare_publishers(broker: Any, service: str) -> None:
+    """Services publish through the outbox, which FastStream cannot see: declare those subjects for the document."""
+    for cls in published_by(service):
+        role = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+        broker.publisher(cls.SUBJECT, schema=cls, title=f"{cls.SUBJECT}:{cls.__name__}", description=role)
+
+
 def _broker_of(service: str) -> tuple[Any, str]:
     """Build `service` the way its process does and return its FastStream broker and its role line."""
     app_module = importlib.import_module(f"services.{service.replace('-', '_')}.app")
@@ -49,6 +74,7 @@ def asyncapi_documents() -> dict[str, str]:
     with doc_environment():
         for service in documented_services():
             broker, role = _broker_of(service)
+            _declare_publishers(broker, service)
             spec = AsyncAPI(broker, title=f"modelfleet {service}", version=package_version(), description=role)
             documents[service] = render(json.loads(spec.to_specification().to_json()))
     return documents

@@ -62,3 +62,25 @@ def test_check_mode_fails_on_drift(
     (target / "retired-service.json").unlink()
     assert gen_asyncapi.main([]) == 0
     assert gen_asyncapi.main(["--check"]) == 0
+
+
+def sent_addresses(document: dict[str, object]) -> set[str]:
+    channels: dict[str, dict[str, str]] = document["channels"]  # type: ignore[assignment]
+    operations: dict[str, dict[str, dict[str, str]]] = document["operations"]  # type: ignore[assignment]
+    return {
+        channels[op["channel"]["$ref"].rsplit("/", 1)[-1].replace("%20", " ")]["address"]
+        for op in operations.values()
+        if op["action"] == "send"
+    }
+
+
+def test_every_event_and_command_is_documented_as_sent_by_exactly_one_service(documents: dict[str, str]) -> None:
+    from contracts.registry import ALL_CONTRACTS
+
+    sent = {name: sent_addresses(json.loads(text)) for name, text in documents.items()}
+    for cls in ALL_CONTRACTS.values():
+        if cls.SUBJECT.startswith(("evt.", "cmd.")):
+            senders = [name for name, subjects in sent.items() if cls.SUBJECT in subjects]
+            assert len(senders) == 1, f"{cls.SUBJECT} is documented as sent by {senders}"
+    assert "evt.hardware.gpu.sampled.v1" in sent["hardware-probe"]
+    assert "cmd.provisioner.provision.v1" in sent["gateway"]
