@@ -1,0 +1,243 @@
+"""`modelfleet models|profiles|catalog`: the model library, profiles and manifest import/export, via the gateway."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.cli.client import call
+
+models_app = typer.Typer(no_args_is_help=True, help="The model library and the default model.")
+profiles_app = typer.Typer(no_args_is_help=True, help="Profiles: system defaults and your own.")
+catalog_app = typer.Typer(no_args_is_help=True, help="Import and export manifests (JSON, TOML presets, models.txt).")
+
+JSON_OPT = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _print_json(doc: Any) -> None:
+    typer.echo(json.dumps(doc, indent=2))
+
+
+def _gb(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1e9:.1f} GB"
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    """`--param temperature=0.2 --param stop='["</s>"]'`: values are JSON where they parse, else text."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{pair!r}: expected NAME=VALUE", param_hint="--param")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
+    return out
+
+
+# --- models ----------------------------------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list(
+    capability: str | None = typer.Option(None, help="chat, code, embedding, vision, image_generation, reranking"),
+    category: str | None = typer.Option(None, help="balanced, creative, technical, advanced"),
+    tag: str | None = None,
+    max_size_gb: float | None = typer.Option(None, help="Smallest download at most this size."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List the model library, filtered."""
+    query = {"capability": capability, "category": category, "tag": tag, "max_size_gb": max_size_gb}
+    body = call("GET", "/api/v1/catalog/models", params={k: v for k, v in query.items() if v is not None}).json()
+    if as_json:
+        return _print_json(body)
+    table = Table(title=f"model library ({len(body['models'])})")
+    for col in ("id", "name", "family", "params", "context", "capabilities", "category", "smallest"):
+        table.add_column(col)
+    for m in body["models"]:
+        params = f"{m['parameter_count'] / 1e9:.1f}B" if m.get("parameter_count") else "-"
+        sizes = [q["size_bytes"] for q in m["quantizations"]]
+        table.add_row(
+            m["id"], m["display_name"], m["family"], params, str(m.get("context_window") or "-"),
+            ", ".join(m["capabilities"]), m["category"], _gb(min(sizes) if sizes else None),
+        )  # fmt: skip
+    Console().print(table)
+
+
+@models_app.command("info")
+def models_info(
+    name: str = typer.Argument(..., help="Model id, Ollama name or HF repo."), as_json: bool = JSON_OPT
+) -> None:
+    """Show one model: sources, quantizations, ratings."""
+    m = call("GET", f"/api/v1/catalog/models/{name}").json()
+    if as_json:
+        return _print_json(m)
+    console = Console()
+    console.print(
+        f"[bold]{m['display_name']}[/bold] ({m['id']}) — {m['family']}, {m['category']}, provider {m['provider']}"
+    )
+    console.print(m["recommended_use"])
+    sources = {k: v for k, v in m["sources"].items() if v}
+    console.print("sources: " + ", ".join(f"{k}={v}" for k, v in sources.items()))
+    if m["ratings"]:
+        console.print("ratings: " + ", ".join(f"{k} {v}/10" for k, v in m["ratings"].items()))
+    table = Table(title="quantizations")
+    for col in ("name", "file", "size", "sha256"):
+        table.add_column(col)
+    for q in m["quantizations"]:
+        table.add_row(q["name"], q["file"], _gb(q["size_bytes"]), q.get("sha256") or "-")
+    console.print(table)
+
+
+@models_app.command("set-default")
+def models_set_default(name: str, as_json: bool = JSON_OPT) -> None:
+    """Set the default model (admin token)."""
+    body = call("POST", "/api/v1/models/default", json={"model": name}).json()
+    if as_json:
+        return _print_json(body)
+    typer.echo(f"default model: {body['default_model']} ({body['model_ref']})")
+
+
+# --- profiles --------------------------------------------------------------------------------------------------------
+
+
+def _profile_table(profiles: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("id", "name", "type", "owner", "model", "temperature", "num_ctx"):
+        table.add_column(col)
+    for p in profiles:
+        table.add_row(
+            p["id"], p["name"], p["type_name"], p["owner_id"] or "system", p["model_name"],
+            str(p["parameters"].get("temperature", "-")), str(p["parameters"].get("num_ctx", "-")),
+        )  # fmt: skip
+    return table
+
+
+@profiles_app.command("list")
+def profiles_list(
+    type_: str | None = typer.Option(None, "--type", help="Profile type, by name or number."),
+    owner: str | None = typer.Option(None, help="An owner's id, or 'system'."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List the profiles you can read."""
+    query = {k: v for k, v in {"type": type_, "owner_id": owner}.items() if v is not None}
+    body = call("GET", "/api/v1/profiles", params=query).json()
+    if as_json:
+        return _print_json(body)
+    Console().print(_profile_table(body["profiles"], f"profiles ({len(body['profiles'])})"))
+
+
+@profiles_app.command("show")
+def profiles_show(profile_id: str, as_json: bool = JSON_OPT) -> None:
+    """Show one profile: parameters and system prompt."""
+    p = call("GET", f"/api/v1/profiles/{profile_id}").json()
+    if as_json:
+        return _print_json(p)
+    console = Console()
+    console.print(_profile_table([p], p["name"]))
+    console.print("parameters: " + json.dumps(p["parameters"]))
+    console.print(f"system prompt: {p['system_prompt'] or '(none)'}")
+
+
+def _profile_body(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+PARAM_OPT = typer.Option([], "--param", "-p", help="NAME=VALUE generation parameter (repeatable).")
+
+
+@profiles_app.command("create")
+def profiles_create(
+    name: str = typer.Option(...),
+    type_: str = typer.Option(..., "--type", help="Profile type, by name or number (primary, engineering, 18)."),
+    model: str = typer.Option(..., help="Model id or reference."),
+    param: list[str] = PARAM_OPT,
+    system_prompt: str | None = None,
+    description: str | None = None,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Create a profile (yours; a system one with the admin token)."""
+    body = _profile_body(
+        name=name, type=type_, model_name=model, parameters=_params(param), system_prompt=system_prompt,
+        description=description,
+    )  # fmt: skip
+    p = call("POST", "/api/v1/profiles", json=body, ok=(201,)).json()
+    if as_json:
+        return _print_json(p)
+    typer.echo(f"created profile {p['id']} ({p['name']})")
+
+
+@profiles_app.command("update")
+def profiles_update(
+    profile_id: str,
+    name: str | None = None,
+    model: str | None = None,
+    param: list[str] = PARAM_OPT,
+    system_prompt: str | None = None,
+    description: str | None = None,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Update a profile; `--param` values merge over its current parameters."""
+    params = None
+    if param:
+        current = call("GET", f"/api/v1/profiles/{profile_id}").json()["parameters"]
+        params = {**current, **_params(param)}
+    body = _profile_body(
+        name=name, model_name=model, parameters=params, system_prompt=system_prompt, description=description
+    )
+    p = call("PUT", f"/api/v1/profiles/{profile_id}", json=body).json()
+    if as_json:
+        return _print_json(p)
+    typer.echo(f"updated profile {p['id']} ({p['name']})")
+
+
+@profiles_app.command("delete")
+def profiles_delete(profile_id: str, as_json: bool = JSON_OPT) -> None:
+    """Delete one of your profiles (system defaults cannot be deleted)."""
+    body = call("DELETE", f"/api/v1/profiles/{profile_id}").json()
+    if as_json:
+        return _print_json(body)
+    typer.echo(f"deleted profile {body['profile_id']}")
+
+
+# --- catalog import / export -----------------------------------------------------------------------------------------
+
+
+@catalog_app.command("import")
+def catalog_import(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    format_: str | None = typer.Option(None, "--format", help="json, toml or models.txt (default: from the name)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Import a manifest in one transaction (admin token); a bad file changes nothing."""
+    params = {"filename": file.name, **({"format": format_} if format_ else {})}
+    body = call("POST", "/api/v1/catalog/import", params=params, content=file.read_bytes(), timeout_s=120).json()
+    if as_json:
+        return _print_json(body)
+    console = Console()
+    console.print(
+        f"imported {file.name} ({body['format']}): {len(body['profile_sets'])} profile sets, "
+        f"{len(body['models'])} models, {len(body['performance_profiles'])} performance profiles"
+    )
+    for warning in body["warnings"]:
+        console.print(f"[yellow]warning[/yellow]: {warning}")
+
+
+@catalog_app.command("export")
+def catalog_export(
+    format_: str = typer.Option("json", "--format", help="json, toml or models.txt"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+) -> None:
+    """Export the catalog in one of the manifest formats (admin token)."""
+    text = call("GET", "/api/v1/catalog/export", params={"format": format_}).text
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}")
