@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import catalog_cmds, hardware_cmds
+from services.cli import catalog_cmds, hardware_cmds, provision_cmds
 from services.cli import diagnose as diagnose_cmd
 from services.cli import status as status_cmd
 from services.cli import up as up_cmd
@@ -20,6 +20,7 @@ app.command("status")(status_cmd.status)
 app.command("hardware")(hardware_cmds.hardware)
 app.command("fit")(hardware_cmds.fit)
 app.command("diagnose")(diagnose_cmd.diagnose)
+provision_cmds.register(app)
 app.add_typer(catalog_cmds.models_app, name="models")
 app.add_typer(catalog_cmds.profiles_app, name="profiles")
 app.add_typer(catalog_cmds.catalog_app, name="catalog")
