@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from services.cli.client import call
@@ -84,7 +85,7 @@ def models_info(
     )
     console.print(m["recommended_use"])
     sources = {k: v for k, v in m["sources"].items() if v}
-    console.print("sources: " + ", ".join(f"{k}={v}" for k, v in sources.items()))
+    console.print(escape("sources: " + ", ".join(f"{k}={v}" for k, v in sources.items())))
     if m["ratings"]:
         console.print("ratings: " + ", ".join(f"{k} {v}/10" for k, v in m["ratings"].items()))
     table = Table(title="quantizations")
@@ -141,8 +142,8 @@ def profiles_show(profile_id: str, as_json: bool = JSON_OPT) -> None:
         return _print_json(p)
     console = Console()
     console.print(_profile_table([p], p["name"]))
-    console.print("parameters: " + json.dumps(p["parameters"]))
-    console.print(f"system prompt: {p['system_prompt'] or '(none)'}")
+    console.print(escape("parameters: " + json.dumps(p["parameters"])))
+    console.print(escape(f"system prompt: {p['system_prompt'] or '(none)'}"))
 
 
 def _profile_body(**fields: Any) -> dict[str, Any]:
@@ -226,7 +227,7 @@ def catalog_import(
         f"{len(body['models'])} models, {len(body['performance_profiles'])} performance profiles"
     )
     for warning in body["warnings"]:
-        console.print(f"[yellow]warning[/yellow]: {warning}")
+        console.print(f"[yellow]warning[/yellow]: {escape(warning)}")
 
 
 @catalog_app.command("export")
