@@ -86,7 +86,7 @@ async def ask(request: Request, body: Contract, reply: type[R], timeout_s: float
 async def submit(request: Request, cmd: ProvisionCommand, wait: bool, timeout_s: float) -> JSONResponse:
     """Publish the command; either answer 202 with where to follow it, or wait for its request.completed event."""
     bus: BusClient = request.app.state.bus
-    since = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    since = (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     base = f"/api/v1/models/provision/{cmd.request_id}"
     if not wait:
         try:
