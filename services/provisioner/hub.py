@@ -1,8 +1,9 @@
 """Hugging Face hub access through `huggingface_hub`: refs, GGUF listings, and pinned, verified, resumable downloads.
 
-`huggingface_hub` deletes partial files and never checks sha256, so the download loop here is the project's own:
-it appends to `<file>.partial`, resumes with `Range` from its size after a restart, hashes in the same pass
-(continuing over the bytes already on disk), compares with the hub's LFS sha256, and quarantines a mismatch.
+`huggingface_hub` resolves the file (revision, commit, LFS sha256, CDN location) and gives the HTTP session, but it
+deletes partial files and never checks sha256, so the body loop is the project's own: it appends to `<file>.partial`,
+resumes with `Range` from its size after a restart, hashes in the same pass (continuing over the bytes already on
+disk), compares with the hub's LFS sha256, and quarantines a mismatch.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
 
-from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
-from huggingface_hub.file_download import http_get
-from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+import httpx2
+from huggingface_hub import HfApi, constants, get_hf_file_metadata, get_session, hf_hub_url
+from huggingface_hub.utils import build_hf_headers, hf_raise_for_status  # type: ignore[attr-defined]
 
 from services.provisioner import domain
 
@@ -124,16 +126,14 @@ class HubClient:
         if meta.commit_hash and meta.commit_hash != commit:
             raise domain.BadReference(f"hub answered commit {meta.commit_hash} for {commit}")
         expected = file.sha256 or meta.etag
-        sink = _HashingSink(partial, hasher, have, file.size, progress)
+        pipeline = _Pipeline(partial, have, hasher)
+        fetched = 0
         try:
             if have < file.size:
-                headers = build_hf_headers(token=self._token or False)
-                http_get(
-                    meta.location, cast(BinaryIO, sink), resume_size=have, headers=headers, expected_size=file.size
-                )
+                fetched = self._stream(meta.location, pipeline, have, file.size, progress)
         finally:
-            sink.close()
-        digest = sink.hasher.hexdigest()
+            pipeline.close()
+        digest = pipeline.hasher.hexdigest()
         if file.sha256 is not None and digest != expected:
             quarantined = self.quarantine(partial, digest)
             raise VerificationFailed(
@@ -142,7 +142,42 @@ class HubClient:
                 quarantined,
             )
         os.replace(partial, dest)
-        return Downloaded(dest, digest, file.size, commit, sink.fetched)
+        return Downloaded(dest, digest, file.size, commit, fetched)
+
+    def _stream(self, url: str, pipeline: _Pipeline, have: int, size: int, progress: Progress | None) -> int:
+        """GET `url` from byte `have` (Range), feeding the pipeline; transient faults resume where the bytes stopped."""
+        headers = build_hf_headers(token=self._token or False)
+        headers["Accept-Encoding"] = "identity"
+        session = get_session()
+        position, fetched, retries = have, 0, 0
+        while position < size:
+            ask = dict(headers, Range=f"bytes={position}-") if position else headers
+            try:
+                with session.stream("GET", url, headers=ask, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                    hf_raise_for_status(response)
+                    if position and response.status_code == 200:
+                        pipeline.restart()
+                        position = 0
+                    for piece in response.iter_raw():
+                        pipeline.feed(piece)
+                        position += len(piece)
+                        fetched += len(piece)
+                        retries = 0
+                        if progress is not None:
+                            progress(position, size)
+                if position < size:
+                    raise httpx2.RemoteProtocolError(f"body ended at byte {position} of {size}")
+            except (httpx2.ConnectError, httpx2.TimeoutException, httpx2.RemoteProtocolError, httpx2.ReadError) as exc:
+                retries += 1
+                if retries > 5:
+                    raise OSError(f"download of {url.split('?')[0]} failed at byte {position}: {exc}") from exc
+                log.warning("download interrupted at byte %d (%s); resuming", position, exc)
+                time.sleep(min(0.2 * 2**retries, 5.0))
+        if position > size:
+            raise OSError(f"the hub sent {position} bytes for a file of {size}")
+        return fetched
 
     def quarantine(self, path: Path, digest: str) -> Path:
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
@@ -171,46 +206,81 @@ class HubClient:
         return self.target(pinned.repo_id, pinned.commit, "x").parent, got
 
 
-class _HashingSink:
-    """The file object `http_get` writes to: appends to the partial file and hashes in the same pass."""
+class _Pipeline:
+    """Writes and hashes what the receiving thread hands over, each in its own thread (hashlib and os.writev release
+    the GIL), so receiving, hashing and writing overlap. The file only ever holds a contiguous prefix of the body."""
 
-    def __init__(self, path: Path, hasher: hashlib._Hash, have: int, total: int, progress: Progress | None):
-        self._file = path.open("r+b" if have else "wb", buffering=0)
-        self._file.seek(have)
+    GROUP = 4 * 1024 * 1024
+
+    def __init__(self, path: Path, have: int, hasher: hashlib._Hash):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.ftruncate(self.fd, have)
+        os.lseek(self.fd, have, os.SEEK_SET)
         self.hasher = hasher
-        self._lock = threading.Lock()
-        self.position = have
-        self.fetched = 0
-        self.total = total
-        self.progress = progress
+        self.error: BaseException | None = None
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._queues: list[queue.Queue[list[bytes] | None]] = [queue.Queue(maxsize=8), queue.Queue(maxsize=8)]
+        self._threads: list[threading.Thread] = []
+        self._start_threads()
 
-    def write(self, data: bytes) -> int:
-        self.hasher.update(data)
-        n = self._file.write(data) or 0
-        self.position += n
-        self.fetched += n
-        if self.progress is not None:
-            self.progress(self.position, self.total)
-        return n
+    def _hash(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self.hasher.update(piece)
 
-    def tell(self) -> int:
-        return self.position
+    def _write(self, pieces: list[bytes]) -> None:
+        os.writev(self.fd, pieces)
 
-    def seek(self, offset: int, whence: int = 0) -> int:
-        # http_get rewinds only when a server ignored Range: start over, hash included.
-        if offset != self.position:
-            if offset != 0:
-                raise OSError(f"cannot rewind a verified download to byte {offset}")
-            self._file.seek(0)
-            self.position = 0
-            self.hasher = hashlib.sha256()
-        return self.position
+    def _drain(self, q: queue.Queue[list[bytes] | None], work: Callable[[list[bytes]], None]) -> None:
+        while (pieces := q.get()) is not None:
+            if self.error is None:
+                try:
+                    work(pieces)
+                except BaseException as exc:
+                    self.error = exc
 
-    def truncate(self, size: int | None = None) -> int:
-        return self._file.truncate(self.position if size is None else size)
+    def feed(self, piece: bytes) -> None:
+        self._pending.append(piece)
+        self._size += len(piece)
+        if self._size >= self.GROUP:
+            self.flush()
 
-    def close(self) -> None:
-        self._file.close()
+    def flush(self) -> None:
+        if self._pending:
+            for q in self._queues:
+                q.put(self._pending)
+            self._pending, self._size = [], 0
+        if self.error is not None:
+            raise self.error
+
+    def restart(self) -> None:
+        """The server ignored Range and sent the whole body: start the file and the hash over."""
+        self.close(keep_open=True)
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.hasher = hashlib.sha256()
+        self._start_threads()
+
+    def _start_threads(self) -> None:
+        self._threads = [
+            threading.Thread(target=self._drain, args=(self._queues[0], self._hash), daemon=True),
+            threading.Thread(target=self._drain, args=(self._queues[1], self._write), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def close(self, keep_open: bool = False) -> None:
+        try:
+            self.flush()
+        finally:
+            for q in self._queues:
+                q.put(None)
+            for t in self._threads:
+                t.join()
+            if not keep_open:
+                os.close(self.fd)
+        if self.error is not None:
+            raise self.error
 
 
 def _hash_file(path: Path, hasher: hashlib._Hash) -> None:
