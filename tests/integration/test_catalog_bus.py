@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import nats
@@ -114,3 +115,48 @@ async def test_active_set_from_llm_models_profile_and_events_through_the_outbox(
         assert mine[0]["producer"] == "catalog"
     finally:
         await nc.close()
+
+
+async def test_a_change_through_one_replica_reaches_the_other_replicas_cache(
+    nats_url, database_url, service_env, start_service
+):
+    env = service_env(database_url=database_url)
+    await start_service("catalog", env)
+    await start_service("catalog", env)
+    nc = await nats.connect(nats_url)
+    try:
+        deadline = time.monotonic() + 30  # the harness's health wait may have been answered by the first replica
+        while len(await healthy_instances(nc)) < 2:
+            assert time.monotonic() < deadline, "the second replica never answered its health subject"
+            await asyncio.sleep(0.1)
+        saved = await rpc(nc, ProfileSaveRequest.SUBJECT, ProfileSaveRequest(
+            caller=ADMIN, profile=ProfileInput(name="shared", type=9, model_name="qwen3:14b", parameters={"top_k": 7}),
+        ))  # fmt: skip
+        resolve = ResolveRequest(profile_id=uuid.UUID(saved["id"]))
+        # The queue group spreads requests over both replicas: 40 answers in a row must all know the profile.
+        answers: list[dict] = []
+        deadline = time.monotonic() + 10
+        while len(answers) < 40:
+            assert time.monotonic() < deadline, "a replica kept answering from a stale view"
+            got = await rpc(nc, ResolveRequest.SUBJECT, resolve)
+            answers = [*answers, got] if "error" not in got else []
+        assert {a["model_ref"] for a in answers} == {"qwen3:14b"} and {a["parameters"]["top_k"] for a in answers} == {7}
+    finally:
+        await nc.close()
+
+
+async def healthy_instances(nc) -> set[str]:
+    """Instance ids of every catalog replica that answers its health subject within 0.3 s."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish("rpc.catalog.health.v1", b"{}", reply=inbox)
+    seen: set[str] = set()
+    try:
+        while True:
+            reply = json.loads((await sub.next_msg(timeout=0.3)).data)
+            if reply.get("healthy"):
+                seen.add(reply["instance_id"])
+    except nats.errors.TimeoutError:
+        return seen
+    finally:
+        await sub.unsubscribe()
