@@ -115,3 +115,13 @@ def provisioner_env(
         MODELFLEET_PROVISIONER_QUARANTINE_DIR=str(tmp_path / "quarantine"),
         **extra,
     )
+
+
+async def db_rows(database_url: str, sql: str) -> list[dict[str, Any]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return [dict(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()

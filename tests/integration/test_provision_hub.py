@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import os
-import signal
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from contracts.provisioner import (
     QuantizationsRequest,
     pinned_ollama_name,
 )
-from tests.integration.test_provision_helpers import MIB, Bus, provisioner_env, wait_for
+from tests.integration.test_provision_helpers import MIB, Bus, db_rows, provisioner_env, wait_for
 from tests.peers.hub_server import HubPeer, generated_file, small_file
 from tests.peers.ollama_server import OllamaPeer
 
@@ -146,30 +146,43 @@ async def test_file_name_climbing_out_of_models_dir_refused(
     assert not [r for r in hub.requests if "/blobs/" in r[1]]  # refused before a byte was fetched
 
 
-async def test_cut_download_resumes_after_provisioner_killed(
+async def test_update_check_publishes_update_available_and_persists_its_time(
+    bus, peers, service_env, database_url, tmp_path, start_service
+):
+    ollama, hub, first = peers
+    env = provisioner_env(service_env, database_url, tmp_path, hub.url, {"gpu-1": ollama.url},
+                          MODELFLEET_PROVISIONER_UPDATE_INTERVAL_S="1")  # fmt: skip
+    await start_service("provisioner", env)
+    [action] = (await bus.completed((await bus.provision(models=[f"hf.co/{REPO}:Q4_K_M@v1"])).request_id)).actions
+    assert action.action == "imported"
+    await wait_for(lambda: any(s.endswith("update.available.v1") for s, _, _ in bus.events), what="update.available")
+    [update] = [e for s, e, _ in bus.events if s.endswith("update.available.v1")][:1]
+    assert (update["model"], update["installed_revision"], update["remote_revision"], update["target_host"]) == (
+        f"hf.co/{REPO}:Q4_K_M@v1",
+        first,
+        hub.repos[REPO].branches["main"],
+        "gpu-1",
+    )
+    [state] = await db_rows(database_url, "SELECT value FROM provisioner.state WHERE key = 'update_check'")
+    value = json.loads(state["value"]) if isinstance(state["value"], str) else state["value"]
+    assert value["last_check_at"] > 0 and value["skipped"] is False
+
+
+async def test_update_check_honours_skip_model_downloads(
     bus, peers, service_env, database_url, tmp_path, start_service
 ):
     ollama, hub, _ = peers
-    big = hub.repo("acme/big-GGUF")
-    sha = big.commit([generated_file("big.Q4_K_M.gguf", 48 * MIB, seed=7)])
-    file = big.commits[sha]["big.Q4_K_M.gguf"]
-    hub.stall_after = 25 * MIB
-    env = provisioner_env(service_env, database_url, tmp_path, hub.url, {"gpu-1": ollama.url})
-    proc = await start_service("provisioner", env)
-    cmd = await bus.provision(models=[f"hf.co/acme/big-GGUF:Q4_K_M@{sha}"])
-    partial = tmp_path / "models" / "acme/big-GGUF" / sha / "big.Q4_K_M.gguf.partial"
-    await wait_for(lambda: hub.stalled.is_set() and partial.exists() and partial.stat().st_size >= 20 * MIB,
-                   what="the download to stall with 20 MiB on disk")  # fmt: skip
-    on_disk = partial.stat().st_size
-    os.kill(proc.proc.pid, signal.SIGKILL)
-    proc.proc.wait(10)
-    hub.release()
-
+    env = provisioner_env(service_env, database_url, tmp_path, hub.url, {"gpu-1": ollama.url},
+                          MODELFLEET_PROVISIONER_UPDATE_INTERVAL_S="1", SKIP_MODEL_DOWNLOADS="1")  # fmt: skip
     await start_service("provisioner", env)
-    [action] = (await bus.completed(cmd.request_id, timeout_s=60)).actions
-    assert action.action == "imported" and action.sha256 == file.sha256
-    ranges = [r for m, p, r in hub.requests if "/blobs/" in p and m == "GET" and r]
-    assert ranges == [f"bytes={on_disk}-"]
-    refetched = hub.served[file.sha256] - file.size
-    assert 0 <= refetched < 2 * CHUNK, refetched
-    assert ollama.blobs[f"sha256:{file.sha256}"] == file.size
+
+    async def state() -> list[dict]:
+        return await db_rows(database_url, "SELECT value FROM provisioner.state WHERE key = 'update_check'")
+
+    for _ in range(100):
+        if rows := await state():
+            break
+        await asyncio.sleep(0.1)
+    value = json.loads(rows[0]["value"]) if isinstance(rows[0]["value"], str) else rows[0]["value"]
+    assert value["skipped"] is True
+    assert not hub.requests and not any(s.endswith("update.available.v1") for s, _, _ in bus.events)
