@@ -128,6 +128,8 @@ class Catalog:
 
     async def issue_token(self, caller: Caller, user_id: str, display_name: str) -> TokenIssueReply:
         domain.require_admin(caller, "issuing tokens")
+        if user_id == caller.user_id:
+            raise CatalogError(422, f"user_id: {user_id!r} is the admin caller's own name; pick another")
         view = await self.current()
         token = "mf_" + secrets.token_urlsafe(32)
         user = view.users.get(user_id) or UserRecord(user_id, display_name)

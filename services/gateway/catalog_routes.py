@@ -42,6 +42,8 @@ from services.gateway.bus_client import BusClient, BusUnavailable, RemoteError
 
 router = APIRouter(tags=["catalog"])
 R = TypeVar("R", bound=BaseModel)
+#: A manifest travels in one bus message; NATS refuses payloads over its max_payload (1 MiB by default).
+MAX_IMPORT_BYTES = 900_000
 _MEDIA = {"json": "application/json", "toml": "application/toml", "models.txt": "text/plain; charset=utf-8"}
 
 
@@ -180,8 +182,11 @@ async def import_manifest(
     who: Caller = Depends(admin),
 ) -> ImportReply:
     """Admin: one transaction; a bad file changes nothing and the error names the file, line or key, and field."""
+    raw = await request.body()
+    if len(raw) > MAX_IMPORT_BYTES:
+        raise HTTPException(413, f"{filename}: {len(raw)} bytes; an import is at most {MAX_IMPORT_BYTES} bytes")
     try:
-        content = (await request.body()).decode("utf-8")
+        content = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise HTTPException(422, f"{filename}: the file is not UTF-8 text (byte {exc.start})") from exc
     req = ImportRequest(caller=who, filename=filename, content=content, format=format)

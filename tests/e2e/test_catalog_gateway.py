@@ -42,6 +42,7 @@ async def test_permission_matrix(fleet):
         tokens[user] = issued.json()["token"]
     alice, bob = bearer(tokens["alice"]), bearer(tokens["bob"])
     assert (await fleet.post("/api/v1/users/carol/tokens", json={}, headers=alice)).status_code == 403
+    assert (await fleet.post("/api/v1/users/admin/tokens", json={}, headers=admin)).status_code == 422
 
     created = await fleet.post(
         "/api/v1/profiles",
@@ -124,6 +125,9 @@ async def test_library_import_export_and_default_over_http(fleet):
     refused = await fleet.post("/api/v1/catalog/import", params={"filename": bad.name}, content=bad.read_bytes(),
                                headers=admin)  # fmt: skip
     assert refused.status_code == 422 and refused.json()["detail"].startswith("top_p_out_of_range.json: key ")
+    huge = await fleet.post("/api/v1/catalog/import", params={"filename": "big.txt"}, content=b"a/b\n" * 300_000,
+                            headers=admin)  # fmt: skip
+    assert huge.status_code == 413 and "big.txt" in huge.json()["detail"]
     exported = await fleet.get("/api/v1/catalog/export", params={"format": "json"}, headers=admin)
     assert exported.status_code == 200 and "laptop.json" not in exported.headers["content-disposition"]
     assert json.loads(exported.text)["profiles"]["laptop"]["models"]["general"] == "llama3.2:3b"

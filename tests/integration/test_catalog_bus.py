@@ -74,6 +74,8 @@ async def test_first_start_loads_library_and_resolves_over_the_bus(nats_url, dat
         assert bad["error"]["status"] == 422 and "exactly one" in bad["error"]["detail"]
         out_of_range = await rpc(nc, ResolveRequest.SUBJECT, {"role": "general", "options": {"top_p": 3}})
         assert out_of_range["error"]["status"] == 422 and "top_p" in out_of_range["error"]["detail"]
+        garbage = json.loads((await nc.request(ResolveRequest.SUBJECT, b"\xffnot json", timeout=10)).data)
+        assert garbage["error"]["status"] == 422
         unknown = await rpc(nc, ResolveRequest.SUBJECT, {"role": "astrology"})
         assert unknown["error"]["status"] == 404 and "astrology" in unknown["error"]["detail"]
 
