@@ -31,15 +31,19 @@ class OllamaStatus:
     def __init__(self, url: str, timeout_s: float = 2.0):
         self.url = url
         self._client = ollama.AsyncClient(host=url, timeout=timeout_s)
+        self._version: str | None = None  # asked again only after Ollama was unreachable (a restart may upgrade it)
 
     async def read(self) -> OllamaReading:
         try:
             ps = await self._client.ps()
         except (ConnectionError, httpx.HTTPError, ollama.ResponseError, OSError, ValueError) as exc:
+            self._version = None
             return OllamaReading(False, error=f"{type(exc).__name__}: {exc}"[:500])
-        return OllamaReading(True, await self._version(), [_loaded(m) for m in ps.models])
+        if self._version is None:
+            self._version = await self._ask_version()
+        return OllamaReading(True, self._version, [_loaded(m) for m in ps.models])
 
-    async def _version(self) -> str | None:
+    async def _ask_version(self) -> str | None:
         # The client has no version() call; /api/version is a plain GET on the same connection pool.
         try:
             response = await self._client._client.get("/api/version")
