@@ -57,6 +57,7 @@ def build_app(settings: ProvisionerSettings) -> Service:
         ops=ops,
         jobs=jobs,
         ack_wait_s=settings.command_ack_wait_s,
+        publish=publish,
     )
     tasks: list[Task] = [jobs.run]
     if settings.update_check:

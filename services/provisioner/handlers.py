@@ -26,6 +26,7 @@ from contracts.subjects import COMMANDS_STREAM
 from services.provisioner import domain
 from services.provisioner.inventory_ops import InventoryOps, entry
 from services.provisioner.ollama_backend import BackendError
+from services.provisioner.progress import Publish
 from services.provisioner.provisioning import Provisioner
 from services.provisioner.store import ProvisionerStore, ProvisionRequestRow
 from services.runtime.bus import jstream
@@ -71,6 +72,7 @@ def register(
     ops: InventoryOps,
     jobs: Jobs,
     ack_wait_s: float,
+    publish: Publish,
 ) -> None:
     @streams.subscriber(
         ProvisionCommand.SUBJECT,
@@ -98,20 +100,12 @@ def register(
         async with store.database.transaction() as session:
             fresh = await store.record_request(session, row)
             done = not fresh and (await store.request(session, cmd.event_id)).completed_at is not None  # type: ignore[union-attr]
-            if fresh:
-                await outbox.add(
-                    session,
-                    ProvisionProgress(
-                        producer="provisioner",
-                        host=host_id,
-                        correlation_id=cmd.request_id,
-                        request_id=cmd.request_id,
-                        target_host="*",
-                        model="*",
-                        status=f"accepted: {domain.describe(cmd)}",
-                    ),
-                )
-        outbox.wake()
+        if fresh:  # progress is best effort (like every progress event); outcomes go through the outbox
+            accepted = ProvisionProgress(
+                producer="provisioner", host=host_id, correlation_id=cmd.request_id, request_id=cmd.request_id,
+                target_host="*", model="*", status=f"accepted: {domain.describe(cmd)}",
+            )  # fmt: skip
+            jobs.spawn(publish(accepted))
         if done:
             await msg.ack()
             return

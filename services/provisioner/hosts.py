@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from faststream.nats import NatsBroker
@@ -23,11 +24,23 @@ class Host:
 
 
 class HostDirectory:
-    def __init__(self, broker: NatsBroker, static: dict[str, str]):
+    """Reads are cached for `ttl_s`: a burst of requests costs one scan of the bucket, and probes sample every few s."""
+
+    def __init__(self, broker: NatsBroker, static: dict[str, str], ttl_s: float = 1.0):
         self.broker = broker
         self.static = static
+        self.ttl_s = ttl_s
+        self._cached: tuple[float, dict[str, Host]] | None = None
 
     async def all(self) -> dict[str, Host]:
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < self.ttl_s:
+            return self._cached[1]
+        hosts = await self._read()
+        self._cached = (now, hosts)
+        return hosts
+
+    async def _read(self) -> dict[str, Host]:
         hosts = {h: Host(h, url, True, 0) for h, url in self.static.items()}
         for sample in await self._samples():
             capacity = sum(g.memory_total_bytes for g in sample.gpus)

@@ -100,12 +100,13 @@ class Outbox:
         """Drain for the life of the service; faults are retried on the next wake or poll."""
         await self.database.migrated.wait()
         while True:
+            # Cleared before draining, so a wake() that lands while a drain runs is not lost until the next poll.
+            self._wake.clear()
             try:
                 while await self.drain_once() == self.batch:
                     pass
             except Exception as exc:
                 log.warning("outbox drain failed, will retry: %s", exc)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
             except TimeoutError:

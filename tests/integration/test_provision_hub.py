@@ -24,7 +24,6 @@ from tests.peers.ollama_server import OllamaPeer
 pytestmark = pytest.mark.integration
 
 REPO = "acme/tiny-GGUF"
-CHUNK = 10 * MIB  # huggingface_hub's download chunk
 
 
 @pytest.fixture
