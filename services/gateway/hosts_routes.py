@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -11,6 +11,7 @@ from nats.js.errors import BucketNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
+from contracts.catalog import ModelDoc, ModelInfoRequest
 from contracts.fit import FitReport, HostCapacity, capacity, fit_report
 from contracts.gguf_header import GgufError, model_shape
 from contracts.hardware import HOSTS_BUCKET, GpuSampled
@@ -21,6 +22,8 @@ from services.runtime.gguf_io import read_url_header
 
 router = APIRouter()
 
+#: What a catalog model is sized as when no quantization is asked for (the one Ollama pulls by default).
+DEFAULT_QUANT = "Q4_K_M"
 #: A host whose latest sample is older than this many of its intervals is reported stale.
 STALE_INTERVALS = 3.0
 
@@ -153,11 +156,7 @@ async def _capacities(bus: BusClient, host: str | None) -> list[HostCapacity]:
 async def _catalog_sizes(bus: BusClient, model: str, timeout_s: float) -> tuple[list[tuple[str, int]], int | None]:
     """The catalog's quantizations (name, size) of `model` and its context window, via rpc.catalog.models.info.v1."""
     try:
-        from contracts.catalog import ModelDoc, ModelInfoRequest
-    except ImportError as exc:
-        raise HTTPException(501, "this catalog has no model lookup (rpc.catalog.models.info.v1)") from exc
-    try:
-        doc: Any = await bus.request(ModelInfoRequest.SUBJECT, ModelInfoRequest(model=model), ModelDoc, timeout_s)
+        doc = await bus.request(ModelInfoRequest.SUBJECT, ModelInfoRequest(model=model), ModelDoc, timeout_s)
     except RemoteError as exc:
         raise HTTPException(exc.status, exc.detail) from exc
     except BusUnavailable as exc:
@@ -165,7 +164,7 @@ async def _catalog_sizes(bus: BusClient, model: str, timeout_s: float) -> tuple[
     return [(q.name, q.size_bytes) for q in doc.quantizations if q.size_bytes], doc.context_window
 
 
-@router.get("/api/v1/fit", response_model=FitReport, tags=["hosts"], responses={404: {}, 422: {}, 501: {}})
+@router.get("/api/v1/fit", response_model=FitReport, tags=["hosts"], responses={404: {}, 422: {}, 503: {}})
 async def fit_get(
     request: Request,
     model: Annotated[str | None, Query(max_length=1024, description="a catalog model name")] = None,
@@ -203,7 +202,8 @@ async def fit_get(
     chosen = [q for q in sizes if quant is None or q[0].upper() == quant.upper()]
     if not chosen:
         raise HTTPException(422, f"quant: {model!r} has no {quant!r} (has {', '.join(q for q, _ in sizes)})")
-    pick = chosen[0] if quant else max(chosen, key=lambda q: q[1])
+    # without --quant: the catalog's default quantization when it has it, else its smallest file
+    pick = chosen[0] if quant else next((q for q in chosen if q[0] == DEFAULT_QUANT), min(chosen, key=lambda q: q[1]))
     return fit_report(model, "catalog", s, hosts, size_bytes=pick[1], quant=pick[0], quants=sizes)
 
 

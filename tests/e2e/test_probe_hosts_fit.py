@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from contracts.fit import HostCapacity, fit_report
 from contracts.gguf_header import model_shape
-from contracts.vram import GIB, EstimateSettings, simple_estimate
+from contracts.vram import GIB, EstimateSettings, QuantOption, best_quantization, simple_estimate
 from services.cli.main import app as cli
 from services.runtime.gguf_io import read_file_header
 from tests.harness.gguf_builder import write_tiny_llama
@@ -159,3 +159,42 @@ async def test_cli_hardware_and_fit(fleet: httpx.AsyncClient, tiny: Path, monkey
     assert sized["hosts"] and all(h["needed_bytes"] == sized["total_bytes"] for h in sized["hosts"])
     assert all((h["fit"] == "wont_fit") == (h["needed_bytes"] > h["free_bytes"]) for h in sized["hosts"])
     assert "perfect" in run("fit", str(tiny), "--free-gib", "8")
+
+
+async def test_fit_of_a_catalog_model_picks_the_best_quant_per_host(
+    database_url: str,
+    service_env: Callable[..., dict[str, str]],
+    start_service: Callable[..., Any],
+    start_gateway: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await start_service("catalog", service_env(database_url=database_url))
+    await start_service("hardware-probe", service_env(MODELFLEET_PROBE_INTERVAL_S="0.25"))
+    url = await start_gateway(service_env())
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        deadline = time.monotonic() + 20
+        while not (await client.get("/api/v1/hosts")).json()["hosts"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        got = await client.get("/api/v1/fit", params={"model": "qwen3-30b-a3b", "num_ctx": 8192})
+        assert got.status_code == 200, got.text
+        doc = got.json()
+        assert doc["source"] == "catalog" and doc["quant"] == "Q4_K_M"  # the default quantization
+        sizes = {q["quant"]: q["size_bytes"] for q in doc["quants"]}
+        assert sizes == {"Q4_K_M": 18_600_000_000, "Q8_0": 32_500_000_000}  # from the catalog's library
+        assert doc["total_bytes"] == simple_estimate(18_600_000_000, 8192).total_bytes
+        [host] = doc["hosts"]
+        options = [QuantOption(quant=q["quant"], needed_bytes=q["needed_bytes"]) for q in doc["quants"]]
+        expected = best_quantization(options, host["free_bytes"])
+        assert doc["best_quant"] == {"test-host": expected[0].quant if expected else None}
+
+        q8 = (await client.get("/api/v1/fit", params={"model": "qwen3-30b-a3b", "quant": "q8_0"})).json()
+        assert q8["quant"] == "Q8_0" and q8["weights_bytes"] == int(32_500_000_000 * 1.2)
+        missing_quant = await client.get("/api/v1/fit", params={"model": "qwen3-30b-a3b", "quant": "Q2_K"})
+        assert missing_quant.status_code == 422 and "Q4_K_M" in missing_quant.json()["detail"]
+        unknown = await client.get("/api/v1/fit", params={"model": "no-such-model"})
+        assert unknown.status_code == 404 and "no-such-model" in unknown.text
+
+    monkeypatch.setenv("MODELFLEET_URL", url)
+    result = CliRunner().invoke(cli, ["fit", "qwen3-30b-a3b", "--quant", "Q8_0", "--ctx", "4096", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["quant"] == "Q8_0"
