@@ -59,7 +59,10 @@ def dead_letter_middleware(
             )
             await publish_event(broker, letter, dlq_subject(raw.subject))
             log.warning("dead-lettered a message on %s: %s", raw.subject, reason[:300])
-            return True  # handled: the acknowledgement middleware acks it
+            # Ack here, not only through the ack policy: a MANUAL-ack subscriber would otherwise get it redelivered.
+            if str(getattr(raw, "reply", "") or "").startswith("$JS.ACK") and not getattr(raw, "_ackd", True):
+                await raw.ack()
+            return True  # handled: the exception is not re-raised
 
     def factory(msg: Any, /, *, context: ContextRepo) -> BaseMiddleware:
         return DeadLetterMiddleware(msg, context=context)
