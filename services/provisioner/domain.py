@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Literal
 
+from contracts import vram
 from contracts.provisioner import ProvisionCommand, pinned_ollama_name
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -204,20 +205,17 @@ MIB = 1024 * 1024
 
 
 def estimate_vram_bytes(file_size: int, context_tokens: int) -> int:
-    """The simple estimate: file × 1.2 + context/1000 MB + 500 MB of overhead."""
-    return int(file_size * 1.2 + (context_tokens / 1000) * MIB + 500 * MIB)
+    """The fleet's simple estimate (contracts.vram): file × 1.2 + context/1000 MiB + 500 MiB of overhead."""
+    return vram.simple_estimate(file_size, context_tokens).total_bytes
 
 
 class FitClass:
-    """Names how well `need` bytes fit a host with `capacity` bytes of GPU memory."""
+    """Names how well `need` bytes fit a host with `free` bytes of GPU memory (the fleet's rule, plus no_gpu)."""
 
-    def classify(self, need: int, capacity: int) -> str:
-        if capacity <= 0:
+    def classify(self, need: int, free: int) -> str:
+        if free <= 0:
             return "no_gpu"
-        ratio = need / capacity
-        if ratio < 0.9:
-            return "perfect"
-        return "tight" if ratio <= 1.0 else "wont_fit"
+        return vram.fit_class(need, free).value
 
 
 # --- decisions ----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ class Host:
     host_id: str
     ollama_url: str | None
     reachable: bool
-    gpu_capacity_bytes: int
+    gpu_free_bytes: int
 
 
 class HostDirectory:
@@ -43,8 +43,8 @@ class HostDirectory:
     async def _read(self) -> dict[str, Host]:
         hosts = {h: Host(h, url, True, 0) for h, url in self.static.items()}
         for sample in await self._samples():
-            capacity = sum(g.memory_total_bytes for g in sample.gpus)
-            hosts[sample.host_id] = Host(sample.host_id, sample.ollama_url, sample.ollama_reachable, capacity)
+            free = sum(g.memory_free_bytes for g in sample.gpus) if sample.has_gpu else 0
+            hosts[sample.host_id] = Host(sample.host_id, sample.ollama_url, sample.ollama_reachable, free)
         return hosts
 
     async def _samples(self) -> list[GpuSampled]:

@@ -171,7 +171,7 @@ class InventoryOps:
                     size_bytes=f.size,
                     sha256=f.sha256,
                     estimated_vram_bytes=need,
-                    fit={h: fit.classify(need, host.gpu_capacity_bytes) for h, host in sorted(hosts.items())},
+                    fit={h: fit.classify(need, host.gpu_free_bytes) for h, host in sorted(hosts.items())},
                 )
             )
         return QuantizationsReply(repo_id=req.repo_id, revision=req.revision, commit=pinned.commit, quantizations=out)
