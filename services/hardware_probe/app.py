@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from services.hardware_probe import handlers
 from services.hardware_probe.host_stats import HostStats
-from services.runtime.nvml import NvmlReader
 from services.hardware_probe.ollama_status import OllamaStatus
 from services.hardware_probe.sampler import Sampler
 from services.hardware_probe.settings import HardwareProbeSettings
 from services.hardware_probe.torch_stats import TorchStats
 from services.runtime.hostid import stable_host_id
+from services.runtime.nvml import NvmlReader
 from services.runtime.parts import build_parts
 from services.runtime.service import Service
 

@@ -8,9 +8,9 @@ from dataclasses import asdict
 from contracts.hardware import GpuSampled
 from services.hardware_probe import domain
 from services.hardware_probe.host_stats import HostStats
-from services.runtime.nvml import NvmlReader
 from services.hardware_probe.ollama_status import OllamaStatus
 from services.hardware_probe.torch_stats import TorchStats
+from services.runtime.nvml import NvmlReader
 
 PRODUCER = "hardware-probe"
 

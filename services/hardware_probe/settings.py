@@ -25,5 +25,9 @@ class HardwareProbeSettings(RuntimeSettings):
         validation_alias=AliasChoices("MODELFLEET_PROBE_MODELS_DIR", "OLLAMA_MODELS", "models_dir"),
         description="Where models are stored; the sample reports the free disk under it.",
     )
-    torch: bool = Field(default=True, description="Report torch's allocated/reserved bytes when torch sees CUDA.")
+    torch: bool = Field(
+        default=False,
+        description="Report torch's allocated/reserved bytes per device (this process's allocator; importing torch "
+        "and touching CUDA costs a CUDA context per device, so it is off unless asked for).",
+    )
     history: int = Field(default=5, ge=1, le=64, description="Revisions the hosts KV bucket keeps per host.")
