@@ -28,10 +28,8 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
 
 @pytest.fixture
 def peers() -> AsyncIterator[tuple[OllamaPeer, HubPeer]]:
-    with (
-        OllamaPeer(library=[library_model("qwen3:8b", 8 << 20), library_model("broken:1b")]) as ollama,
-        HubPeer() as hub,
-    ):
+    library = [library_model("qwen3:8b", 8 << 20), library_model("broken:1b"), library_model("hf.co/u/r-GGUF:Q4_K_M")]
+    with OllamaPeer(library=library) as ollama, HubPeer() as hub:
         yield ollama, hub
 
 
@@ -159,10 +157,15 @@ async def test_catalog_down_fails_roles_but_explicit_models_still_work(
     await start_service(
         "provisioner", provisioner_env(service_env, database_url, tmp_path, hub.url, {"gpu-1": ollama.url})
     )
-    done = await bus.completed((await bus.provision(roles=["general"], models=["qwen3:8b"])).request_id)
+    models = ["qwen3:8b", "hf.co/u/r-GGUF:Q4_K_M"]
+    done = await bus.completed((await bus.provision(roles=["general"], models=models)).request_id)
     by = {(a.role, a.model): a for a in done.actions}
     assert by[("general", "*")].action == "failed" and "catalog" in by[("general", "*")].reason
     assert by[(None, "qwen3:8b")].action == "pulled"
+    assert by[(None, "hf.co/u/r-GGUF:Q4_K_M")].action == "pulled"  # hf.co names pass through to Ollama's pull
+    assert "hf.co/u/r-GGUF:Q4_K_M" in ollama.installed and not hub.requests
+    inv = InventoryReply.model_validate(await bus.request(InventoryRequest.SUBJECT, InventoryRequest()))
+    assert {e.model_id: e.source for e in inv.entries} == {"qwen3:8b": "curated", "hf.co/u/r-GGUF:Q4_K_M": "custom_hf"}
 
 
 async def test_skip_model_downloads_honoured(bus, peers, service_env, database_url, tmp_path, start_service):
