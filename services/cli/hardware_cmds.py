@@ -29,6 +29,9 @@ def hardware(
     """Every host's latest sample: GPUs, memory, CPU, disk, Ollama; with recommended settings per host."""
     if host:
         body = call("GET", f"/api/v1/hosts/{host}", ok=(200,)).json()
+        advice = call("GET", f"/api/v1/hosts/{host}/recommendations", ok=(200, 503))
+        if advice.status_code == 200:  # needs the catalog; the host view does not
+            body["recommendations"] = advice.json()
         hosts = [body]
     else:
         hosts = call("GET", "/api/v1/hosts").json()["hosts"]
@@ -39,6 +42,13 @@ def hardware(
         typer.echo(json.dumps(hosts[0] if host else {"hosts": hosts}, indent=2))
         return
     render_hosts(hosts)
+    advice_doc = hosts[0].get("recommendations") if host else None
+    if advice_doc:
+        pick = advice_doc["model"]
+        name = pick["model"]["name"] if pick.get("model") else "none"
+        warning = f" [yellow]{pick['warning']}[/yellow]" if pick.get("warning") else ""
+        where = f"{advice_doc['memory_source']} {_gib(advice_doc['memory_bytes'])} GiB ({pick['tier']})"
+        Console().print(f"recommended for {where}: [bold]{name}[/bold]{warning}")
 
 
 def render_hosts(hosts: list[dict[str, Any]], console: Console | None = None) -> None:

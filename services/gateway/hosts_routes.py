@@ -11,12 +11,20 @@ from nats.js.errors import BucketNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
-from contracts.catalog import ModelDoc, ModelInfoRequest
+from contracts.catalog import CatalogModelsReply, CatalogModelsRequest, ModelDoc, ModelInfoRequest
 from contracts.fit import FitReport, HostCapacity, capacity, fit_report
 from contracts.gguf_header import GgufError, model_shape
 from contracts.hardware import HOSTS_BUCKET, GpuSampled
 from contracts.subjects import EVENTS_STREAM
-from contracts.vram import EstimateSettings, ModelShape
+from contracts.vram import (
+    EstimateSettings,
+    ModelChoice,
+    ModelShape,
+    Recommendation,
+    SettingsRecommendation,
+    recommend_model,
+    recommend_settings,
+)
 from services.gateway.bus_client import BusClient, BusUnavailable, RemoteError
 from services.runtime.gguf_io import read_url_header
 
@@ -142,6 +150,49 @@ async def get_host(
         raise HTTPException(404, f"host {host_id!r} has not reported (no entry in the {HOSTS_BUCKET!r} bucket)")
     summary = _summary(latest, datetime.now(UTC))
     return HostDetail(**summary.model_dump(), history=await history(bus, host_id, latest, last))
+
+
+class HostRecommendations(BaseModel):
+    host_id: str
+    memory_bytes: int = Field(description="what the model tier is chosen by: the largest free GPU, else free RAM")
+    memory_source: str = Field(description="'gpu' or 'ram'")
+    model: Recommendation
+    settings: SettingsRecommendation
+
+
+def _choice(doc: ModelDoc) -> ModelChoice | None:
+    """A library model as a candidate: its default (or smallest) quantization's size, its mean rating."""
+    sizes = {q.name: q.size_bytes for q in doc.quantizations if q.size_bytes}
+    if not sizes or not doc.parameter_count:
+        return None
+    size = sizes.get(DEFAULT_QUANT, min(sizes.values()))
+    quality = round(sum(doc.ratings.values()) / len(doc.ratings)) if doc.ratings else 0
+    return ModelChoice(name=doc.id, parameters_b=doc.parameter_count / 1e9, size_bytes=size, quality=quality)
+
+
+@router.get(
+    "/api/v1/hosts/{host_id}/recommendations", response_model=HostRecommendations, tags=["hosts"],
+    responses={404: {}, 503: {}},
+)  # fmt: skip
+async def host_recommendations(request: Request, host_id: str) -> HostRecommendations:
+    """The library model for the host's memory tier, and the profile and settings for its RAM and cores."""
+    bus = _bus(request)
+    sample = {s.host_id: s for s in await latest_samples(bus)}.get(host_id)
+    if sample is None:
+        raise HTTPException(404, f"host {host_id!r} has not reported")
+    try:
+        timeout = request.app.state.settings.request_timeout_s
+        library = await bus.request(CatalogModelsRequest.SUBJECT, CatalogModelsRequest(), CatalogModelsReply, timeout)
+    except (BusUnavailable, RemoteError) as exc:
+        raise HTTPException(503, f"catalog unavailable: {exc}") from exc
+    choices = [c for c in map(_choice, library.models) if c is not None]
+    on_gpu = sample.has_gpu and bool(sample.gpus)
+    memory = sample.gpu_free_bytes() if on_gpu else sample.memory_available_bytes
+    return HostRecommendations(
+        host_id=host_id, memory_bytes=memory, memory_source="gpu" if on_gpu else "ram",
+        model=recommend_model(memory, choices),
+        settings=recommend_settings(sample.memory_total_bytes, sample.cpu_physical_cores or sample.cpu_logical_cores),
+    )  # fmt: skip
 
 
 async def _capacities(bus: BusClient, host: str | None) -> list[HostCapacity]:

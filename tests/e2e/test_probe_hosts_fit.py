@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from contracts.fit import HostCapacity, fit_report
 from contracts.gguf_header import model_shape
-from contracts.vram import GIB, EstimateSettings, QuantOption, best_quantization, simple_estimate
+from contracts.vram import GIB, MEMORY_TIERS, EstimateSettings, QuantOption, best_quantization, simple_estimate
 from services.cli.main import app as cli
 from services.runtime.gguf_io import read_file_header
 from tests.harness.gguf_builder import write_tiny_llama
@@ -144,6 +144,7 @@ async def test_cli_hardware_and_fit(fleet: httpx.AsyncClient, tiny: Path, monkey
     assert "test-host" in run("hardware")
     one = json.loads(run("hardware", "--host", "second-host", "--json"))
     assert one["host_id"] == "second-host" and one["history"]
+    assert "recommendations" not in one  # no catalog in this fleet: the host view still works
 
     doc = json.loads(run("fit", str(tiny), "--ctx", "2048", "--parallel", "2", "--host", "test-host", "--json"))
     [host] = doc["hosts"]
@@ -194,7 +195,20 @@ async def test_fit_of_a_catalog_model_picks_the_best_quant_per_host(
         unknown = await client.get("/api/v1/fit", params={"model": "no-such-model"})
         assert unknown.status_code == 404 and "no-such-model" in unknown.text
 
+        advice = (await client.get("/api/v1/hosts/test-host/recommendations")).json()
+        assert advice["memory_source"] == "ram"  # no GPU here: the tier is chosen by free RAM
+        tier = next(t for t in MEMORY_TIERS if advice["memory_bytes"] < t.below_bytes)
+        assert advice["model"]["tier"] == tier.name and advice["model"]["model"] is not None
+        picked = advice["model"]["model"]
+        assert picked["size_bytes"] <= advice["memory_bytes"] or advice["model"]["warning"]
+        if tier.max_parameters_b:
+            assert picked["parameters_b"] <= tier.max_parameters_b
+        assert advice["settings"]["profile"] in ("quality", "balanced", "fast")
+
     monkeypatch.setenv("MODELFLEET_URL", url)
     result = CliRunner().invoke(cli, ["fit", "qwen3-30b-a3b", "--quant", "Q8_0", "--ctx", "4096", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["quant"] == "Q8_0"
+    shown = CliRunner().invoke(cli, ["hardware", "--host", "test-host", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["recommendations"]["model"] == advice["model"]
