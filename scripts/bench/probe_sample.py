@@ -38,7 +38,7 @@ async def cpu_ms(fn: Callable[[], Awaitable[object]], runs: int = RUNS) -> float
     return round((time.process_time() - started) * 1000 / runs, 4)
 
 
-async def main() -> dict[str, object]:
+async def main(ollama_port: int) -> dict[str, object]:
     models = Path(tempfile.gettempdir())
     host = HostStats(models)
 
@@ -47,19 +47,10 @@ async def main() -> dict[str, object]:
 
     plain = Sampler("bench", host, NvmlReader(), None, TorchStats(False), 5.0)
     gpus = Sampler("bench", host, NvmlReader(stand_in(two_gpus())), None, TorchStats(False), 5.0)
-    port = free_port()
-    peer = subprocess.Popen([sys.executable, "-m", "tests.peers.ollama_server", "--port", str(port)])
-    try:
-        deadline = time.monotonic() + 15
-        while not port_open(port) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        live = Sampler("bench", host, NvmlReader(), OllamaStatus(f"http://127.0.0.1:{port}"), TorchStats(False), 5.0)
-        with_ollama = await cpu_ms(live.sample, runs=100)
-        reachable = (await live.sample()).ollama_reachable
-        await live.close()
-    finally:
-        peer.kill()
-        peer.wait(5)
+    url = f"http://127.0.0.1:{ollama_port}"
+    live = Sampler("bench", host, NvmlReader(), OllamaStatus(url), TorchStats(False), 5.0)
+    with_ollama = await cpu_ms(live.sample, runs=100)
+    reachable = (await live.sample()).ollama_reachable
     refused = Sampler("bench", host, NvmlReader(), OllamaStatus("http://127.0.0.1:1", 1.0), TorchStats(False), 5.0)
     result = {
         "cpu_ms": await cpu_ms(plain.sample),
@@ -72,12 +63,22 @@ async def main() -> dict[str, object]:
         "runs": RUNS,
         "goal": {"cpu_ms_below": 5},
     }
-    for s in (plain, gpus, refused):
+    for s in (plain, gpus, live, refused):
         await s.close()
     return result
 
 
 if __name__ == "__main__":
-    figures = asyncio.run(main())
+    port = free_port()
+    # the Ollama peer in its own process, so its CPU time is not counted as the probe's
+    peer = subprocess.Popen([sys.executable, "-m", "tests.peers.ollama_server", "--port", str(port)])
+    try:
+        deadline = time.monotonic() + 15
+        while not port_open(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        figures = asyncio.run(main(port))
+    finally:
+        peer.kill()
+        peer.wait(5)
     print(f"one sample: {figures['cpu_ms']} ms CPU (psutil alone {figures['baseline_cpu_ms']} ms)")
     print(json.dumps(figures))
