@@ -6,11 +6,12 @@ from pathlib import Path
 
 from contracts.provisioner import ProvisionProgress
 from services.provisioner import handlers
+from services.provisioner.catalog_client import CatalogClient
 from services.provisioner.handlers import Jobs
 from services.provisioner.hosts import HostDirectory
 from services.provisioner.hub import HubClient
 from services.provisioner.inventory_ops import InventoryOps
-from services.provisioner.provisioning import CatalogClient, Provisioner
+from services.provisioner.provisioning import Provisioner
 from services.provisioner.settings import ProvisionerSettings
 from services.provisioner.store import ProvisionerStore
 from services.provisioner.updates import UpdateChecker

@@ -8,17 +8,10 @@ and their events (model.pulled / failed) through the outbox, in one transaction.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from faststream.nats import NatsBroker
-from huggingface_hub.errors import HfHubHTTPError
-
-from contracts.catalog import RolesReply, RolesRequest
 from contracts.provisioner import (
     ModelPulled,
     ProvisionActionResult,
@@ -27,52 +20,18 @@ from contracts.provisioner import (
     ProvisionProgress,
 )
 from services.provisioner import domain
+from services.provisioner.catalog_client import CatalogClient
 from services.provisioner.flights import ResultCache, SingleFlight
 from services.provisioner.hosts import HostDirectory
-from services.provisioner.hub import Downloaded, HubClient, RemoteFile, VerificationFailed
-from services.provisioner.ollama_backend import BackendError, OllamaBackend
+from services.provisioner.hub import Downloaded, HubClient, RemoteFile
+from services.provisioner.ollama_backend import OllamaBackend
+from services.provisioner.outcomes import Failure, Target, action, backend_call, hub_call, inventory_row, kind_of
 from services.provisioner.progress import ProgressRelay, Publish
 from services.provisioner.settings import ProvisionerSettings
 from services.provisioner.store import InventoryRow, ProvisionerStore
 from services.runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Target:
-    role: str | None
-    model: str
-    provider: str = "ollama"
-    auto_download: bool = True
-
-
-class Failure(RuntimeError):
-    def __init__(self, reason: str, channel: str | None = None, status: int | None = None):
-        super().__init__(reason)
-        self.channel = channel
-        self.status = status
-
-
-class CatalogClient:
-    def __init__(self, broker: NatsBroker, timeout_s: float):
-        self.broker = broker
-        self.timeout_s = timeout_s
-
-    async def roles(self) -> RolesReply:
-        try:
-            msg = await self.broker.request(
-                RolesRequest().model_dump(mode="json"), RolesRequest.SUBJECT, timeout=self.timeout_s
-            )
-        except Exception as exc:
-            raise Failure(
-                f"the catalog did not answer {RolesRequest.SUBJECT}: {type(exc).__name__} {exc}".strip()
-            ) from exc
-        data = json.loads(msg.body or b"null")
-        if isinstance(data, dict) and "error" in data and set(data) == {"error"}:
-            raise Failure(f"the catalog refused: {data['error'].get('detail')}")
-        return RolesReply.model_validate(data)
 
 
 class Provisioner:
@@ -106,12 +65,12 @@ class Provisioner:
         targets, actions = await self._targets(cmd)
         urls, bad = await self.hosts.targets(list(cmd.hosts))
         for host, reason in bad.items():
-            actions += [_action(t, host, "failed", reason) for t in targets]
+            actions += [action(t, host, "failed", reason) for t in targets]
         if targets and not urls and not bad:
-            actions += [_action(t, "*", "failed", "no host with a reachable Ollama is known") for t in targets]
+            actions += [action(t, "*", "failed", "no host with a reachable Ollama is known") for t in targets]
         jobs: list[Awaitable[ProvisionActionResult]] = []
         for t in targets:
-            kind = _kind(t.model)
+            kind = kind_of(t.model)
             if kind == "checkpoint":
                 jobs.append(self._cached(cmd, t, self.host_id, ""))
             else:
@@ -161,10 +120,10 @@ class Provisioner:
         try:
             ref = domain.parse_ref(t.model)
         except domain.BadReference as exc:
-            return _action(t, host, "failed", str(exc))
+            return action(t, host, "failed", str(exc))
         reason = domain.skip_reason(auto_download=t.auto_download, skip_downloads=False, provider=t.provider)
         if reason is not None:
-            return _action(t, host, "skipped", reason)
+            return action(t, host, "skipped", reason)
         try:
             if ref.kind == "ollama":
                 return await self._ollama(cmd, t, ref, host, url)
@@ -173,7 +132,7 @@ class Provisioner:
             return await self._checkpoint(cmd, t, ref)
         except Failure as exc:
             await self._failed(cmd, t, host, str(exc), exc.channel, exc.status)
-            return _action(t, host, "failed", str(exc))
+            return action(t, host, "failed", str(exc))
 
     def _skip(self, t: Target) -> str | None:
         return domain.skip_reason(
@@ -187,13 +146,15 @@ class Provisioner:
     ) -> ProvisionActionResult:
         backend = self.backend(url)
         name = ref.ollama_name or t.model
-        installed = await _backend(backend.installed())
+        installed = await backend_call(backend.installed())
         if name in installed:
             if await self.store.find(host, ref.raw) is None:
-                await self._record(cmd, host, _row(host, ref, name, installed[name].size, None, None), "adopt", None)
-            return _action(t, host, "present", ollama_name=name, size=installed[name].size)
+                await self._record(
+                    cmd, host, inventory_row(host, ref, name, installed[name].size, None, None), "adopt", None
+                )
+            return action(t, host, "present", ollama_name=name, size=installed[name].size)
         if (reason := self._skip(t)) is not None:
-            return _action(t, host, "skipped", reason, ollama_name=name)
+            return action(t, host, "skipped", reason, ollama_name=name)
         return await self.pulls.run((host, name), lambda: self._pull(cmd, t, ref, host, backend, name))
 
     async def _pull(
@@ -202,10 +163,10 @@ class Provisioner:
         async with ProgressRelay(
             self.publish, self._progress(cmd, host, name), self.settings.progress_interval_s
         ) as relay:
-            await _backend(backend.pull(name, relay.update))
-        size = (await _backend(backend.installed())).get(name)
-        details = await _backend(backend.details(name))
-        row = _row(host, ref, name, size.size if size else None, None, None)
+            await backend_call(backend.pull(name, relay.update))
+        size = (await backend_call(backend.installed())).get(name)
+        details = await backend_call(backend.details(name))
+        row = inventory_row(host, ref, name, size.size if size else None, None, None)
         row.parameter_count, row.context_window = details.parameter_count, details.context_window
         row.quantization = details.quantization or row.quantization
         pulled = ModelPulled(
@@ -218,7 +179,7 @@ class Provisioner:
             size_bytes=row.size_bytes,
         )
         await self._record(cmd, host, row, "pull", pulled)
-        return _action(t, host, "pulled", ollama_name=name, size=row.size_bytes)
+        return action(t, host, "pulled", ollama_name=name, size=row.size_bytes)
 
     # --- pinned imports -----------------------------------------------------------------------
 
@@ -228,8 +189,8 @@ class Provisioner:
         assert ref.repo_id and ref.quant and ref.revision and ref.ollama_name
         backend = self.backend(url)
         existing = await self.store.find(host, ref.raw)
-        if existing is not None and not cmd.force and await _backend(backend.has(ref.ollama_name)):
-            return _action(
+        if existing is not None and not cmd.force and await backend_call(backend.has(ref.ollama_name)):
+            return action(
                 t,
                 host,
                 "present",
@@ -239,11 +200,11 @@ class Provisioner:
                 revision=existing.revision,
             )
         if (reason := self._skip(t)) is not None:
-            return _action(t, host, "skipped", reason, ollama_name=ref.ollama_name)
-        pinned = await _hub(
+            return action(t, host, "skipped", reason, ollama_name=ref.ollama_name)
+        pinned = await hub_call(
             asyncio.to_thread(self.hub.pin, ref.repo_id, ref.revision, allow_unpinned=cmd.allow_unpinned)
         )
-        files = await _hub(asyncio.to_thread(self.hub.files, ref.repo_id, pinned.commit))
+        files = await hub_call(asyncio.to_thread(self.hub.files, ref.repo_id, pinned.commit))
         try:
             name = domain.select_quant_file({p: f.size for p, f in files.items()}, ref.quant)
             self.hub.target(ref.repo_id, pinned.commit, name)
@@ -264,7 +225,7 @@ class Provisioner:
             template = self._progress(cmd, host, ref.raw)
             async with ProgressRelay(self.publish, template, self.settings.progress_interval_s) as relay:
                 relay.update(0, file.size, "downloading")
-                return await _hub(asyncio.to_thread(self.hub.download, repo_id, commit, file, relay.update))
+                return await hub_call(asyncio.to_thread(self.hub.download, repo_id, commit, file, relay.update))
 
         return await self.files.run((ref.repo_id, commit, file.path), work)
 
@@ -279,8 +240,8 @@ class Provisioner:
         file_name: str,
     ) -> ProvisionActionResult:
         assert ref.ollama_name
-        await _backend(backend.register(ref.ollama_name, got.path, got.sha256))
-        row = _row(host, ref, ref.ollama_name, got.size, got.sha256, got.commit)
+        await backend_call(backend.register(ref.ollama_name, got.path, got.sha256))
+        row = inventory_row(host, ref, ref.ollama_name, got.size, got.sha256, got.commit)
         row.file_name = file_name
         row.quantization = domain.quantization_of(file_name) or ref.quant
         async with self.store.database.transaction() as session:
@@ -299,7 +260,7 @@ class Provisioner:
             revision=got.commit,
         )
         await self._record(cmd, host, row, "import", pulled)
-        return _action(
+        return action(
             t, host, "imported", ollama_name=ref.ollama_name, size=got.size, sha256=got.sha256, revision=got.commit
         )
 
@@ -308,18 +269,18 @@ class Provisioner:
         host = self.host_id
         existing = await self.store.find(host, ref.raw)
         if existing is not None and not cmd.force:
-            return _action(t, host, "present", revision=existing.revision)
+            return action(t, host, "present", revision=existing.revision)
         if (reason := self._skip(t)) is not None:
-            return _action(t, host, "skipped", reason)
-        pinned = await _hub(
+            return action(t, host, "skipped", reason)
+        pinned = await hub_call(
             asyncio.to_thread(self.hub.pin, ref.repo_id, ref.revision, allow_unpinned=cmd.allow_unpinned)
         )
         async with ProgressRelay(
             self.publish, self._progress(cmd, host, ref.raw), self.settings.progress_interval_s
         ) as relay:
-            folder, got = await _hub(asyncio.to_thread(self.hub.fetch_checkpoint, pinned, relay.update))
+            folder, got = await hub_call(asyncio.to_thread(self.hub.fetch_checkpoint, pinned, relay.update))
         size = sum(g.size for g in got)
-        row = _row(host, ref, None, size, None, pinned.commit)
+        row = inventory_row(host, ref, None, size, None, pinned.commit)
         row.file_name = str(Path(folder).relative_to(self.hub.models_dir))
         row.tags = ["safetensors", "pytorch-fallback"]
         pulled = ModelPulled(
@@ -333,7 +294,7 @@ class Provisioner:
             revision=pinned.commit,
         )
         await self._record(cmd, host, row, "download", pulled)
-        return _action(t, host, "imported", size=size, revision=pinned.commit)
+        return action(t, host, "imported", size=size, revision=pinned.commit)
 
     # --- persistence --------------------------------------------------------------------------
 
@@ -393,73 +354,3 @@ class Provisioner:
             )
             await self.outbox.add(session, event)
         self.outbox.wake()
-
-
-def _kind(model: str) -> str:
-    try:
-        return domain.parse_ref(model).kind
-    except domain.BadReference:
-        return "ollama"
-
-
-def _row(
-    host: str, ref: domain.ModelRef, ollama_name: str | None, size: int | None, sha256: str | None, revision: str | None
-) -> InventoryRow:
-    return InventoryRow(
-        host=host,
-        model_id=ref.raw,
-        display_name=ollama_name or ref.raw,
-        repo_id=ref.repo_id,
-        quantization=ref.quant,
-        size_bytes=size,
-        sha256=sha256,
-        revision=revision,
-        ollama_name=ollama_name,
-        source=ref.source,
-        tags=[],
-    )
-
-
-def _action(
-    t: Target,
-    host: str,
-    action: str,
-    reason: str | None = None,
-    *,
-    ollama_name: str | None = None,
-    size: int | None = None,
-    sha256: str | None = None,
-    revision: str | None = None,
-) -> ProvisionActionResult:
-    return ProvisionActionResult(
-        role=t.role,
-        model=t.model,
-        target_host=host,
-        action=action,
-        reason=reason,
-        ollama_name=ollama_name,
-        size_bytes=size,
-        sha256=sha256,
-        revision=revision,
-    )
-
-
-async def _backend(coro: Awaitable[T]) -> T:
-    try:
-        return await coro
-    except BackendError as exc:
-        raise Failure(str(exc), exc.channel, exc.status) from exc
-
-
-async def _hub(coro: Awaitable[T]) -> T:
-    try:
-        return await coro
-    except VerificationFailed as exc:
-        raise Failure(str(exc), "verify") from exc
-    except domain.BadReference as exc:
-        raise Failure(str(exc), "hub") from exc
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        raise Failure(f"hub {type(exc).__name__}: {str(exc).splitlines()[0]}", "hub", status) from exc
-    except OSError as exc:
-        raise Failure(f"download failed: {type(exc).__name__}: {exc}", "connection") from exc
