@@ -12,6 +12,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from contracts.quantization import BITS_PER_WEIGHT, QuantizationError, normalize_quant
+
 MIB = 1 << 20
 GIB = 1 << 30
 #: llama.cpp rounds the KV cache size up to a multiple of this many cells.
@@ -29,15 +31,6 @@ CACHE_TYPES: dict[str, float] = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34
 
 #: Architectures whose sliding-window layers follow a fixed period: layer i is SWA unless (i+1) % period == 0.
 SWA_PERIOD: dict[str, int] = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "gpt-oss": 2, "llama4": 4}
-
-#: Quantizations from the smallest to the best, with the bits per weight a typical file averages.
-QUANT_BITS: dict[str, float] = {
-    "IQ1_S": 1.6, "IQ1_M": 1.8, "IQ2_XXS": 2.1, "IQ2_XS": 2.3, "IQ2_S": 2.5, "IQ2_M": 2.7, "Q2_K_S": 2.8,
-    "Q2_K": 3.0, "IQ3_XXS": 3.1, "IQ3_XS": 3.3, "Q3_K_S": 3.5, "IQ3_S": 3.5, "IQ3_M": 3.7, "Q3_K_M": 3.9,
-    "Q3_K_L": 4.3, "IQ4_XS": 4.3, "IQ4_NL": 4.5, "Q4_0": 4.5, "Q4_K_S": 4.6, "Q4_K_M": 4.85, "Q4_1": 5.0,
-    "Q5_0": 5.5, "Q5_K_S": 5.5, "Q5_K_M": 5.7, "Q5_1": 6.0, "Q6_K": 6.6, "Q8_0": 8.5, "BF16": 16.0,
-    "F16": 16.0, "F32": 32.0,
-}  # fmt: skip
 
 
 class _Frozen(BaseModel):
@@ -230,14 +223,6 @@ def simple_estimate(file_size_bytes: int, num_ctx: int, parallel: int = 1) -> Es
     )  # fmt: skip
 
 
-def size_from_parameters(parameters: float, quant: str) -> int:
-    """File size a model of `parameters` weights typically has in `quant` (for a catalog entry without sizes)."""
-    key = quant.upper()
-    if key not in QUANT_BITS:
-        raise ValueError(f"quant {quant!r} is not one of {', '.join(QUANT_BITS)}")
-    return int(parameters * QUANT_BITS[key] / 8)
-
-
 # --- fit classes ---------------------------------------------------------------------------------
 
 
@@ -365,7 +350,10 @@ def best_quantization(options: list[QuantOption], free_bytes: int) -> tuple[Quan
     """The best-quality quantization that fits perfectly, else the best that fits tightly, else None."""
 
     def quality(o: QuantOption) -> float:
-        return QUANT_BITS.get(o.quant.upper(), 0.0)
+        try:
+            return BITS_PER_WEIGHT[normalize_quant(o.quant)]
+        except QuantizationError:
+            return 0.0  # a name the table does not know ranks last
 
     for wanted in (FitClass.PERFECT, FitClass.TIGHT):
         ok = [o for o in options if fit_class(o.needed_bytes, free_bytes) is wanted]
