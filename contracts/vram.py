@@ -283,6 +283,7 @@ class MemoryTier(_Frozen):
     name: str
     below_bytes: int
     max_parameters_b: float | None
+    min_parameters_b: float = 0.0
     warning: str | None = None
 
 
@@ -292,7 +293,7 @@ MEMORY_TIERS: tuple[MemoryTier, ...] = (
     MemoryTier(name="<4GB", below_bytes=4 * GIB, max_parameters_b=0.0, warning=_LOW_MEMORY),
     MemoryTier(name="4-8GB", below_bytes=8 * GIB, max_parameters_b=3.0),
     MemoryTier(name="8-16GB", below_bytes=16 * GIB, max_parameters_b=5.0),
-    MemoryTier(name=">16GB", below_bytes=1 << 62, max_parameters_b=None),
+    MemoryTier(name=">16GB", below_bytes=1 << 62, max_parameters_b=None, min_parameters_b=9.0),
 )  # fmt: skip
 
 
@@ -308,8 +309,9 @@ def recommend_model(memory_bytes: int, candidates: list[ModelChoice]) -> Recomme
     if tier.max_parameters_b is not None:
         in_class = [c for c in fitting if c.parameters_b <= tier.max_parameters_b] or fitting
         pick = max(in_class, key=lambda c: (c.parameters_b, c.quality))
-    else:  # quality first, then size
-        pick = max(fitting, key=lambda c: (c.quality, c.parameters_b))
+    else:  # 9B and up, quality first, then size
+        large = [c for c in fitting if c.parameters_b >= tier.min_parameters_b] or fitting
+        pick = max(large, key=lambda c: (c.quality, c.parameters_b))
     return Recommendation(model=pick, tier=tier.name, warning=tier.warning)
 
 

@@ -148,6 +148,14 @@ def test_model_by_memory_tier(mem_gib: float, pick: str, tier: str, warned: bool
     assert (r.warning is not None) is warned
 
 
+def test_above_16_gb_prefers_9b_and_up_even_over_a_better_rated_small_model() -> None:
+    choices = [*CHOICES, ModelChoice(name="star-4b", parameters_b=4, size_bytes=3 * GIB, quality=10)]
+    r = recommend_model(20 * GIB, choices)
+    assert r.model is not None and r.model.name == "huge-27b"
+    only_small = recommend_model(20 * GIB, [*choices[:3], choices[-1]]).model  # nothing of 9B+: quality first
+    assert only_small is not None and only_small.name == "star-4b"
+
+
 def test_profile_and_settings_by_ram_and_cores() -> None:
     assert recommend_profile(64 * GIB, 16) == "quality"
     assert recommend_profile(64 * GIB, 4) == "balanced"
