@@ -149,9 +149,22 @@ class InventoryOps:
                 detail="inventory only" if req.inventory_only else None,
             )
         self.cache.drop_host_model(req.host, lambda a: req.model in (a.model, a.ollama_name))
+        if removed_host and row is not None and row.source == "pinned_hf":
+            await self._drop_download(row)
         return InventoryDeleteReply(
             host=req.host, model=req.model, removed_from_host=removed_host, removed_from_inventory=removed_inv
         )
+
+    async def _drop_download(self, row: InventoryRow) -> None:
+        """A pinned import's verified file stays for other hosts; it goes with the last entry that holds it."""
+        if not (row.repo_id and row.revision and row.file_name):
+            return
+        if any(r.sha256 == row.sha256 for r in await self.store.inventory()):
+            return
+        path = self.hub.target(row.repo_id, row.revision, row.file_name)
+        if path.exists():
+            path.unlink()
+            log.info("removed %s: no inventory entry holds it any more", path)
 
     async def quantizations(self, req: QuantizationsRequest) -> QuantizationsReply:
         pinned = await asyncio.to_thread(self.hub.pin, req.repo_id, req.revision, allow_unpinned=True)

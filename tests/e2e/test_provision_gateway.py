@@ -10,6 +10,7 @@ import sys
 
 import asyncpg
 import httpx
+import ollama as ollama_client
 import pytest
 
 from services.runtime.db import async_url
@@ -105,6 +106,9 @@ async def test_provision_inventory_import_through_gateway_and_cli(
 
         (tmp_path / "models" / "loose").mkdir(parents=True)
         (tmp_path / "models" / "loose" / "mine.Q5_K_M.gguf").write_bytes(b"GGUF" + b"\0" * 100)
+        await ollama_client.AsyncClient(host=ollama.url).chat(
+            model="qwen3:8b", messages=[{"role": "user", "content": "hi"}]
+        )
         synced = await run_cli(url, "inventory", "sync", "--json")
         assert synced.returncode == 0, synced.stderr
         adopted = {(e["model_id"], e["source"]) for e in json.loads(synced.stdout)["adopted"]}
@@ -114,6 +118,8 @@ async def test_provision_inventory_import_through_gateway_and_cli(
 
         listed = json.loads((await run_cli(url, "inventory", "list", "--json")).stdout)["entries"]
         assert len(listed) == 6
+        used = {e["model_id"]: e["last_used"] for e in listed}
+        assert used["qwen3:8b"] is not None and used["phi4:mini"] is None  # loaded in /api/ps at sync time
         removed = await run_cli(url, "inventory", "rm", "gpu-1", "adopt-me:1b", "--json")
         assert json.loads(removed.stdout) == {
             "host": "gpu-1", "model": "adopt-me:1b", "removed_from_host": True, "removed_from_inventory": True
@@ -121,6 +127,10 @@ async def test_provision_inventory_import_through_gateway_and_cli(
         assert "adopt-me:1b" not in ollama.installed
         kept = await run_cli(url, "inventory", "rm", "gpu-1", "qwen3:8b", "--inventory-only", "--json")
         assert json.loads(kept.stdout)["removed_from_host"] is False and "qwen3:8b" in ollama.installed
+        downloaded = tmp_path / "models" / REPO / first / "tiny.Q4_K_M.gguf"
+        assert downloaded.exists()
+        gone = await run_cli(url, "inventory", "rm", "gpu-1", f"hf.co/{REPO}:Q4_K_M@v1", "--json")
+        assert json.loads(gone.stdout)["removed_from_host"] is True and not downloaded.exists()
 
     conn = await asyncpg.connect(async_url(database_url).replace("+asyncpg", ""))
     try:
