@@ -37,13 +37,17 @@ def sample_task(broker: NatsBroker, sampler: Sampler, history: int) -> Callable[
         """Every interval emits evt.hardware.gpu.sampled.v1 and evt.hardware.host.heartbeat.v1 and puts the sample
         under key <host id> in the `hosts` bucket. Each event has a fresh event_id (the dedup key)."""
         kv = await hosts_bucket(broker, history)
-        while True:
-            started = time.monotonic()
-            sample = await sampler.sample()
-            await publish_event(broker, sample)
-            await kv.put(sampler.host_id, sample.model_dump_json().encode())
-            await publish_event(broker, domain.heartbeat(sample, sampler.interval_s))
-            await asyncio.sleep(domain.next_delay(sampler.interval_s, time.monotonic() - started))
+        try:
+            while True:
+                started = time.monotonic()
+                sample = await sampler.sample()
+                await publish_event(broker, sample)
+                await kv.put(sampler.host_id, sample.model_dump_json().encode())
+                await publish_event(broker, domain.heartbeat(sample, sampler.interval_s))
+                await asyncio.sleep(domain.next_delay(sampler.interval_s, time.monotonic() - started))
+        except asyncio.CancelledError:  # the service is stopping (a fault instead is restarted by the supervisor)
+            await sampler.close()
+            raise
 
     return run
 
