@@ -12,6 +12,7 @@ import pytest
 from contracts.gguf_header import GgufError
 from services.runtime.gguf_io import read_file_header, read_url_header
 from tests.harness.gguf_builder import SHAPE_7B, write_sparse_llama, write_tiny_llama
+from tests.peers.hub_server import HubPeer, small_file
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +101,16 @@ async def test_http_errors_are_named(range_server: _RangeServer) -> None:
         await read_url_header("http://127.0.0.1:1/nothing.gguf")
     with pytest.raises(GgufError, match="answered 404"):
         await read_url_header(range_server.url.replace("7b.gguf", "missing.gguf"))
+
+
+async def test_header_of_a_hub_file_not_downloaded_yet(files: dict[str, Path]) -> None:
+    """A Hugging Face `resolve` URL: a 302 to the CDN origin, then Range reads there (the project's hub peer)."""
+    data = files["tiny"].read_bytes()
+    with HubPeer() as hub:
+        sha = hub.repo("someone/tiny-GGUF").commit([small_file("tiny-Q8_0.gguf", data)])
+        url = f"{hub.url}/someone/tiny-GGUF/resolve/{sha}/tiny-Q8_0.gguf"
+        header, total = await read_url_header(url, first_read=4096)  # smaller than the file: Range is honoured
+        cdn = [r for method, path, r in hub.requests if method == "GET" and path.startswith("/blobs/")]
+    assert total == len(data)
+    assert header.tensors == read_file_header(files["tiny"]).tensors
+    assert cdn == ["bytes=0-4095", "bytes=0-8191", "bytes=0-16383"]  # doubling until the header is whole
