@@ -45,9 +45,9 @@ async def test_cut_download_resumes_after_provisioner_killed(
     partial = tmp_path / "models" / "acme/big-GGUF" / sha / "big.Q4_K_M.gguf.partial"
     await wait_for(lambda: hub.stalled.is_set() and partial.exists() and partial.stat().st_size >= 20 * MIB,
                    what="the download to stall with 20 MiB on disk")  # fmt: skip
-    on_disk = partial.stat().st_size
     os.kill(proc.proc.pid, signal.SIGKILL)
     proc.proc.wait(10)
+    on_disk = partial.stat().st_size  # what the dead process left: the restart must resume exactly here
     hub.release()
 
     await start_service("provisioner", env)
