@@ -185,3 +185,29 @@ async def test_update_check_honours_skip_model_downloads(
     value = json.loads(rows[0]["value"]) if isinstance(rows[0]["value"], str) else rows[0]["value"]
     assert value["skipped"] is True
     assert not hub.requests and not any(s.endswith("update.available.v1") for s, _, _ in bus.events)
+
+
+async def test_pinned_safetensors_checkpoint_for_the_fallback(
+    bus, peers, service_env, database_url, tmp_path, start_service
+):
+    ollama, hub, _ = peers
+    ckpt = hub.repo("acme/tiny-llama")
+    weights = b"\x07" * 8192
+    commit = ckpt.commit([small_file("config.json", b'{"hidden_size": 64}'), small_file("model.safetensors", weights)])
+    ckpt.tag("v2", commit)
+    await start_service(
+        "provisioner", provisioner_env(service_env, database_url, tmp_path, hub.url, {"gpu-1": ollama.url})
+    )
+    [action] = (await bus.completed((await bus.provision(models=["acme/tiny-llama@v2"])).request_id)).actions
+    assert (action.action, action.target_host, action.revision) == ("imported", "test-host", commit)
+    folder = tmp_path / "models" / "acme/tiny-llama" / commit
+    assert sha_of(folder / "model.safetensors") == hashlib.sha256(weights).hexdigest()
+    assert not ollama.installed  # a checkpoint is for the PyTorch fallback, not Ollama
+    inv = InventoryReply.model_validate(await bus.request(InventoryRequest.SUBJECT, InventoryRequest(host="test-host")))
+    [row] = inv.entries
+    assert (row.model_id, row.source, row.revision, row.tags) == (
+        "acme/tiny-llama@v2",
+        "pinned_hf",
+        commit,
+        ["safetensors", "pytorch-fallback"],
+    )
