@@ -244,6 +244,8 @@ class Provisioner:
         row = inventory_row(host, ref, ref.ollama_name, got.size, got.sha256, got.commit)
         row.file_name = file_name
         row.quantization = domain.quantization_of(file_name) or ref.quant
+        details = await backend_call(backend.details(ref.ollama_name))  # Ollama read the GGUF header
+        row.parameter_count, row.context_window = details.parameter_count, details.context_window
         async with self.store.database.transaction() as session:
             dup = await self.store.duplicate_of(session, host, got.sha256, ref.raw)
         if dup is not None:

@@ -89,6 +89,10 @@ async def test_pinned_import_end_to_end_blob_equals_hub(bus, peers, service_env,
         first,
         name,
     )
+    assert (row.parameter_count, row.context_window) == (1_000_000_000, 4096)  # from Ollama's /api/show
+    progress = [e for e in bus.of(cmd.request_id, ".progress.v1") if e["model"] == ref]
+    assert progress and progress[-1]["completed_bytes"] == progress[-1]["total_bytes"] == 6 * MIB
+    assert [e["completed_bytes"] for e in progress] == sorted(e["completed_bytes"] for e in progress)
     again = await bus.completed((await bus.provision(models=[ref])).request_id)
     assert [a.action for a in again.actions] == ["present"]
     forced = await bus.completed((await bus.provision(models=[ref], force=True)).request_id)
