@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int | None], None]
 
 
+class Cancelled(Exception):
+    """Raised from a progress callback to stop a download; the partial file stays for a later resume."""
+
+
 class VerificationFailed(RuntimeError):
     def __init__(self, message: str, quarantined: Path):
         super().__init__(message)

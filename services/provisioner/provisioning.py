@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from contracts.provisioner import (
     ModelPulled,
@@ -23,7 +25,7 @@ from services.provisioner import domain
 from services.provisioner.catalog_client import CatalogClient
 from services.provisioner.flights import ResultCache, SingleFlight
 from services.provisioner.hosts import HostDirectory
-from services.provisioner.hub import Downloaded, HubClient, RemoteFile
+from services.provisioner.hub import Cancelled, Downloaded, HubClient, RemoteFile
 from services.provisioner.ollama_backend import OllamaBackend
 from services.provisioner.outcomes import Failure, Target, action, backend_call, hub_call, inventory_row, kind_of
 from services.provisioner.progress import ProgressRelay, Publish
@@ -32,6 +34,7 @@ from services.provisioner.store import InventoryRow, ProvisionerStore
 from services.runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Provisioner:
@@ -225,7 +228,7 @@ class Provisioner:
             template = self._progress(cmd, host, ref.raw)
             async with ProgressRelay(self.publish, template, self.settings.progress_interval_s) as relay:
                 relay.update(0, file.size, "downloading")
-                return await hub_call(asyncio.to_thread(self.hub.download, repo_id, commit, file, relay.update))
+                return await hub_call(in_thread(self.hub.download, repo_id, commit, file, relay.update))
 
         return await self.files.run((ref.repo_id, commit, file.path), work)
 
@@ -280,7 +283,7 @@ class Provisioner:
         async with ProgressRelay(
             self.publish, self._progress(cmd, host, ref.raw), self.settings.progress_interval_s
         ) as relay:
-            folder, got = await hub_call(asyncio.to_thread(self.hub.fetch_checkpoint, pinned, relay.update))
+            folder, got = await hub_call(in_thread(self.hub.fetch_checkpoint, pinned, relay.update))
         size = sum(g.size for g in got)
         row = inventory_row(host, ref, None, size, None, pinned.commit)
         row.file_name = str(Path(folder).relative_to(self.hub.models_dir))
@@ -356,3 +359,22 @@ class Provisioner:
             )
             await self.outbox.add(session, event)
         self.outbox.wake()
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking download in a thread; its last argument is the progress callback, which also tells the
+    thread to stop (raising `Cancelled`) once the awaiting task is cancelled, so a stopping service does not wait
+    for the download to finish. The partial file stays for the next run to resume."""
+    *head, progress = args
+    stop = threading.Event()
+
+    def step(done: int, total: int | None) -> None:
+        if stop.is_set():
+            raise Cancelled("the service is stopping")
+        progress(done, total)
+
+    try:
+        return await asyncio.to_thread(fn, *head, step)
+    except asyncio.CancelledError:
+        stop.set()
+        raise

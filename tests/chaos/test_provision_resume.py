@@ -58,3 +58,26 @@ async def test_cut_download_resumes_after_provisioner_killed(
     refetched = hub.served[file.sha256] - file.size
     assert 0 <= refetched < 2 * CHUNK, refetched
     assert ollama.blobs[f"sha256:{file.sha256}"] == file.size
+
+
+async def test_sigterm_mid_download_stops_promptly_and_the_restart_resumes(
+    bus, peers, service_env, database_url, tmp_path, start_service
+):
+    ollama, hub, _ = peers
+    slow = hub.repo("acme/slow-GGUF")
+    sha = slow.commit([generated_file("slow.Q4_K_M.gguf", 24 * MIB, seed=9)])
+    file = slow.commits[sha]["slow.Q4_K_M.gguf"]
+    hub.rate_bytes_per_s = 4 * MIB
+    env = provisioner_env(service_env, database_url, tmp_path, hub.url, {"gpu-1": ollama.url})
+    proc = await start_service("provisioner", env)
+    cmd = await bus.provision(models=[f"hf.co/acme/slow-GGUF:Q4_K_M@{sha}"])
+    partial = tmp_path / "models" / "acme/slow-GGUF" / sha / "slow.Q4_K_M.gguf.partial"
+    await wait_for(lambda: partial.exists() and partial.stat().st_size >= 3 * MIB, what="3 MiB on disk")
+    assert proc.stop(timeout_s=8) == 0  # a graceful stop, not the kill that follows a timeout
+    kept = partial.stat().st_size
+    assert 0 < kept < file.size
+    hub.rate_bytes_per_s = None
+    await start_service("provisioner", env)
+    [action] = (await bus.completed(cmd.request_id, timeout_s=60)).actions
+    assert action.action == "imported" and action.sha256 == file.sha256
+    assert [r for m, p, r in hub.requests if "/blobs/" in p and m == "GET"][-1] == f"bytes={kept}-"
