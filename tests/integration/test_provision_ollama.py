@@ -182,3 +182,14 @@ async def test_skip_model_downloads_honoured(bus, peers, service_env, database_u
     )
     assert "SKIP_MODEL_DOWNLOADS" in by["qwen3:8b"].reason
     assert ollama.calls["POST /api/pull"] == 0 and not hub.requests
+
+
+async def test_no_known_host_and_unknown_hosts_are_failed_actions(
+    bus, peers, service_env, database_url, tmp_path, start_service
+):
+    _, hub = peers
+    await start_service("provisioner", provisioner_env(service_env, database_url, tmp_path, hub.url, {}))
+    [none] = (await bus.completed((await bus.provision(models=["qwen3:8b"])).request_id)).actions
+    assert (none.action, none.target_host) == ("failed", "*") and "no host with a reachable Ollama" in none.reason
+    [unknown] = (await bus.completed((await bus.provision(models=["qwen3:8b"], hosts=["ghost"])).request_id)).actions
+    assert (unknown.action, unknown.target_host) == ("failed", "ghost") and "unknown" in unknown.reason
