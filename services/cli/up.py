@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -45,6 +47,8 @@ def up(
     ),
 ) -> None:
     """Run a whole fleet on this machine until Ctrl-C or SIGTERM; then stop every process it started."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # status lines reach a pipe or log file as they happen
     stopping = False
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -79,10 +83,7 @@ def up(
         console.print(f"modelfleet gateway: [bold]{url}[/bold]  (logs in {logs})")
         _wait_healthy(url, supervisor, ready_timeout_s, lambda: stopping)
         while not stopping:
-            for child, code in supervisor.tick():
-                console.print(
-                    f"[yellow]{child.name} exited with {code}; restarting in {child.backoff_s / 2:.1f}s[/yellow]"
-                )
+            _tick(supervisor)
             time.sleep(0.2)
         console.print("stopping…")
     finally:
@@ -95,11 +96,16 @@ def up(
     console.print("stopped cleanly")
 
 
+def _tick(supervisor: Supervisor) -> None:
+    for child, code in supervisor.tick():
+        console.print(f"[yellow]{child.name} exited with {code}; restarting in {child.backoff_s / 2:.1f}s[/yellow]")
+
+
 def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float, stopping: object) -> None:
     started = time.monotonic()
     body = None
     while time.monotonic() - started < timeout_s and not stopping():  # type: ignore[operator]
-        supervisor.tick()
+        _tick(supervisor)
         try:
             r = httpx.get(f"{url}/api/v1/health", timeout=3)
             body = r.json()

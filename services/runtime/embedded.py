@@ -6,19 +6,35 @@ dir for tests), listen on 127.0.0.1 only, and are stopped by PID.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A `preexec_fn`: the child gets `sig` when the process that started it dies, even by SIGKILL (Linux)."""
+
+    def set_parent_death_signal() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+    return set_parent_death_signal
 
 
 class EmbeddedServerError(RuntimeError):
@@ -87,7 +103,10 @@ class EmbeddedNats:
             str(find_nats_server()), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.http_port),
             "-js", "-sd", str(self.data_dir / "jetstream"), "-l", str(log),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM),
+        )  # fmt: skip
         health = f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true"
         _wait(lambda: _http_ok(health), timeout_s, "nats-server", self.proc, log)
         return self
@@ -162,6 +181,7 @@ class EmbeddedPostgres:
     database: str = "modelfleet"
     user: str = "modelfleet"
     bindir: Path = field(default_factory=find_pg_bindir)
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._os_user = _unprivileged_user()
@@ -193,19 +213,28 @@ class EmbeddedPostgres:
             if r.returncode != 0:
                 raise EmbeddedServerError(f"initdb failed: {r.stderr.decode(errors='replace')[-2000:]}")
         self.port = self.port or free_port()
-        log = self.data_dir.parent / "postgres.log"
-        opts = f"-h 127.0.0.1 -p {self.port} -k '' -c fsync={'on' if self.fsync else 'off'}"
+        log_path = self.data_dir.parent / "postgres.log"
+        settings = [f"fsync={'on' if self.fsync else 'off'}", "unix_socket_directories="]
         if not self.fsync:
-            opts += " -c synchronous_commit=off -c full_page_writes=off"
-        r = self._run(
-            "pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-o", opts, "-w", "-t", str(int(timeout_s)), "start"
-        )
-        if r.returncode != 0:
-            raise EmbeddedServerError(
-                f"postgres did not start: {r.stderr.decode(errors='replace')[-1000:]}\n{_tail(log)}"
-            )
+            settings += ["synchronous_commit=off", "full_page_writes=off"]
+        cmd = [str(self.bindir / "postgres"), "-D", str(self.data_dir), "-h", "127.0.0.1", "-p", str(self.port)]
+        for setting in settings:
+            cmd += ["-c", setting]
+        user = self._os_user
+        with log_path.open("ab") as log:
+            # A direct child (not daemonised by pg_ctl), so it shuts down fast (SIGINT) if its starter dies.
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd="/",
+                user=user.pw_uid if user else None, group=user.pw_gid if user else None,
+                extra_groups=[] if user else None, start_new_session=True, preexec_fn=die_with_parent(signal.SIGINT),
+            )  # fmt: skip
+        _wait(self._accepting, timeout_s, "postgres", self.proc, log_path)
         self._ensure_database()
         return self
+
+    def _accepting(self) -> bool:
+        r = self._run("pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", "postgres")
+        return r.returncode == 0
 
     def _ensure_database(self) -> None:
         r = self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", "postgres", "-tAc",
@@ -215,6 +244,14 @@ class EmbeddedPostgres:
             if r.returncode != 0:
                 raise EmbeddedServerError(f"createdb failed: {r.stderr.decode(errors='replace')}")
 
-    def stop(self) -> None:
-        if (self.data_dir / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "20", "stop")
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Fast shutdown (SIGINT): open sessions are ended, the data is flushed cleanly."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

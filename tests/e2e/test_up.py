@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from services.runtime.embedded import free_port
+from services.runtime.embedded import EmbeddedPostgres, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -45,18 +45,17 @@ def _cmdline(p: psutil.Process) -> str:
 
 
 def _postmaster_pid(state: Path) -> int:
-    pid_files = list(state.rglob("postmaster.pid")) + list(Path("/var/tmp").glob("modelfleet-pg-*/data/postmaster.pid"))
-    for f in pid_files:
-        pid = int(f.read_text().split()[0])
-        if psutil.pid_exists(pid):
-            return pid
-    raise AssertionError("no running postmaster found")
+    data_dir = EmbeddedPostgres(state / "postgres" / "data").data_dir  # where `up` put this fleet's cluster
+    pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+    assert psutil.pid_exists(pid), "the embedded PostgreSQL is not running"
+    return pid
 
 
 def test_up_reaches_all_healthy_restarts_a_crashed_child_and_stops_cleanly(tmp_path: Path) -> None:
     state, port, log = tmp_path / "state", free_port(), tmp_path / "up.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELFLEET_", "OTEL_"))}
     env["MODELFLEET_URL"] = url = f"http://127.0.0.1:{port}"
+    env["COLUMNS"] = "200"  # rich wraps long lines at the terminal width; keep the log greppable
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(BIN), "up", "--state-dir", str(state), "--port", str(port)],
@@ -98,11 +97,15 @@ def test_up_reaches_all_healthy_restarts_a_crashed_child_and_stops_cleanly(tmp_p
         assert proc.wait(40) == 0, log.read_text()
         assert "stopped cleanly" in log.read_text()
         survivors = [pid for pid in spawned if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-        assert survivors == [], f"processes left behind: {survivors}"
+        assert survivors == [], f"processes left behind: {[(pid, _cmdline(psutil.Process(pid))) for pid in survivors]}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        if proc.poll() is None:  # a failed assertion above: still stop it the way a user would
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def test_status_fails_when_no_gateway_answers(tmp_path: Path) -> None:
