@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
@@ -25,10 +25,12 @@ from contracts.vram import (
     recommend_model,
     recommend_settings,
 )
+from services.gateway.auth import caller
 from services.gateway.bus_client import BusClient, BusUnavailable, RemoteError
 from services.runtime.gguf_io import read_url_header
 
-router = APIRouter()
+# Read-only, but fleet internals: any valid token (a user's or the admin's).
+router = APIRouter(dependencies=[Depends(caller)])
 
 #: What a catalog model is sized as when no quantization is asked for (the one Ollama pulls by default).
 DEFAULT_QUANT = "Q4_K_M"

@@ -24,6 +24,8 @@ from tests.harness.gguf_builder import write_tiny_llama
 
 pytestmark = pytest.mark.e2e
 
+ADMIN = "hosts-admin-token"
+
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
@@ -64,8 +66,8 @@ async def fleet(
     probe = dict(MODELFLEET_PROBE_INTERVAL_S="0.25", MODELFLEET_OLLAMA_URL="http://127.0.0.1:1")
     await start_service("hardware-probe", service_env(**probe))
     await start_service("hardware-probe", service_env(MODELFLEET_HOST_ID="second-host", **probe))
-    url = await start_gateway(service_env())
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    url = await start_gateway(service_env(MODELFLEET_ADMIN_TOKEN=ADMIN))
+    async with httpx.AsyncClient(base_url=url, timeout=10, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             hosts = (await client.get("/api/v1/hosts")).json().get("hosts", [])
@@ -75,6 +77,16 @@ async def fleet(
         else:
             raise AssertionError(f"both probes never reported: {hosts}")
         yield client
+
+
+async def test_hosts_and_fit_need_a_token(fleet: httpx.AsyncClient) -> None:
+    for path in ("/api/v1/hosts", "/api/v1/hosts/test-host", "/api/v1/fit?size_bytes=1000"):
+        r = await fleet.get(path, headers={"Authorization": ""})
+        assert r.status_code == 401, (path, r.text)
+        # Not the admin token, and no catalog in this fleet to check a user token: refused, saying why.
+        r = await fleet.get(path, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 503, (path, r.text)
+        assert "cannot check the token" in r.json()["detail"]
 
 
 async def test_hosts_list_and_detail_with_history(fleet: httpx.AsyncClient) -> None:
@@ -130,6 +142,7 @@ async def test_fit_over_http(fleet: httpx.AsyncClient, file_server: str, tiny: P
 
 async def test_cli_hardware_and_fit(fleet: httpx.AsyncClient, tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELFLEET_URL", str(fleet.base_url).rstrip("/"))
+    monkeypatch.setenv("MODELFLEET_TOKEN", ADMIN)
     monkeypatch.setenv("COLUMNS", "200")  # rich wraps table cells to the terminal's width
     runner = CliRunner()
 
@@ -171,8 +184,8 @@ async def test_fit_of_a_catalog_model_picks_the_best_quant_per_host(
 ) -> None:
     await start_service("catalog", service_env(database_url=database_url))
     await start_service("hardware-probe", service_env(MODELFLEET_PROBE_INTERVAL_S="0.25"))
-    url = await start_gateway(service_env())
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    url = await start_gateway(service_env(MODELFLEET_ADMIN_TOKEN=ADMIN))
+    async with httpx.AsyncClient(base_url=url, timeout=10, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
         deadline = time.monotonic() + 20
         while not (await client.get("/api/v1/hosts")).json()["hosts"] and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -206,6 +219,7 @@ async def test_fit_of_a_catalog_model_picks_the_best_quant_per_host(
         assert advice["settings"]["profile"] in ("quality", "balanced", "fast")
 
     monkeypatch.setenv("MODELFLEET_URL", url)
+    monkeypatch.setenv("MODELFLEET_TOKEN", ADMIN)
     result = CliRunner().invoke(cli, ["fit", "qwen3-30b-a3b", "--quant", "Q8_0", "--ctx", "4096", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["quant"] == "Q8_0"
