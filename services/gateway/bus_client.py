@@ -12,7 +12,7 @@ from faststream.nats import NatsBroker
 from pydantic import BaseModel, ValidationError
 
 from contracts.envelope import Contract, Envelope
-from services.runtime.bus import BusState, ensure_streams, publish_event
+from services.runtime.bus import BusState, publish_event, start_broker, stop_broker
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +40,14 @@ class BusClient:
         self._connector: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._connector = asyncio.create_task(self._connect())
-
-    async def _connect(self) -> None:
-        delay, cap = self._retry
-        while True:
-            try:
-                await self.broker.connect()
-                await ensure_streams(self.broker)
-                await self.broker.start()
-                self.state.connected = True
-                return
-            except Exception as exc:
-                self.state.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("gateway: NATS unavailable (%s); retrying in %.1fs", self.state.last_error, delay)
-                try:
-                    await self.broker.stop()
-                except Exception:
-                    pass
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cap)
+        self._connector = asyncio.create_task(start_broker(self.broker, self.state, "gateway", *self._retry))
 
     async def stop(self) -> None:
         if self._connector is not None:
             self._connector.cancel()
             await asyncio.gather(self._connector, return_exceptions=True)
         self.state.closing = True
-        try:
-            await self.broker.stop()
-        except Exception:
-            pass
+        await stop_broker(self.broker)
 
     def _require(self) -> None:
         if not self.state.connected:

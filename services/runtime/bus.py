@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -61,6 +62,35 @@ def build_broker(nats_url: str, service: str, tracer_provider: TracerProvider, s
         error_cb=state.on_error,
         logger=None,
     )
+
+
+async def start_broker(
+    broker: NatsBroker, state: BusState, who: str, retry_initial_s: float, retry_max_s: float
+) -> None:
+    """Connect, declare the streams and start the subscribers, retrying with backoff for as long as it takes."""
+    delay = retry_initial_s
+    while True:
+        try:
+            await broker.connect()
+            await ensure_streams(broker)
+            await broker.start()
+            state.connected = True
+            return
+        except Exception as exc:  # transient: NATS not up yet, or JetStream not ready
+            state.connected = False
+            state.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            log.warning("%s: NATS unavailable (%s); retrying in %.1fs", who, state.last_error, delay)
+            await stop_broker(broker)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, retry_max_s)
+
+
+async def stop_broker(broker: NatsBroker) -> None:
+    """Stop, whatever state the connection is in (it may never have been established)."""
+    try:
+        await broker.stop()
+    except Exception as exc:
+        log.debug("broker stop: %s", exc)
 
 
 async def ensure_streams(broker: NatsBroker) -> None:

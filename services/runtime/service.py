@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from contracts.health import DependencyState, HealthReply, HealthRequest
 from contracts.subjects import fill
-from services.runtime.bus import BusState, ensure_streams
+from services.runtime.bus import BusState, start_broker, stop_broker
 from services.runtime.db import Database, DbState
 
 log = logging.getLogger(__name__)
@@ -93,21 +93,7 @@ class Service:
         """Connect to NATS (retrying with backoff for as long as it takes), declare streams, start tasks."""
         if self.database is not None:
             self._spawn(self.database.watch)
-        delay, cap = self._retry
-        while True:
-            try:
-                await self.broker.connect()
-                await ensure_streams(self.broker)
-                await self.broker.start()
-                break
-            except Exception as exc:  # transient: NATS not up yet, or JetStream not ready
-                self.bus_state.connected = False
-                self.bus_state.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("%s: NATS unavailable (%s); retrying in %.1fs", self.name, self.bus_state.last_error, delay)
-                await self._close_broker()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cap)
-        self.bus_state.connected = True
+        await start_broker(self.broker, self.bus_state, self.name, *self._retry)
         for task in self.tasks:
             self._spawn(task)
         self.ready.set()
@@ -135,16 +121,10 @@ class Service:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         self.bus_state.closing = True
-        await self._close_broker()
+        await stop_broker(self.broker)
         if self.database is not None:
             await self.database.close()
         self.tracer_provider.shutdown()
-
-    async def _close_broker(self) -> None:
-        try:
-            await self.broker.stop()
-        except Exception as exc:
-            log.debug("broker stop: %s", exc)
 
     async def run(self) -> None:
         stop = asyncio.Event()
