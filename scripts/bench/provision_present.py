@@ -22,41 +22,11 @@ from pathlib import Path
 import nats
 
 from contracts.provisioner import ProvisionCommand, ProvisionCompleted
+from scripts.bench.baseline import ECHO_SUBJECT, pct, start_echo, stop, wait_healthy
 from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.peers.ollama_server import OllamaPeer
 
 ROOT = Path(__file__).resolve().parents[2]
-ECHO = """
-import asyncio, sys, nats
-async def main():
-    nc = await nats.connect(sys.argv[1])
-    async def echo(msg):
-        await msg.respond(msg.data)
-    await nc.subscribe("bench.echo", cb=echo)
-    await nc.flush()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def wait_healthy(nc: nats.NATS, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if json.loads((await nc.request("rpc.provisioner.health.v1", b"{}", timeout=0.5)).data).get("healthy"):
-                return
-        except Exception:  # not up yet
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the provisioner did not become healthy")
-
-
 async def measure(nc: nats.NATS, n: int, roles_model: str) -> list[float]:
     js = nc.jetstream()
     waiting: dict[str, asyncio.Future[ProvisionCompleted]] = {}
@@ -97,17 +67,16 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
            "MODELFLEET_PROVISIONER_UPDATE_CHECK": "false"}  # fmt: skip
     log = (tmp / "provisioner.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "services.provisioner"], cwd=ROOT, env=env, stdout=log, stderr=log)  # noqa: ASYNC220
-    echo = subprocess.Popen([sys.executable, "-c", ECHO, nats_srv.url], stdout=subprocess.PIPE)  # noqa: ASYNC220
+    echo = start_echo(nats_srv.url)
     nc = await nats.connect(nats_srv.url)
     try:
-        await wait_healthy(nc)
-        assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
+        await wait_healthy(nc, "provisioner")
         await measure(nc, args.warmup, "qwen3:8b")
         samples = await measure(nc, args.requests, "qwen3:8b")
         baseline = []
         for _ in range(args.requests):
             t0 = time.perf_counter()
-            await nc.request("bench.echo", b"x" * 200, timeout=5)
+            await nc.request(ECHO_SUBJECT, b"x" * 200, timeout=5)
             baseline.append((time.perf_counter() - t0) * 1000)
         p50 = statistics.median(samples)
         return {
@@ -121,12 +90,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         }  # fmt: skip
     finally:
         await nc.close()
-        for p in (proc, echo):
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(proc, echo)
         log.close()
         ollama.stop()
         pg.stop()

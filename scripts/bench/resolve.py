@@ -24,41 +24,10 @@ import asyncpg
 import nats
 
 from contracts.catalog import PROFILE_TYPES, Caller, CatalogChanged, ImportRequest, ResolveRequest
+from scripts.bench.baseline import ECHO_SUBJECT, pct, start_echo, stop, wait_healthy
 from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
-ECHO = """
-import asyncio, sys, nats
-async def main():
-    nc = await nats.connect(sys.argv[1])
-    async def echo(msg):
-        await msg.respond(msg.data)
-    await nc.subscribe("bench.echo", queue="echo", cb=echo)
-    await nc.flush()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-asyncio.run(main())
-"""
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def wait_healthy(nc: nats.NATS, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            reply = json.loads((await nc.request("rpc.catalog.health.v1", b"{}", timeout=0.5)).data)
-            if reply.get("healthy"):
-                return
-        except Exception:  # not up yet
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("catalog did not become healthy")
-
-
 async def seed(nc: nats.NATS, db_url: str, n_profiles: int, n_models: int) -> tuple[list[dict], list[str]]:
     """Models through a models.txt import (one transaction); profiles and users straight into the tables."""
     have = len(json.loads((await nc.request("rpc.catalog.models.list.v1", b"{}", timeout=10)).data)["models"])
@@ -147,18 +116,17 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
            }  # fmt: skip
     log = (tmp / "catalog.log").open("wb")
     catalog = subprocess.Popen([sys.executable, "-m", "services.catalog"], cwd=ROOT, env=env, stdout=log, stderr=log)  # noqa: ASYNC220
-    echo = subprocess.Popen([sys.executable, "-c", ECHO, nats_srv.url], stdout=subprocess.PIPE)  # noqa: ASYNC220
+    echo = start_echo(nats_srv.url)
     nc = await nats.connect(nats_srv.url)
     try:
-        await wait_healthy(nc)
-        assert echo.stdout is not None and echo.stdout.readline().strip() == b"ready"
+        await wait_healthy(nc, "catalog")
         profiles, models = await seed(nc, pg.url, args.profiles, args.models)
         work = requests(profiles, models, args.requests)
         payloads = [p for _, p in work]
         await measure(nc, ResolveRequest.SUBJECT, payloads[: args.warmup], True)
-        await measure(nc, "bench.echo", payloads[: args.warmup], False)
+        await measure(nc, ECHO_SUBJECT, payloads[: args.warmup], False)
         resolve = await measure(nc, ResolveRequest.SUBJECT, payloads, True)
-        baseline = await measure(nc, "bench.echo", payloads, False)
+        baseline = await measure(nc, ECHO_SUBJECT, payloads, False)
         by_kind = {
             kind: round(statistics.median([s for (k, _), s in zip(work, resolve, strict=True) if k == kind]), 3)
             for kind in ("role", "profile", "model")
@@ -173,12 +141,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         }  # fmt: skip
     finally:
         await nc.close()
-        for proc in (catalog, echo):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(catalog, echo)
         log.close()
         pg.stop()
         nats_srv.stop()
