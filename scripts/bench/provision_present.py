@@ -27,6 +27,8 @@ from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
 from tests.peers.ollama_server import OllamaPeer
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
 async def measure(nc: nats.NATS, n: int, roles_model: str) -> list[float]:
     js = nc.jetstream()
     waiting: dict[str, asyncio.Future[ProvisionCompleted]] = {}

@@ -28,6 +28,8 @@ from scripts.bench.baseline import ECHO_SUBJECT, pct, start_echo, stop, wait_hea
 from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
 async def seed(nc: nats.NATS, db_url: str, n_profiles: int, n_models: int) -> tuple[list[dict], list[str]]:
     """Models through a models.txt import (one transaction); profiles and users straight into the tables."""
     have = len(json.loads((await nc.request("rpc.catalog.models.list.v1", b"{}", timeout=10)).data)["models"])

@@ -30,4 +30,6 @@ class FleetView:
         self.hosts[beat.host_id] = HostView(beat.host_id, beat.occurred_at, beat.interval_s, beat.ollama_url)
 
     def alive(self, now: datetime) -> list[HostView]:
-        return [h for h in self.hosts.values() if now - h.last_seen <= timedelta(seconds=h.interval_s * self.missed_beats)]
+        return [
+            h for h in self.hosts.values() if now - h.last_seen <= timedelta(seconds=h.interval_s * self.missed_beats)
+        ]
