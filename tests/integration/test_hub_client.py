@@ -115,3 +115,20 @@ def test_pinned_safetensors_checkpoint_fetched_and_verified(hub, tmp_path):
         c.fetch_checkpoint(c.pin("acme/m-GGUF", "v1"))
     with pytest.raises(domain.BadReference, match="is a branch"):
         c.pin("acme/tiny-llama", "main")
+
+
+@pytest.mark.parametrize(
+    ("header", "first", "last"),
+    [("bytes=0-999999999", 0, MIB), ("bytes=1000-", 1000, MIB), ("bytes=-100", MIB - 100, MIB)],
+)
+def test_peer_ranges_follow_rfc_9110(hub, header, first, last):
+    """An end past the file is clamped and a suffix range is the last N bytes, as a real CDN answers."""
+    import httpx
+
+    peer, sha, _ = hub
+    blob = peer.repos["acme/m-GGUF"].commits[sha]["m.Q8_0.gguf"]
+    r = httpx.get(f"{peer.url}/acme/m-GGUF/resolve/{sha}/m.Q8_0.gguf", headers={"Range": header}, follow_redirects=True)
+    assert r.status_code == 206
+    assert r.headers["Content-Range"] == f"bytes {first}-{last - 1}/{MIB}"
+    assert len(r.content) == int(r.headers["Content-Length"]) == last - first
+    assert r.content == b"".join(bytes(c) for c in blob.chunks(first, last))

@@ -327,7 +327,9 @@ def _cdn_handler(peer: HubPeer) -> type[BaseHTTPRequestHandler]:
             if rng and rng.startswith("bytes="):
                 first, _, last = rng[6:].partition("-")
                 start = int(first or 0)
-                end = int(last) + 1 if last else f.size
+                end = min(int(last) + 1, f.size) if last else f.size  # RFC 9110: an end past the file is clamped
+                if first == "":  # a suffix range: the last N bytes
+                    start, end = max(0, f.size - int(last)), f.size
                 if start >= f.size:
                     return self._send(416, {"error": "range not satisfiable"}, {"Content-Range": f"bytes */{f.size}"})
             self.send_response(206 if rng else 200)
