@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.cli.client import call
+from services.cli.render import data_table
 
 models_app = typer.Typer(no_args_is_help=True, help="The model library and the default model.")
 profiles_app = typer.Typer(no_args_is_help=True, help="Profiles: system defaults and your own.")
@@ -58,17 +59,16 @@ def models_list(
     body = call("GET", "/api/v1/catalog/models", params={k: v for k, v in query.items() if v is not None}).json()
     if as_json:
         return _print_json(body)
-    table = Table(title=f"model library ({len(body['models'])})")
-    for col in ("id", "name", "family", "params", "context", "capabilities", "category", "smallest"):
-        table.add_column(col)
+    rows = []
     for m in body["models"]:
         params = f"{m['parameter_count'] / 1e9:.1f}B" if m.get("parameter_count") else "-"
         sizes = [q["size_bytes"] for q in m["quantizations"]]
-        table.add_row(
-            m["id"], m["display_name"], m["family"], params, str(m.get("context_window") or "-"),
+        rows.append((
+            m["id"], m["display_name"], m["family"], params, m.get("context_window") or "-",
             ", ".join(m["capabilities"]), m["category"], _gb(min(sizes) if sizes else None),
-        )  # fmt: skip
-    Console().print(table)
+        ))  # fmt: skip
+    columns = ("id", "name", "family", "params", "context", "capabilities", "category", "smallest")
+    Console().print(data_table(f"model library ({len(rows)})", columns, rows))
 
 
 @models_app.command("info")
@@ -81,19 +81,16 @@ def models_info(
         return _print_json(m)
     console = Console()
     console.print(
-        f"[bold]{m['display_name']}[/bold] ({m['id']}) — {m['family']}, {m['category']}, provider {m['provider']}"
+        f"[bold]{escape(m['display_name'])}[/bold] ({escape(m['id'])}) — {m['family']}, {m['category']}, "
+        f"provider {m['provider']}"
     )
-    console.print(m["recommended_use"])
+    console.print(escape(m["recommended_use"]))
     sources = {k: v for k, v in m["sources"].items() if v}
     console.print(escape("sources: " + ", ".join(f"{k}={v}" for k, v in sources.items())))
     if m["ratings"]:
         console.print("ratings: " + ", ".join(f"{k} {v}/10" for k, v in m["ratings"].items()))
-    table = Table(title="quantizations")
-    for col in ("name", "file", "size", "sha256"):
-        table.add_column(col)
-    for q in m["quantizations"]:
-        table.add_row(q["name"], q["file"], _gb(q["size_bytes"]), q.get("sha256") or "-")
-    console.print(table)
+    rows = [(q["name"], q["file"], _gb(q["size_bytes"]), q.get("sha256") or "-") for q in m["quantizations"]]
+    console.print(data_table("quantizations", ("name", "file", "size", "sha256"), rows, keep_whole=("sha256",)))
 
 
 @models_app.command("set-default")
@@ -109,15 +106,19 @@ def models_set_default(name: str, as_json: bool = JSON_OPT) -> None:
 
 
 def _profile_table(profiles: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
-    for col in ("id", "name", "type", "owner", "model", "temperature", "num_ctx"):
-        table.add_column(col)
-    for p in profiles:
-        table.add_row(
-            p["id"], p["name"], p["type_name"], p["owner_id"] or "system", p["model_name"],
-            str(p["parameters"].get("temperature", "-")), str(p["parameters"].get("num_ctx", "-")),
-        )  # fmt: skip
-    return table
+    rows = [
+        (
+            p["id"],
+            p["name"],
+            p["type_name"],
+            p["owner_id"] or "system",
+            p["model_name"],
+            p["parameters"].get("temperature", "-"),
+            p["parameters"].get("num_ctx", "-"),
+        )
+        for p in profiles
+    ]
+    return data_table(title, ("id", "name", "type", "owner", "model", "temperature", "num_ctx"), rows)
 
 
 @profiles_app.command("list")
