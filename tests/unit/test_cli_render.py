@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_brackets_in_names_are_shown_not_taken_as_markup():
-    console = Console(record=True, width=60)
+    console = Console(record=True, width=72)
     uuid = "00000000-0000-0000-0000-000000000017"
     console.print(data_table("models [all]", ("id", "name"), [(uuid, "FLUX.1 [dev]"), ("x", "[bold]not bold[/bold]")]))
     text = console.export_text()
