@@ -12,6 +12,8 @@ from faststream.nats import NatsBroker
 from pydantic import BaseModel, ValidationError
 
 from contracts.envelope import Contract, Envelope
+from contracts.health import HealthReply, HealthRequest
+from contracts.subjects import fill
 from services.runtime.bus import BusState, publish_event, start_broker, stop_broker
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,18 @@ class BusClient:
             await asyncio.gather(self._connector, return_exceptions=True)
         self.state.closing = True
         await stop_broker(self.broker)
+
+    async def answers(self, service: str, timeout_s: float) -> bool:
+        """Whether at least one healthy replica of `service` answers its health request within the timeout."""
+        replies = await self.gather(
+            fill(HealthRequest.SUBJECT, service=service), HealthRequest(), HealthReply,
+            timeout_s=timeout_s, done=lambda got: any(r.healthy for r in got),
+        )  # fmt: skip
+        return any(r.healthy for r in replies)
+
+    def require(self) -> None:
+        """Raise BusUnavailable unless NATS is connected."""
+        self._require()
 
     def _require(self) -> None:
         if not self.state.connected:

@@ -96,9 +96,12 @@ async def submit(request: Request, cmd: ProvisionCommand, wait: bool, timeout_s:
         accepted = Accepted(request_id=cmd.request_id, progress_url=f"{base}/events?since={since}", result_url=base)
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
     try:
-        bus._require()
+        bus.require()
+        provisioner_up = await bus.answers("provisioner", request.app.state.settings.health_timeout_s)
     except BusUnavailable as exc:
         raise HTTPException(503, str(exc)) from exc
+    if not provisioner_up:  # waiting would only time out; the durable command would run whenever one starts
+        raise HTTPException(503, "no healthy provisioner answers; nothing was submitted")
     nc = bus.broker.connection
     got: asyncio.Future[ProvisionCompleted] = asyncio.get_running_loop().create_future()
 
@@ -151,7 +154,7 @@ async def provision_events(
     """Server-sent events of one request (progress, model.pulled, failed), ending with `completed`."""
     bus: BusClient = request.app.state.bus
     try:
-        bus._require()
+        bus.require()
     except BusUnavailable as exc:
         raise HTTPException(503, str(exc)) from exc
     start = since or datetime.now(UTC) - timedelta(minutes=10)
