@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
 from contracts.envelope import Contract, Envelope
 
@@ -150,21 +150,85 @@ class AuthRequest(Contract):
 class AuthReply(Contract):
     user_id: Name
     admin: bool = False
+    token_id: uuid.UUID | None = None
+
+
+UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
+#: The longest expiry a token may be issued with: ten years.
+MAX_TOKEN_LIFETIME_S = 10 * 366 * 24 * 3600
 
 
 class TokenIssueRequest(Contract):
-    """Admin only: mint a new bearer token for `user_id` (creating the user); earlier tokens stay valid."""
+    """Admin only: mint a new bearer token for `user_id` (creating the user); earlier tokens stay valid.
+
+    At most one of `expires_in_s` / `expires_at`; neither: the token never expires."""
 
     SUBJECT = "rpc.catalog.token.issue.v1"
 
     caller: Caller
-    user_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
+    user_id: UserId
     display_name: Annotated[str, StringConstraints(max_length=256)] = ""
+    expires_in_s: int | None = Field(default=None, gt=0, le=MAX_TOKEN_LIFETIME_S)
+    expires_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> TokenIssueRequest:
+        if self.expires_in_s is not None and self.expires_at is not None:
+            raise ValueError("give at most one of expires_in_s, expires_at")
+        return self
 
 
 class TokenIssueReply(Contract):
+    """The secret `token` appears here once and never again."""
+
     user_id: Name
     token: str
+    token_id: uuid.UUID | None = None
+    created_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+
+
+TokenStatus = Literal["active", "expired", "revoked"]
+
+
+class TokenDoc(Contract):
+    """A token's metadata: never its secret nor its hash."""
+
+    token_id: uuid.UUID
+    user_id: Name
+    created_at: AwareDatetime
+    expires_at: AwareDatetime | None = None
+    last_used_at: AwareDatetime | None = None
+    revoked_at: AwareDatetime | None = None
+    status: TokenStatus = "active"
+
+
+class TokenListRequest(Contract):
+    """The admin, or the user themself: every token of `user_id` (active, expired and revoked), oldest first."""
+
+    SUBJECT = "rpc.catalog.token.list.v1"
+
+    caller: Caller
+    user_id: UserId
+
+
+class TokenListReply(Contract):
+    user_id: Name
+    tokens: list[TokenDoc] = Field(default_factory=list)
+
+
+class TokenRevokeRequest(Contract):
+    """The admin, or the token's owner: revoke at once. Revoking a revoked token again is a no-op."""
+
+    SUBJECT = "rpc.catalog.token.revoke.v1"
+
+    caller: Caller
+    user_id: UserId
+    token_id: uuid.UUID
+
+
+class TokenRevokeReply(Contract):
+    token: TokenDoc
 
 
 # --- Models -----------------------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ from contracts.catalog import (
     RolesRequest,
     SetDefaultRequest,
     TokenIssueRequest,
+    TokenListRequest,
+    TokenRevokeRequest,
     UserConfigGetRequest,
     UserConfigRequest,
 )
@@ -97,7 +99,10 @@ def register(broker: NatsBroker, streams: NatsRouter, catalog: Catalog) -> None:
 
     @sub(AuthRequest.SUBJECT, queue="catalog", title="catalog auth")
     async def on_auth(body: Any) -> Reply:
-        """Consumes rpc.catalog.auth.v1; replies AuthReply for a user token, 401 otherwise. Read-only."""
+        """Consumes rpc.catalog.auth.v1; replies AuthReply for a usable user token, 401 naming why otherwise.
+
+        Touches the token's last_used_at (at most once per token_touch_interval_s); otherwise read-only.
+        """
         return await answer(lambda: catalog.authenticate(decode(AuthRequest, body).token))
 
     @sub(TokenIssueRequest.SUBJECT, queue="catalog", title="catalog token issue")
@@ -106,7 +111,30 @@ def register(broker: NatsBroker, streams: NatsRouter, catalog: Catalog) -> None:
 
         async def run() -> BaseModel:
             req = decode(TokenIssueRequest, body)
-            return await catalog.issue_token(req.caller, req.user_id, req.display_name)
+            return await catalog.issue_token(req.caller, req)
+
+        return await answer(run)
+
+    @sub(TokenListRequest.SUBJECT, queue="catalog", title="catalog token list")
+    async def on_token_list(body: Any) -> Reply:
+        """Consumes rpc.catalog.token.list.v1 (admin or the user); replies TokenListReply, metadata only. Read-only."""
+
+        async def run() -> BaseModel:
+            req = decode(TokenListRequest, body)
+            return await catalog.list_tokens(req.caller, req.user_id)
+
+        return await answer(run)
+
+    @sub(TokenRevokeRequest.SUBJECT, queue="catalog", title="catalog token revoke")
+    async def on_token_revoke(body: Any) -> Reply:
+        """Consumes rpc.catalog.token.revoke.v1 (admin or the owner); emits evt.catalog.entries.changed.v1.
+
+        Idempotent on token_id: a second revoke keeps the first revoked_at.
+        """
+
+        async def run() -> BaseModel:
+            req = decode(TokenRevokeRequest, body)
+            return await catalog.revoke_token(req.caller, req.user_id, req.token_id)
 
         return await answer(run)
 

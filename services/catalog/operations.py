@@ -8,6 +8,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,9 +26,12 @@ from contracts.catalog import (
     ProfileInput,
     SetDefaultReply,
     TokenIssueReply,
+    TokenIssueRequest,
+    TokenListReply,
+    TokenRevokeReply,
     UserConfigReply,
 )
-from services.catalog import domain, manifests
+from services.catalog import domain, manifests, tokens
 from services.catalog.domain import CatalogError, CatalogView, UserRecord
 from services.catalog.library import Library
 from services.catalog.settings import CatalogSettings
@@ -120,16 +124,21 @@ class Catalog:
     # --- auth ------------------------------------------------------------------------------------------------------
 
     async def authenticate(self, token: str) -> AuthReply:
+        """Checked against PostgreSQL on every call (no cache), so a revocation holds at once on every replica."""
+        now = _now()
         async with self.store.database.transaction() as session:
-            user_id = await self.store.user_for_token(session, token)
-        if user_id is None:
-            raise CatalogError(401, "unknown or revoked token")
-        return AuthReply(user_id=user_id)
+            record = tokens.check_usable(await self.store.find_token(session, token), now)
+            if tokens.needs_touch(record, now, self.settings.token_touch_interval_s):
+                await self.store.touch_token(session, record.token_id, now)
+        return AuthReply(user_id=record.user_id, token_id=record.token_id)
 
-    async def issue_token(self, caller: Caller, user_id: str, display_name: str) -> TokenIssueReply:
+    async def issue_token(self, caller: Caller, req: TokenIssueRequest) -> TokenIssueReply:
         domain.require_admin(caller, "issuing tokens")
+        user_id, display_name = req.user_id, req.display_name
         if user_id == caller.user_id:
             raise CatalogError(422, f"user_id: {user_id!r} is the admin caller's own name; pick another")
+        now = _now()
+        record = tokens.TokenRecord(uuid.uuid4(), user_id, now, tokens.expiry(now, req.expires_in_s, req.expires_at))
         view = await self.current()
         token = "mf_" + secrets.token_urlsafe(32)
         user = view.users.get(user_id) or UserRecord(user_id, display_name)
@@ -138,10 +147,34 @@ class Catalog:
 
         async def write(session: AsyncSession) -> None:
             await self.store.save_user(session, user)
-            await self.store.add_token(session, user_id, token)
+            await self.store.add_token(session, record, token)
 
         await self._write(f"token for {user_id}", write)
-        return TokenIssueReply(user_id=user_id, token=token)
+        return TokenIssueReply(
+            user_id=user_id, token=token, token_id=record.token_id, created_at=now, expires_at=record.expires_at
+        )
+
+    async def list_tokens(self, caller: Caller, user_id: str) -> TokenListReply:
+        domain.check_user(caller, user_id)
+        now = _now()
+        async with self.store.database.transaction() as session:
+            records = await self.store.user_tokens(session, user_id)
+        return TokenListReply(user_id=user_id, tokens=[tokens.doc(r, now) for r in records])
+
+    async def revoke_token(self, caller: Caller, user_id: str, token_id: uuid.UUID) -> TokenRevokeReply:
+        """The row is marked, never deleted, so a later use is told "revoked" rather than "unknown"."""
+        domain.check_user(caller, user_id)
+        now = _now()
+        async with self.store.database.transaction() as session:
+            tokens.owned(await self.store.token_by_id(session, token_id), user_id, token_id)
+            await self.store.revoke_token(session, token_id, now)
+            await self.outbox.add(session, self._event(CatalogChanged, what=f"token {token_id} revoked",
+                                                       instance_id=self.instance_id))  # fmt: skip
+            record = await self.store.token_by_id(session, token_id)
+        self.outbox.wake()
+        assert record is not None
+        log.info("token %s of %s revoked by %s", token_id, user_id, caller.user_id)
+        return TokenRevokeReply(token=tokens.doc(record, now))
 
     # --- profiles --------------------------------------------------------------------------------------------------
 
@@ -264,6 +297,10 @@ class Catalog:
         return ExportReply(
             format=fmt, filename="models.txt", content=manifests.export_models_txt([*view.models.values()])
         )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _as_local_edit(stored: ModelDoc | None, imported: ModelDoc, carried: frozenset[str]) -> ModelDoc:

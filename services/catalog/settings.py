@@ -25,6 +25,9 @@ class CatalogSettings(RuntimeSettings):
     )
     library_path: Path = Field(default=LIBRARY_FILE, description="The curated library file applied at every start.")
     ready_timeout_s: float = Field(default=10.0, gt=0, description="How long a request waits for the first load.")
+    token_touch_interval_s: float = Field(
+        default=60.0, ge=0, description="A token's last_used_at is written at most this often (0: on every use)."
+    )
 
     @field_validator("global_parameters")
     @classmethod

@@ -14,6 +14,7 @@ from sqlmodel import Field, SQLModel
 
 from contracts.catalog import PROFILE_TYPES, ModelDoc, ProfileDoc, ProfileSetDoc
 from services.catalog.domain import SYSTEM_DEFAULT_IDS, CatalogView, UserRecord, model_size
+from services.catalog.tokens import TokenRecord
 from services.runtime.db import Database
 
 SCHEMA = "catalog"
@@ -101,8 +102,12 @@ class TokenRow(SQLModel, table=True):
     __table_args__ = {"schema": SCHEMA}
 
     token_sha256: str = Field(primary_key=True)
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, unique=True)
     user_id: str = Field(index=True)
     created_at: datetime = Field(default_factory=_now, sa_type=_ts())
+    expires_at: datetime | None = Field(default=None, sa_type=_ts())
+    last_used_at: datetime | None = Field(default=None, sa_type=_ts())
+    revoked_at: datetime | None = Field(default=None, sa_type=_ts())
 
 
 class MetaRow(SQLModel, table=True):
@@ -166,9 +171,18 @@ class CatalogStore:
         row = await session.get(MetaRow, key)
         return row.value if row else None
 
-    async def user_for_token(self, session: AsyncSession, token: str) -> str | None:
+    async def find_token(self, session: AsyncSession, token: str) -> TokenRecord | None:
+        """By the secret (its digest); read from PostgreSQL every time, so no replica can serve a revoked one."""
         row = await session.get(TokenRow, token_digest(token))
-        return row.user_id if row else None
+        return token_record(row) if row else None
+
+    async def token_by_id(self, session: AsyncSession, token_id: uuid.UUID) -> TokenRecord | None:
+        row = (await session.execute(sa.select(TokenRow).where(TokenRow.id == token_id))).scalar_one_or_none()  # type: ignore[arg-type]
+        return token_record(row) if row else None
+
+    async def user_tokens(self, session: AsyncSession, user_id: str) -> list[TokenRecord]:
+        stmt = sa.select(TokenRow).where(TokenRow.user_id == user_id).order_by(TokenRow.created_at, TokenRow.id)  # type: ignore[arg-type]
+        return [token_record(row) for row in (await session.execute(stmt)).scalars()]
 
     async def model_ids(self, session: AsyncSession) -> set[str]:
         return set((await session.execute(sa.select(ModelRow.id))).scalars())  # type: ignore[call-overload]
@@ -212,8 +226,27 @@ class CatalogStore:
         }  # fmt: skip
         await session.execute(_upsert(UserRow, values, "id"))
 
-    async def add_token(self, session: AsyncSession, user_id: str, token: str) -> None:
-        await session.execute(insert(TokenRow).values(token_sha256=token_digest(token), user_id=user_id))
+    async def add_token(self, session: AsyncSession, record: TokenRecord, token: str) -> None:
+        values = {
+            "token_sha256": token_digest(token), "id": record.token_id, "user_id": record.user_id,
+            "created_at": record.created_at, "expires_at": record.expires_at,
+        }  # fmt: skip
+        await session.execute(insert(TokenRow).values(**values))
+
+    async def revoke_token(self, session: AsyncSession, token_id: uuid.UUID, at: datetime) -> None:
+        """Sets revoked_at once; a second revoke keeps the first time."""
+        where = sa.and_(TokenRow.id == token_id, TokenRow.revoked_at.is_(None))  # type: ignore[arg-type,union-attr]
+        await session.execute(sa.update(TokenRow).where(where).values(revoked_at=at))
+
+    async def touch_token(self, session: AsyncSession, token_id: uuid.UUID, at: datetime) -> None:
+        await session.execute(sa.update(TokenRow).where(TokenRow.id == token_id).values(last_used_at=at))  # type: ignore[arg-type]
+
+
+def token_record(row: TokenRow) -> TokenRecord:
+    return TokenRecord(
+        token_id=row.id, user_id=row.user_id, created_at=row.created_at, expires_at=row.expires_at,
+        last_used_at=row.last_used_at, revoked_at=row.revoked_at,
+    )  # fmt: skip
 
 
 def profile_doc(p: ProfileRow) -> ProfileDoc:

@@ -37,8 +37,9 @@ async def caller(request: Request) -> Caller:
     try:
         reply = await bus.request(AuthRequest.SUBJECT, AuthRequest(token=token), AuthReply, timeout_s=5.0)
     except RemoteError as exc:
-        if exc.status == 401:
-            raise HTTPException(401, "invalid token", headers=_CHALLENGE) from exc
+        if exc.status == 401:  # the catalog says which: unknown, revoked or expired (told only to the holder)
+            detail = exc.detail if isinstance(exc.detail, str) else "invalid token"
+            raise HTTPException(401, detail, headers=_CHALLENGE) from exc
         raise HTTPException(exc.status, exc.detail) from exc
     except BusUnavailable as exc:
         raise HTTPException(503, f"cannot check the token: {exc}") from exc

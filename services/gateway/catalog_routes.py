@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.catalog import (
+    MAX_TOKEN_LIFETIME_S,
     Caller,
     CatalogModelsReply,
     CatalogModelsRequest,
@@ -32,6 +33,10 @@ from contracts.catalog import (
     SetDefaultRequest,
     TokenIssueReply,
     TokenIssueRequest,
+    TokenListReply,
+    TokenListRequest,
+    TokenRevokeReply,
+    TokenRevokeRequest,
     UserConfigGetRequest,
     UserConfigReply,
     UserConfigRequest,
@@ -44,6 +49,7 @@ router = APIRouter(tags=["catalog"])
 R = TypeVar("R", bound=BaseModel)
 #: A manifest travels in one bus message; NATS refuses payloads over its max_payload (1 MiB by default).
 MAX_IMPORT_BYTES = 900_000
+UserPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$", examples=["alice"])]
 _MEDIA = {"json": "application/json", "toml": "application/toml", "models.txt": "text/plain; charset=utf-8"}
 
 
@@ -70,6 +76,10 @@ class ProfileConfigBody(BaseModel):
 
 class TokenBody(BaseModel):
     display_name: str = Field(default="", max_length=256)
+    expires_in_s: int | None = Field(
+        default=None, gt=0, le=MAX_TOKEN_LIFETIME_S, description="Expire this many seconds after issue."
+    )
+    expires_at: AwareDatetime | None = Field(default=None, description="Expire at this instant (with a UTC offset).")
 
 
 @router.get("/api/v1/models", response_model=OverviewReply)
@@ -156,10 +166,30 @@ async def put_profile_config(
 
 
 @router.post("/api/v1/users/{user_id}/tokens", response_model=TokenIssueReply, status_code=201)
-async def issue_token(request: Request, user_id: str, body: TokenBody, who: Caller = Depends(admin)) -> TokenIssueReply:
+async def issue_token(
+    request: Request, user_id: UserPath, body: TokenBody, who: Caller = Depends(admin)
+) -> TokenIssueReply:
     """Admin: mint a bearer token for `user_id` (the user is created on first issue). Shown once."""
-    req = TokenIssueRequest(caller=who, user_id=user_id, display_name=body.display_name)
+    """At most one of `expires_in_s` / `expires_at`; neither: the token never expires."""
+    if body.expires_in_s is not None and body.expires_at is not None:
+        raise HTTPException(422, "give at most one of expires_in_s, expires_at")
+    req = TokenIssueRequest(caller=who, user_id=user_id, **body.model_dump())
     return await ask(request, req, TokenIssueReply)
+
+
+@router.get("/api/v1/users/{user_id}/tokens", response_model=TokenListReply)
+async def list_tokens(request: Request, user_id: UserPath, who: Caller = Depends(caller)) -> TokenListReply:
+    """The admin, or the user themself: every token's metadata (id, created, expiry, last use, status), no secret."""
+    return await ask(request, TokenListRequest(caller=who, user_id=user_id), TokenListReply)
+
+
+@router.delete("/api/v1/users/{user_id}/tokens/{token_id}", response_model=TokenRevokeReply)
+async def revoke_token(
+    request: Request, user_id: UserPath, token_id: uuid.UUID, who: Caller = Depends(caller)
+) -> TokenRevokeReply:
+    """The admin, or the owner: revoke at once, on every catalog replica; its next use gets 401 "token revoked"."""
+    req = TokenRevokeRequest(caller=who, user_id=user_id, token_id=token_id)
+    return await ask(request, req, TokenRevokeReply)
 
 
 @router.post(
