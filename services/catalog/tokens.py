@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from contracts.catalog import TokenDoc, TokenStatus
 from services.catalog.domain import CatalogError
@@ -28,7 +28,7 @@ def expiry(now: datetime, expires_in_s: int | None, expires_at: datetime | None)
         return now + timedelta(seconds=expires_in_s)
     if expires_at is not None and expires_at <= now:
         raise CatalogError(422, f"expires_at: {expires_at.isoformat()} is not in the future")
-    return expires_at
+    return expires_at.astimezone(UTC) if expires_at is not None else None
 
 
 def status(token: TokenRecord, now: datetime) -> TokenStatus:

@@ -37,7 +37,7 @@ def _print_json(doc: Any) -> None:
 
 
 def _when(value: str | None) -> str:
-    return value.replace("T", " ")[:19] if value else "-"
+    return value.replace("T", " ")[:16] + " UTC" if value else "-"
 
 
 @tokens_app.command("issue")
@@ -71,12 +71,13 @@ def tokens_list(user: str = typer.Argument(..., help="The user id."), as_json: b
     if as_json:
         return _print_json(reply)
     rows = [
-        (t["token_id"], t["status"], _when(t["created_at"]), _when(t.get("expires_at")),
-         _when(t.get("last_used_at")), _when(t.get("revoked_at")))
+        (t["token_id"], t["status"], _when(t["created_at"]), _when(t.get("revoked_at") or t.get("expires_at")),
+         _when(t.get("last_used_at")))
         for t in reply["tokens"]
     ]  # fmt: skip
-    columns = ("id", "status", "created", "expires", "last used", "revoked")
-    Console().print(data_table(f"tokens of {reply['user_id']} ({len(rows)})", columns, rows))
+    columns = ("id", "status", "created", "expires / revoked", "last used")
+    title = f"tokens of {reply['user_id']} ({len(rows)})"
+    Console().print(data_table(title, columns, rows, keep_whole=("id", "status")))
 
 
 @tokens_app.command("revoke")
