@@ -14,6 +14,8 @@ from contracts.envelope import Contract, Envelope
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=8000)]
+#: A content digest as registries write it.
+Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 #: What provisioning did for one (role or model, host).
 Action = Literal["present", "pulled", "imported", "skipped", "failed"]
@@ -98,7 +100,10 @@ class ProvisionCompleted(Envelope):
 
 
 class UpdateAvailable(Envelope):
-    """The update check found a newer remote revision (or digest) than the one installed."""
+    """The update check found a newer remote revision (or digest) than the one installed.
+
+    For a pinned HF import the revisions are commits; for an Ollama-library model they are manifest digests
+    (`sha256:<hex>`), also given in `installed_digest` / `remote_digest`, and `registry` names where it looked."""
 
     SUBJECT = "evt.provisioner.update.available.v1"
 
@@ -108,6 +113,9 @@ class UpdateAvailable(Envelope):
     installed_revision: Name | None = None
     remote_revision: Name
     source: Source
+    installed_digest: Digest | None = None
+    remote_digest: Digest | None = None
+    registry: Name | None = None
 
 
 class InventoryEntry(Contract):

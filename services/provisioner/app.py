@@ -12,9 +12,10 @@ from services.provisioner.hosts import HostDirectory
 from services.provisioner.hub import HubClient
 from services.provisioner.inventory_ops import InventoryOps
 from services.provisioner.provisioning import Provisioner
+from services.provisioner.registry import OllamaRegistry
 from services.provisioner.settings import ProvisionerSettings
 from services.provisioner.store import ProvisionerStore
-from services.provisioner.updates import UpdateChecker
+from services.provisioner.updates import Check, OllamaRegistryCheck, PinnedRevisionCheck, UpdateChecker
 from services.runtime.bus import publish_event
 from services.runtime.parts import build_parts
 from services.runtime.service import Service, Task
@@ -62,11 +63,15 @@ def build_app(settings: ProvisionerSettings) -> Service:
     )
     tasks: list[Task] = [jobs.run]
     if settings.update_check:
+        registry = OllamaRegistry(settings.registry_timeout_s)
+        checks: list[Check] = [
+            PinnedRevisionCheck(hub, parts.host_id),
+            OllamaRegistryCheck(registry, settings.ollama_registry, hosts, provisioner.backend, parts.host_id),
+        ]
         checker = UpdateChecker(
             store=store,
             outbox=parts.outbox,
-            hub=hub,
-            host_id=parts.host_id,
+            checks=checks,
             interval_s=settings.update_interval_s,
             skip=settings.skip_downloads,
         )

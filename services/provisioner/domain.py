@@ -234,3 +234,68 @@ def skip_reason(*, auto_download: bool, skip_downloads: bool, provider: str) -> 
 
 def update_due(last_check: float | None, now: float, interval_s: float) -> bool:
     return last_check is None or now - last_check >= interval_s
+
+
+# --- Ollama registry ----------------------------------------------------------------------------
+
+OLLAMA_REGISTRY_HOST = "registry.ollama.ai"
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?$")
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    """Where a registry keeps one Ollama model's manifest: `{registry}/v2/{namespace}/{model}/manifests/{tag}`."""
+
+    registry: str
+    namespace: str
+    model: str
+    tag: str
+
+    @property
+    def manifest_url(self) -> str:
+        return f"{self.registry.rstrip('/')}/v2/{self.namespace}/{self.model}/manifests/{self.tag}"
+
+
+class NotInRegistry(ValueError):
+    """An installed model that no Ollama registry serves (a Hugging Face pass-through, a local creation...)."""
+
+
+def registry_ref(ollama_name: str, default_registry: str) -> RegistryRef:
+    """Ollama's name rule, `[host/][namespace/]model[:tag]`: bare names live in `library`, no tag means `latest`,
+    and a name without a host is served by `default_registry` (registry.ollama.ai unless configured)."""
+    name, _, tag = ollama_name.rpartition(":") if ":" in ollama_name.rsplit("/", 1)[-1] else (ollama_name, "", "")
+    parts = name.split("/")
+    host_ok = len(parts) < 3 or _HOST.match(parts[0])
+    path = parts[1:] if len(parts) == 3 else parts
+    if (
+        len(parts) > 3
+        or not host_ok
+        or not all(_NAME_PART.match(p) for p in path)
+        or (tag and not _NAME_PART.match(tag))
+    ):
+        raise NotInRegistry(f"{ollama_name!r} is not an Ollama registry name ([host/][namespace/]model[:tag])")
+    host = parts[0] if len(parts) == 3 else None
+    if host is not None and host.lower() in ("hf.co", "huggingface.co"):
+        raise NotInRegistry(f"{ollama_name!r} is a Hugging Face pass-through (hf.co), not an Ollama-registry model")
+    namespace = parts[-2] if len(parts) >= 2 else "library"
+    registry = default_registry if host is None or host == OLLAMA_REGISTRY_HOST else f"https://{host}"
+    return RegistryRef(registry, namespace, parts[-1], tag or "latest")
+
+
+def as_digest(value: str) -> str:
+    """`sha256:<hex>`, from Ollama's bare hex digest or a registry's prefixed one."""
+    hexdigest = value.removeprefix("sha256:").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
+        raise ValueError(f"digest {value!r} is not a sha256")
+    return f"sha256:{hexdigest}"
+
+
+def update_pending(installed_digest: str | None, remote_digest: str | None) -> bool:
+    """A registry digest differs from the installed one (both known and both sha256)."""
+    if not installed_digest or not remote_digest:
+        return False
+    try:
+        return as_digest(installed_digest) != as_digest(remote_digest)
+    except ValueError:
+        return False  # a digest that is not a sha256 proves nothing either way

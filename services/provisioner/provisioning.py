@@ -30,7 +30,7 @@ from services.provisioner.ollama_backend import OllamaBackend
 from services.provisioner.outcomes import Failure, Target, action, backend_call, hub_call, inventory_row, kind_of
 from services.provisioner.progress import ProgressRelay, Publish
 from services.provisioner.settings import ProvisionerSettings
-from services.provisioner.store import InventoryRow, ProvisionerStore
+from services.provisioner.store import REGISTRY_DIGESTS_STATE, InventoryRow, ProvisionerStore
 from services.runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,8 @@ class Provisioner:
         name = ref.ollama_name or t.model
         installed = await backend_call(backend.installed())
         if name in installed:
+            if cmd.force and self._skip(t) is None and await self._upstream_newer(name, installed[name].digest):
+                return await self.pulls.run((host, name), lambda: self._pull(cmd, t, ref, host, backend, name))
             if await self.store.find(host, ref.raw) is None:
                 await self._record(
                     cmd, host, inventory_row(host, ref, name, installed[name].size, None, None), "adopt", None
@@ -159,6 +161,11 @@ class Provisioner:
         if (reason := self._skip(t)) is not None:
             return action(t, host, "skipped", reason, ollama_name=name)
         return await self.pulls.run((host, name), lambda: self._pull(cmd, t, ref, host, backend, name))
+
+    async def _upstream_newer(self, name: str, digest: str | None) -> bool:
+        """The last update check saw a registry digest for `name` other than the one this host holds."""
+        seen = await self.store.get_state(REGISTRY_DIGESTS_STATE) or {}
+        return domain.update_pending(digest, seen.get(name))
 
     async def _pull(
         self, cmd: ProvisionCommand, t: Target, ref: domain.ModelRef, host: str, backend: OllamaBackend, name: str

@@ -37,6 +37,11 @@ class ProvisionerSettings(RuntimeSettings):
     )
     update_check: bool = True
     update_interval_s: float = Field(default=86400.0, gt=0)
+    ollama_registry: str = Field(
+        default="https://registry.ollama.ai",
+        description="The registry the update check asks for Ollama-library manifests (names without a host).",
+    )
+    registry_timeout_s: float = Field(default=10.0, gt=0)
     command_ack_wait_s: float = Field(default=30.0, gt=0)
     progress_interval_s: float = Field(default=0.5, ge=0.5, description="At most one progress event per this many s.")
     catalog_timeout_s: float = Field(default=3.0, gt=0)

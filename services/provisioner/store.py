@@ -14,6 +14,9 @@ from sqlmodel import Field, SQLModel
 from services.runtime.db import Database
 
 SCHEMA = "provisioner"
+#: State rows: the update check's last run (time, counts, errors) and the registry digests it last saw per Ollama name.
+UPDATE_CHECK_STATE = "update_check"
+REGISTRY_DIGESTS_STATE = "registry_digests"
 
 
 def _now() -> datetime:

@@ -1,8 +1,13 @@
-"""A protocol-faithful Ollama server on loopback: stateful pulls, blobs, create, tags, show, ps, delete, chat, embed.
+"""A protocol-faithful Ollama server on loopback: stateful pulls, blobs, create, tags, show, ps, delete, chat, embed;
+and the registry's manifest endpoint (`GET /v2/{namespace}/{model}/manifests/{tag}`), so the same peer is the
+"upstream" an update check asks.
 
 The real `ollama` client is driven against it. Switches: `pull_step_s` (slow pulls), `fail_pull_after`
 (a mid-stream `{"error": ...}` line after that fraction of a layer, HTTP 200), `pull_http_error`
-(the HTTP-status error channel). Run standalone with `python -m tests.peers.ollama_server --port N`.
+(the HTTP-status error channel), `publish_update(name)` (upstream publishes a new manifest for a model),
+`registry_digest_header` (send `Docker-Content-Digest`, or leave the client to hash the body), `registry_error`.
+A pulled model's `/api/tags` digest is the sha256 of the manifest the registry serves for it, as in Ollama.
+Run standalone with `python -m tests.peers.ollama_server --port N`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,29 @@ class LibraryModel:
     parameter_size: str = "1B"
     quantization: str = "Q4_K_M"
     context_length: int = 4096
+    revision: int = 0
+
+    def manifest(self) -> bytes:
+        """The registry's manifest: a Docker v2 manifest whose layers are the model's blobs."""
+        config = json.dumps({"model_format": "gguf", "model_family": self.family, "file_type": self.quantization})
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_V2,
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                       "digest": "sha256:" + hashlib.sha256(config.encode()).hexdigest(), "size": len(config)},
+            "layers": [{"mediaType": LAYER_TYPES[min(i, 1)], "digest": d, "size": n}
+                       for i, (d, n) in enumerate(self.layers)],
+        }  # fmt: skip
+        return json.dumps(doc, indent=2).encode()
+
+    @property
+    def digest(self) -> str:
+        """Hex sha256 of the manifest: what Ollama's /api/tags reports once this revision is pulled."""
+        return hashlib.sha256(self.manifest()).hexdigest()
+
+
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+LAYER_TYPES = ("application/vnd.ollama.image.model", "application/vnd.ollama.image.params")
 
 
 @dataclass
@@ -74,6 +102,9 @@ class OllamaPeer:
         self.pull_steps = 8
         self.fail_pull_after: float | None = None
         self.pull_http_error: tuple[int, str] | None = None
+        self.registry_digest_header = True
+        self.registry_error: tuple[int, str] | None = None
+        self.registry_requests: list[tuple[str, str]] = []  # (path, Accept header) of each manifest request
         self.calls: Counter[str] = Counter()
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _handler(self))
@@ -88,10 +119,21 @@ class OllamaPeer:
     def add(self, model: LibraryModel) -> None:
         self.library[model.name] = model
 
+    def publish_update(self, name: str) -> str:
+        """Upstream publishes a new revision of a library model (new weights, so a new manifest); its new digest."""
+        with self.lock:
+            model = self.library[normalize(name)]
+            model.revision += 1
+            weights = "sha256:" + hashlib.sha256(f"{model.name}#{model.revision}".encode()).hexdigest()
+            model.layers = [(weights, model.layers[0][1]), *model.layers[1:]]
+            return model.digest
+
     def install(self, name: str, size: int = 1024, **kw: Any) -> InstalledModel:
-        """Put a model on the 'host' directly, as if pulled earlier."""
+        """Put a model on the 'host' directly, as if pulled earlier (at the library's current manifest, if listed)."""
+        listed = self.library.get(normalize(name))
         model = InstalledModel(
-            name=normalize(name), size=size, digest=hashlib.sha256(name.encode()).hexdigest(),
+            name=normalize(name), size=size,
+            digest=listed.digest if listed else hashlib.sha256(name.encode()).hexdigest(),
             family=kw.get("family", "llama"), parameter_size=kw.get("parameter_size", "1B"),
             quantization=kw.get("quantization", "Q4_K_M"), context_length=kw.get("context_length", 4096),
         )  # fmt: skip
@@ -167,10 +209,39 @@ def _handler(peer: OllamaPeer) -> type[BaseHTTPRequestHandler]:
         def _not_found(self, name: str) -> None:
             self._send(404, {"error": f"model '{name}' not found"})
 
+        def _manifest(self, path: str, *, head_only: bool = False) -> None:
+            """`/v2/{namespace}/{model}/manifests/{tag}`: `library` is the namespace of bare names."""
+            peer.registry_requests.append((path, self.headers.get("Accept", "")))
+            parts = path.split("/")
+            if len(parts) != 6 or parts[4] != "manifests":
+                return self._registry_error(404, "NAME_UNKNOWN", "repository name not known to registry")
+            namespace, model, tag = parts[2], parts[3], parts[5]
+            name = f"{model}:{tag}" if namespace == "library" else f"{namespace}/{model}:{tag}"
+            if peer.registry_error is not None:
+                return self._registry_error(peer.registry_error[0], "UNKNOWN", peer.registry_error[1])
+            with peer.lock:
+                listed = peer.library.get(name)
+                body = listed.manifest() if listed else None
+            if body is None:
+                return self._registry_error(404, "MANIFEST_UNKNOWN", "manifest unknown")
+            self.send_response(200)
+            self.send_header("Content-Type", MANIFEST_V2)
+            self.send_header("Content-Length", str(len(body)))
+            if peer.registry_digest_header:
+                self.send_header("Docker-Content-Digest", "sha256:" + hashlib.sha256(body).hexdigest())
+            self.end_headers()
+            if not head_only:
+                self.wfile.write(body)
+
+        def _registry_error(self, status: int, code: str, message: str) -> None:
+            self._send(status, {"errors": [{"code": code, "message": message}]})
+
         # --- routes ---------------------------------------------------------------------------
         def do_HEAD(self) -> None:
             peer.calls[f"HEAD {self.path.split('?')[0]}"] += 1
-            if self.path.startswith("/api/blobs/"):
+            if self.path.startswith("/v2/"):
+                self._manifest(self.path.split("?")[0], head_only=True)
+            elif self.path.startswith("/api/blobs/"):
                 digest = self.path.rsplit("/", 1)[-1]
                 self._send(200 if digest in peer.blobs else 404, head_only=True)
             else:
@@ -185,6 +256,8 @@ def _handler(peer: OllamaPeer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+            elif path.startswith("/v2/"):
+                self._manifest(path)
             elif path == "/api/version":
                 self._send(200, {"version": "0.12.3"})
             elif path == "/api/tags":
@@ -267,7 +340,7 @@ def _handler(peer: OllamaPeer) -> type[BaseHTTPRequestHandler]:
                 for digest, size in model.layers:
                     peer.blobs[digest] = size
                 peer.installed[model.name] = InstalledModel(
-                    name=model.name, size=sum(s for _, s in model.layers), digest=model.layers[0][0][7:],
+                    name=model.name, size=sum(s for _, s in model.layers), digest=model.digest,
                     family=model.family, parameter_size=model.parameter_size, quantization=model.quantization,
                     context_length=model.context_length,
                 )  # fmt: skip
