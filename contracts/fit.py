@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from bisect import bisect_right
+from collections.abc import Iterator
+from itertools import combinations
+from typing import Annotated, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -13,11 +16,12 @@ from contracts.vram import (
     ModelShape,
     Placement,
     QuantOption,
-    best_placement,
-    best_quantization,
+    compute_bytes,
     cpu_estimate,
     estimate,
     fit_class,
+    layer_kv_bytes,
+    pick_quantization,
     simple_estimate,
 )
 
@@ -26,44 +30,198 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
+class GpuShare(_Frozen):
+    """What one GPU of a host holds in the host's placement (zeros for a GPU the placement leaves out)."""
+
+    index: int = Field(description="the GPU's NVML index")
+    layers: int = Field(description="layers placed on it, the output layer counted as one (0 in the simple form)")
+    bytes: int = Field(description="weights + KV cache of its layers + its compute buffer + its overhead")
+    free_bytes: int
+
+
 class HostFit(_Frozen):
-    """How one model fits one host: against its roomiest GPU, or its available RAM when it has none."""
+    """How one model fits one host: on one GPU or split over several (docs/hardware.md), or in RAM without a GPU."""
 
     host_id: str
     has_gpu: bool
-    device: str = Field(description="'gpu<index>' or 'ram'")
-    free_bytes: int
-    needed_bytes: int = Field(description="the full placement on that device")
+    device: str = Field(description="'gpu<index>', 'gpu<i>+gpu<j>...' for a split, or 'ram'")
+    free_bytes: int = Field(description="free memory of the device(s) the placement uses")
+    needed_bytes: int = Field(description="the full placement on that device (summed over the GPUs of a split)")
     fit: FitClass
     placement: Placement
     gpu_layers: int
     total_layers: int
+    placed_bytes: int = Field(default=0, description="bytes the chosen placement puts on the GPUs, in total")
+    gpus: list[GpuShare] = Field(default_factory=list, description="per GPU of the host: layers and bytes placed")
+
+
+#: Up to this many GPUs every subset of them is tried, so adding a GPU never makes a placement worse; above it,
+#: only the k roomiest GPUs for each k (2^n subsets would be too many).
+EXHAUSTIVE_GPUS = 8
+_FIT_RANK = {FitClass.WONT_FIT: 0, FitClass.TIGHT: 1, FitClass.PERFECT: 2}
+
+
+class _Plan(NamedTuple):
+    """One candidate: the GPUs used (positions), layers and bytes on each, the layers in total, the fit class."""
+
+    subset: tuple[int, ...]
+    layers: list[int]
+    used: list[int]
+    gpu_layers: int
+    fit: FitClass
+
+    def key(self, frees: list[int]) -> tuple[int, int, int, int]:
+        """More layers, then a better fit class, then fewer GPUs (Ollama's preference), then more free memory."""
+        return self.gpu_layers, _FIT_RANK[self.fit], -len(self.subset), sum(frees[i] for i in self.subset)
+
+
+def _subsets(frees: list[int]) -> Iterator[tuple[int, ...]]:
+    n = len(frees)
+    if n <= EXHAUSTIVE_GPUS:
+        for k in range(1, n + 1):
+            yield from combinations(range(n), k)
+        return
+    roomiest = sorted(range(n), key=lambda i: (-frees[i], i))
+    for k in range(1, n + 1):
+        yield tuple(sorted(roomiest[:k]))
+
+
+def _worst_fit(used: list[int], frees: list[int]) -> FitClass:
+    return min((fit_class(u, f) for u, f in zip(used, frees, strict=True) if u), key=_FIT_RANK.__getitem__)
+
+
+class LayerSplit:
+    """llama.cpp's `--split-mode layer` with `tensor_split` by free memory, for one model and its settings.
+
+    The last `g` layers are offloaded (the output layer is the (n+1)-th); layer r of them goes to the first
+    device whose cumulative share of free memory exceeds r/g, so each GPU takes a contiguous run and the output
+    layer lands on the last one. Each GPU holding layers pays its KV cache, a compute buffer (with the logits on
+    the output's GPU) and the platform overhead.
+    """
+
+    def __init__(self, shape: ModelShape, s: EstimateSettings) -> None:
+        kv = layer_kv_bytes(shape, s)
+        n = shape.block_count
+        self.n = n
+        self.cost = [shape.layer_bytes[i] + (kv[i] if i < len(kv) else 0) for i in range(n)] + [shape.output_bytes]
+        self.compute_mid = compute_bytes(shape, s, with_output=False)
+        self.compute_out = compute_bytes(shape, s, with_output=True)
+        self.overhead = s.gpu_overhead_bytes
+        # offloaded[g]: weights + KV of the g offloaded layers (monotone in g)
+        self.offloaded = [sum(self.cost[n - g : n]) for g in range(n + 1)] + [sum(self.cost)]
+
+    def place(self, frees: list[int], g: int) -> tuple[list[int], list[int]]:
+        """Layers and bytes on each device of `frees` (in device order) for `g` offloaded layers."""
+        total = sum(frees)
+        layers, used = [0] * len(frees), [0] * len(frees)
+        if g == 0 or total <= 0:
+            return layers, used
+        splits, acc = [], 0
+        for f in frees:
+            acc += f
+            splits.append(acc / total)
+        first = self.n - min(g, self.n)
+        holds_output = -1
+        for r in range(g):
+            dev = min(bisect_right(splits, r / g), len(frees) - 1)
+            layers[dev] += 1
+            used[dev] += self.cost[first + r]
+            if first + r == self.n:
+                holds_output = dev
+        for dev, count in enumerate(layers):
+            if count:
+                used[dev] += self.overhead + (self.compute_out if dev == holds_output else self.compute_mid)
+        return layers, used
+
+    def plan(self, frees: list[int]) -> _Plan:
+        """The best placement over the GPUs (or a subset of them): most layers, best fit, fewest GPUs."""
+        best: _Plan | None = None
+        for subset in _subsets(frees):
+            sub = [max(0, frees[i]) for i in subset]
+            # each GPU holding layers pays at least its overhead and a compute buffer: a bound on what fits
+            room = sum(max(0, f - self.overhead - self.compute_mid) for f in sub)
+            top = bisect_right(self.offloaded, room) - 1
+            for g in range(top, (best.gpu_layers if best else 0) - 1, -1):
+                layers, used = self.place(sub, g)
+                if all(u <= f for u, f in zip(used, sub, strict=True)):
+                    fit = _worst_fit(used, sub) if g == self.n + 1 else FitClass.WONT_FIT
+                    cand = _Plan(subset, layers, used, g, fit)
+                    if best is None or cand.key(frees) > best.key(frees):
+                        best = cand
+                    break
+        assert best is not None  # g = 0 always fits
+        return best
+
+
+def simple_plan(payload_bytes: int, overhead_bytes: int, frees: list[int]) -> _Plan:
+    """The simple form over GPUs: the model (no layers known) split in proportion to free memory, each GPU paying
+    the overhead; full on the best subset that fits, else CPU only."""
+    best: _Plan | None = None
+    for subset in _subsets(frees):
+        sub = [max(0, frees[i]) for i in subset]
+        total = sum(sub)
+        used = [0] * len(sub)
+        if total > 0:
+            used = [payload_bytes * f // total + overhead_bytes for f in sub]
+            used[-1] += payload_bytes - sum(u - overhead_bytes for u in used)  # rounding remainder
+        fits = total > 0 and all(u <= f for u, f in zip(used, sub, strict=True))
+        cand = (
+            _Plan(subset, [0] * len(sub), used, 1, _worst_fit(used, sub))
+            if fits
+            else _Plan(subset, [0] * len(sub), [0] * len(sub), 0, FitClass.WONT_FIT)
+        )
+        if best is None or cand.key(frees) > best.key(frees):
+            best = cand
+    assert best is not None
+    return best
+
+
+def _shares(plan: _Plan, frees: list[int], indexes: list[int]) -> list[GpuShare]:
+    where = {pos: k for k, pos in enumerate(plan.subset)}
+    return [
+        GpuShare(
+            index=indexes[pos],
+            layers=plan.layers[where[pos]] if pos in where else 0,
+            bytes=plan.used[where[pos]] if pos in where else 0,
+            free_bytes=free,
+        )
+        for pos, free in enumerate(frees)
+    ]
+
+
+def _gpu_host_fit(
+    host_id: str, plan: _Plan, full_used: list[int], frees: list[int], indexes: list[int], total_layers: int
+) -> HostFit:
+    """A GPU host's fit from the chosen plan; `full_used` is the full placement's bytes on the plan's GPUs."""
+    holding = [pos for k, pos in enumerate(plan.subset) if plan.used[k]] or list(plan.subset)
+    n = plan.gpu_layers
+    return HostFit(
+        host_id=host_id, has_gpu=True, device="+".join(f"gpu{indexes[p]}" for p in holding),
+        free_bytes=sum(frees[p] for p in plan.subset), needed_bytes=sum(full_used), fit=plan.fit,
+        placement=Placement.FULL if n == total_layers else Placement.PARTIAL if n else Placement.CPU,
+        gpu_layers=n, total_layers=total_layers, placed_bytes=sum(plan.used), gpus=_shares(plan, frees, indexes),
+    )  # fmt: skip
 
 
 def fit_on_host(
     host_id: str, shape: ModelShape | None, s: EstimateSettings, *, gpus_free: list[int], ram_available: int,
-    file_size_bytes: int = 0,
+    file_size_bytes: int = 0, gpu_indexes: list[int] | None = None,
 ) -> HostFit:  # fmt: skip
-    """`shape` None means the simple form from `file_size_bytes` (no GGUF metadata)."""
+    """`shape` None means the simple form from `file_size_bytes` (no GGUF metadata).
+
+    One GPU: the best placement on it. Several: the best of llama.cpp's layer split over them (or a subset).
+    """
     if gpus_free:
-        index = max(range(len(gpus_free)), key=lambda i: gpus_free[i])
-        free = gpus_free[index]
+        indexes = gpu_indexes if gpu_indexes and len(gpu_indexes) == len(gpus_free) else list(range(len(gpus_free)))
         if shape is None:
             e = simple_estimate(file_size_bytes, s.num_ctx, s.parallel)
-            fit = fit_class(e.total_bytes, free)
-            placement = Placement.FULL if fit is not FitClass.WONT_FIT else Placement.CPU
-            layers = 1 if placement is Placement.FULL else 0
-            return HostFit(
-                host_id=host_id, has_gpu=True, device=f"gpu{index}", free_bytes=free, needed_bytes=e.total_bytes,
-                fit=fit, placement=placement, gpu_layers=layers, total_layers=1,
-            )  # fmt: skip
-        full = estimate(shape, s)
-        best = best_placement(shape, s, free)
-        return HostFit(
-            host_id=host_id, has_gpu=True, device=f"gpu{index}", free_bytes=free, needed_bytes=full.total_bytes,
-            fit=fit_class(full.total_bytes, free), placement=best.placement, gpu_layers=best.gpu_layers,
-            total_layers=full.total_layers,
-        )  # fmt: skip
+            plan = simple_plan(e.weights_bytes + e.kv_cache_bytes, e.overhead_bytes, gpus_free)
+            full = e.weights_bytes + e.kv_cache_bytes + e.overhead_bytes * len(plan.subset)
+            return _gpu_host_fit(host_id, plan, [full], gpus_free, indexes, 1)
+        split = LayerSplit(shape, s)
+        plan = split.plan(gpus_free)
+        _, full_used = split.place([max(0, gpus_free[p]) for p in plan.subset], shape.block_count + 1)
+        return _gpu_host_fit(host_id, plan, full_used, gpus_free, indexes, shape.block_count + 1)
     needed = (
         cpu_estimate(shape, s).total_bytes
         if shape is not None
@@ -81,6 +239,7 @@ class HostCapacity(_Frozen):
 
     host_id: str
     gpus_free: list[int] = Field(default_factory=list)
+    gpu_indexes: list[int] = Field(default_factory=list, description="NVML index of each entry of gpus_free")
     ram_available: int = 0
 
 
@@ -114,6 +273,13 @@ class FitReport(_Frozen):
     warnings: list[str] = Field(default_factory=list)
 
 
+def _quant_fit(h: HostCapacity, q: QuantFit, s: EstimateSettings) -> FitClass:
+    """A catalog quantization on a host: split over its GPUs like any simple-form model, else in RAM."""
+    if not h.gpus_free:
+        return fit_class(q.needed_bytes, h.ram_available)
+    return fit_on_host(h.host_id, None, s, gpus_free=h.gpus_free, ram_available=0, file_size_bytes=q.size_bytes).fit
+
+
 def fit_report(
     model: str, source: str, s: EstimateSettings, hosts: list[HostCapacity], *, shape: ModelShape | None = None,
     size_bytes: int = 0, quant: str | None = None, quants: list[tuple[str, int]] | None = None,
@@ -128,7 +294,13 @@ def fit_report(
         cpu_total, cpu_out = e.total_bytes - e.overhead_bytes, 0
     fits = [
         fit_on_host(
-            h.host_id, shape, s, gpus_free=h.gpus_free, ram_available=h.ram_available, file_size_bytes=size_bytes
+            h.host_id,
+            shape,
+            s,
+            gpus_free=h.gpus_free,
+            ram_available=h.ram_available,
+            file_size_bytes=size_bytes,
+            gpu_indexes=h.gpu_indexes,
         )
         for h in hosts
     ]
@@ -138,8 +310,8 @@ def fit_report(
     ]
     best: dict[str, str | None] = {}
     for h in hosts if qfits else []:
-        free = max(h.gpus_free) if h.gpus_free else h.ram_available
-        pick = best_quantization([QuantOption(quant=q.quant, needed_bytes=q.needed_bytes) for q in qfits], free)
+        classed = [(QuantOption(quant=q.quant, needed_bytes=q.needed_bytes), _quant_fit(h, q, s)) for q in qfits]
+        pick = pick_quantization(classed)
         best[h.host_id] = pick[0].quant if pick else None
     return FitReport(
         model=model, quant=quant, source=source, num_ctx=s.num_ctx, parallel=s.parallel, cache_type=s.cache_type,
@@ -154,5 +326,6 @@ def capacity(sample: GpuSampled) -> HostCapacity:
     return HostCapacity(
         host_id=sample.host_id,
         gpus_free=[g.memory_free_bytes for g in sample.gpus] if sample.has_gpu else [],
+        gpu_indexes=[g.index for g in sample.gpus] if sample.has_gpu else [],
         ram_available=sample.memory_available_bytes,
     )

@@ -350,15 +350,20 @@ class QuantOption(_Frozen):
 
 def best_quantization(options: list[QuantOption], free_bytes: int) -> tuple[QuantOption, FitClass] | None:
     """The best-quality quantization that fits perfectly, else the best that fits tightly, else None."""
+    return pick_quantization([(o, fit_class(o.needed_bytes, free_bytes)) for o in options])
 
-    def quality(o: QuantOption) -> float:
-        try:
-            return BITS_PER_WEIGHT[normalize_quant(o.quant)]
-        except QuantizationError:
-            return 0.0  # a name the table does not know ranks last
 
+def _quant_quality(o: QuantOption) -> float:
+    try:
+        return BITS_PER_WEIGHT[normalize_quant(o.quant)]
+    except QuantizationError:
+        return 0.0  # a name the table does not know ranks last
+
+
+def pick_quantization(fits: list[tuple[QuantOption, FitClass]]) -> tuple[QuantOption, FitClass] | None:
+    """Of options already classed (on one GPU or split over several), the best perfect one, else the best tight."""
     for wanted in (FitClass.PERFECT, FitClass.TIGHT):
-        ok = [o for o in options if fit_class(o.needed_bytes, free_bytes) is wanted]
+        ok = [o for o, fit in fits if fit is wanted]
         if ok:
-            return max(ok, key=quality), wanted
+            return max(ok, key=_quant_quality), wanted
     return None

@@ -82,7 +82,7 @@ def render_hosts(hosts: list[dict[str, Any]], console: Console | None = None) ->
     console.print(table)
 
 
-def _fleet_report(path: Path, settings: EstimateSettings, host: str | None, free_gib: float | None) -> dict[str, Any]:
+def _fleet_report(path: Path, settings: EstimateSettings, host: str | None, free_gib: list[float]) -> dict[str, Any]:
     """A local GGUF: the header is read here; the gateway (when one answers) adds every host's fit."""
     try:
         header = read_file_header(path)
@@ -90,8 +90,8 @@ def _fleet_report(path: Path, settings: EstimateSettings, host: str | None, free
     except GgufError as exc:
         err.print(f"[red]{path}: {exc}[/red]")
         raise typer.Exit(2) from exc
-    if free_gib is not None:
-        given = [HostCapacity(host_id=host or "given", gpus_free=[int(free_gib * GIB)])]
+    if free_gib:
+        given = [HostCapacity(host_id=host or "given", gpus_free=[int(f * GIB) for f in free_gib])]
         return fit_report(str(path), "gguf", settings, given, shape=shape, quant=shape.file_type).model_dump(
             mode="json"
         )
@@ -120,7 +120,9 @@ def fit(
     flash_attention: bool = typer.Option(False, "--flash-attention", help="Size the graph for flash attention."),
     host: str | None = typer.Option(None, "--host", help="Only this host."),
     size_bytes: int | None = typer.Option(None, "--size-bytes", min=0, help="Size the model from this file size."),
-    free_gib: float | None = typer.Option(None, "--free-gib", min=0, help="Fit against this much free GPU memory."),
+    free_gib: list[float] | None = typer.Option(
+        None, "--free-gib", min=0, help="Fit against a GPU with this much free memory (repeat for several GPUs)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Weights, KV cache, compute and overhead of a model, and per host whether it fits."""
@@ -137,7 +139,7 @@ def fit(
     elif model.startswith(("http://", "https://")):
         params = {"gguf_url": model}
     elif path.exists() or model.endswith(".gguf"):
-        doc = _fleet_report(path, settings, host, free_gib)
+        doc = _fleet_report(path, settings, host, free_gib or [])
         return _print_fit(doc, as_json)
     else:
         params = {"model": model, **({"quant": quant} if quant else {})}
@@ -161,7 +163,7 @@ def _print_fit(doc: dict[str, Any], as_json: bool) -> None:
         console.print(f"[yellow]{w}[/yellow]")
     if doc.get("hosts"):
         table = Table()
-        for col in ("host", "device", "free GiB", "needs GiB", "fit", "placement", "layers", "best quant"):
+        for col in ("host", "device", "free GiB", "needs GiB", "fit", "placement", "layers", "per GPU", "best quant"):
             table.add_column(col)
         colour = {"perfect": "green", "tight": "yellow", "wont_fit": "red"}
         best = doc.get("best_quant", {})
@@ -169,6 +171,14 @@ def _print_fit(doc: dict[str, Any], as_json: bool) -> None:
             c = colour.get(h["fit"], "white")
             table.add_row(
                 h["host_id"], h["device"], _gib(h["free_bytes"]), _gib(h["needed_bytes"]), f"[{c}]{h['fit']}[/{c}]",
-                h["placement"], f"{h['gpu_layers']}/{h['total_layers']}", best.get(h["host_id"]) or "",
+                h["placement"], f"{h['gpu_layers']}/{h['total_layers']}", _per_gpu(h.get("gpus", [])),
+                best.get(h["host_id"]) or "",
             )  # fmt: skip
         console.print(table)
+
+
+def _per_gpu(gpus: list[dict[str, Any]]) -> str:
+    """`gpu0 54L 23.1/30.0` for each GPU of a split: layers placed, GiB placed / free (blank for a single GPU)."""
+    if len(gpus) < 2:
+        return ""
+    return "; ".join(f"gpu{g['index']} {g['layers']}L {_gib(g['bytes'])}/{_gib(g['free_bytes'])}" for g in gpus)
