@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.processes import GatewayProcess, ServiceProcess
+from tests.harness.provision_bus import Bus
 from tests.harness.servers import choose, create_database, nats_server, postgres_server
 
 TIERS = ("unit", "integration", "e2e", "chaos")
@@ -105,3 +106,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
         if len(tiers) != 1:
             raise pytest.UsageError(f"{item.nodeid} must carry exactly one tier marker of {TIERS}, has {tiers}")
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    """A test-side NATS client that publishes provision commands, records evt.provisioner.*, answers as a catalog."""
+    b = await Bus().start(nats_url)
+    try:
+        yield b
+    finally:
+        await b.close()

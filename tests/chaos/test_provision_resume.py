@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.integration.test_provision_helpers import MIB, Bus, provisioner_env, wait_for
+from tests.harness.provision_bus import MIB, provisioner_env, wait_for
 from tests.peers.hub_server import HubPeer, generated_file
 from tests.peers.ollama_server import OllamaPeer
 
 pytestmark = pytest.mark.chaos
 CHUNK = 10 * MIB  # huggingface_hub's download chunk size: the unit "bytes fetched again" is measured in
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus().start(nats_url)
-    try:
-        yield b
-    finally:
-        await b.close()
 
 
 @pytest.fixture

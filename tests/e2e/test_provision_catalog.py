@@ -9,7 +9,7 @@ import pytest
 
 from contracts.catalog import RolesReply, RolesRequest
 from services.provisioner import domain
-from tests.integration.test_provision_helpers import Bus, provisioner_env
+from tests.harness.provision_bus import Bus, provisioner_env
 from tests.peers.hub_server import HubPeer
 from tests.peers.ollama_server import OllamaPeer, library_model
 

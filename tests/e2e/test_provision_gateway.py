@@ -14,7 +14,7 @@ import ollama as ollama_client
 import pytest
 
 from services.runtime.db import async_url
-from tests.integration.test_provision_helpers import MIB, provisioner_env
+from tests.harness.provision_bus import MIB, provisioner_env
 from tests.peers.hub_server import HubPeer, generated_file, small_file
 from tests.peers.ollama_server import OllamaPeer, library_model
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,13 @@ from contracts.provisioner import (
     QuantizationsRequest,
     pinned_ollama_name,
 )
-from tests.integration.test_provision_helpers import MIB, Bus, db_rows, provisioner_env, wait_for
+from tests.harness.provision_bus import MIB, db_rows, provisioner_env, wait_for
 from tests.peers.hub_server import HubPeer, generated_file, small_file
 from tests.peers.ollama_server import OllamaPeer
 
 pytestmark = pytest.mark.integration
 
 REPO = "acme/tiny-GGUF"
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus().start(nats_url)
-    try:
-        yield b
-    finally:
-        await b.close()
 
 
 @pytest.fixture

@@ -10,20 +10,11 @@ import pytest
 
 from contracts.catalog import RoleEntry
 from contracts.provisioner import InventoryReply, InventoryRequest
-from tests.integration.test_provision_helpers import Bus, provisioner_env
+from tests.harness.provision_bus import provisioner_env
 from tests.peers.hub_server import HubPeer
 from tests.peers.ollama_server import OllamaPeer, library_model
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus().start(nats_url)
-    try:
-        yield b
-    finally:
-        await b.close()
 
 
 @pytest.fixture

@@ -7,29 +7,20 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from services.provisioner import domain
 from services.provisioner.registry import MANIFEST_V2, OllamaRegistry, RegistryError
-from tests.integration.test_provision_helpers import Bus, db_rows, provisioner_env
+from tests.harness.provision_bus import Bus, db_rows, provisioner_env
 from tests.peers.hub_server import HubPeer
 from tests.peers.ollama_server import OllamaPeer, library_model
 
 pytestmark = pytest.mark.integration
 
 QWEN_MANIFEST = "/v2/library/qwen3/manifests/8b"
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    b = await Bus().start(nats_url)
-    try:
-        yield b
-    finally:
-        await b.close()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Test-side helpers for the provisioner tests (no tests here): a NATS client that publishes provision commands,
+"""Test-side helpers for the provisioner tests: a NATS client that publishes provision commands,
 records every evt.provisioner.* event, answers as a catalog, and writes host entries the way probes do."""
 
 from __future__ import annotations
