@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -32,6 +33,17 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
+def parse_time(text: str) -> str:
+    """An ISO 8601 time that says its offset (`Z` or `+02:00`): a bare local time would be ambiguous across hosts."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r}: expected an ISO 8601 time such as 2027-01-31T00:00:00Z") from exc
+    if when.tzinfo is None:
+        raise typer.BadParameter(f"{text!r}: give a UTC offset (Z or +HH:MM)", param_hint="--expires-at")
+    return when.isoformat()
+
+
 def _print_json(doc: Any) -> None:
     typer.echo(json.dumps(doc, indent=2))
 
@@ -46,13 +58,20 @@ def tokens_issue(
     expires_in: str | None = typer.Option(
         None, "--expires-in", help="Lifetime: 30d, 12h, 90m, 3600 (s); default never."
     ),
+    expires_at: str | None = typer.Option(
+        None, "--expires-at", help="Expiry as an ISO 8601 time with a UTC offset, e.g. 2027-01-31T00:00:00Z."
+    ),
     display_name: str = typer.Option("", "--display-name"),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Mint a token for USER (admin token). The secret is printed once: keep it."""
     body: dict[str, Any] = {"display_name": display_name}
+    if expires_in is not None and expires_at is not None:
+        raise typer.BadParameter("give --expires-in or --expires-at, not both", param_hint="--expires-at")
     if expires_in is not None:
         body["expires_in_s"] = parse_duration(expires_in)
+    if expires_at is not None:
+        body["expires_at"] = parse_time(expires_at)
     reply = call("POST", f"/api/v1/users/{user}/tokens", json=body, ok=(201,)).json()
     if as_json:
         return _print_json(reply)

@@ -93,8 +93,12 @@ async def test_expired_token_and_the_cli(fleet, monkeypatch):
     issued = json.loads(run("tokens", "issue", "carol", "--expires-in", "30d", "--json"))
     expires = datetime.fromisoformat(issued["expires_at"]) - datetime.fromisoformat(issued["created_at"])
     assert expires == timedelta(days=30) and issued["token"].startswith("mf_")
+    dated = json.loads(run("tokens", "issue", "carol", "--expires-at", "2099-01-31T00:00:00+02:00", "--json"))
+    assert datetime.fromisoformat(dated["expires_at"]) == datetime(2099, 1, 30, 22, tzinfo=UTC)
     listed = json.loads(run("tokens", "list", "carol", "--json"))["tokens"]
-    assert {t["token_id"]: t["status"] for t in listed} == {short["token_id"]: "expired", issued["token_id"]: "active"}
+    assert {t["token_id"]: t["status"] for t in listed} == {
+        short["token_id"]: "expired", issued["token_id"]: "active", dated["token_id"]: "active",
+    }  # fmt: skip
     monkeypatch.setenv("COLUMNS", "140")  # rich's width: the whole row on one line
     table = run("tokens", "list", "carol")
     assert issued["token_id"] in table and "expired" in table and issued["token"] not in table
@@ -106,3 +110,7 @@ async def test_expired_token_and_the_cli(fleet, monkeypatch):
     assert refused.exit_code == 1 and "unknown token" in refused.output
     bad = runner.invoke(cli, ["tokens", "issue", "carol", "--expires-in", "soon"])
     assert bad.exit_code == 2 and "--expires-in" in bad.output
+    naive = runner.invoke(cli, ["tokens", "issue", "carol", "--expires-at", "2099-01-31T00:00:00"])
+    assert naive.exit_code == 2 and "UTC offset" in naive.output
+    both = runner.invoke(cli, ["tokens", "issue", "carol", "--expires-in", "1d", "--expires-at", "2099-01-31T00:00Z"])
+    assert both.exit_code == 2 and "not both" in both.output
