@@ -118,6 +118,61 @@ class UpdateAvailable(Envelope):
     registry: Name | None = None
 
 
+class UpdateFound(Contract):
+    """One update a check found: the model on `host` and its installed and remote revision (or digest)."""
+
+    host: Name
+    model: Name
+    source: Source
+    repo_id: Name | None = None
+    installed_revision: Name | None = None
+    remote_revision: Name
+    installed_digest: Digest | None = None
+    remote_digest: Digest | None = None
+    registry: Name | None = None
+
+
+class UpdateProblem(Contract):
+    """A model a check failed on (`errors`) or does not check (`not_checked`), and why."""
+
+    host: Name
+    model: Name
+    reason: Reason
+
+
+class UpdateCheckSummary(Contract):
+    """The result of one update check. `skipped`: SKIP_MODEL_DOWNLOADS was set, so nothing was asked upstream."""
+
+    checked_at: datetime
+    skipped: bool = False
+    checked: int = Field(default=0, ge=0, description="Models compared with their upstream.")
+    found: list[UpdateFound] = Field(default_factory=list)
+    errors: list[UpdateProblem] = Field(default_factory=list)
+    not_checked: list[UpdateProblem] = Field(default_factory=list)
+
+
+class UpdateCheckRequest(Contract):
+    """Run an update check now (or join the one running) and reply with its UpdateCheckSummary."""
+
+    SUBJECT = "rpc.provisioner.updates.check.v1"
+
+    requested_by: Name | None = None
+
+
+class UpdateStatusRequest(Contract):
+    SUBJECT = "rpc.provisioner.updates.status.v1"
+
+
+class UpdateStatusReply(Contract):
+    """The last check's summary (none before the first) and when the interval check is next due."""
+
+    interval_enabled: bool
+    interval_s: float = Field(gt=0)
+    running: bool = False
+    last: UpdateCheckSummary | None = None
+    next_due_at: datetime | None = Field(default=None, description="None when the interval check is disabled.")
+
+
 class InventoryEntry(Contract):
     host: Name
     model_id: Name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import catalog_cmds, hardware_cmds, provision_cmds, token_cmds
+from services.cli import catalog_cmds, hardware_cmds, provision_cmds, token_cmds, updates_cmds
 from services.cli import diagnose as diagnose_cmd
 from services.cli import status as status_cmd
 from services.cli import up as up_cmd
@@ -25,6 +25,7 @@ app.add_typer(catalog_cmds.models_app, name="models")
 app.add_typer(catalog_cmds.profiles_app, name="profiles")
 app.add_typer(catalog_cmds.catalog_app, name="catalog")
 app.add_typer(token_cmds.tokens_app, name="tokens")
+app.add_typer(updates_cmds.updates_app, name="updates")
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from services.gateway import catalog_routes, handlers, hosts_routes, provision_routes
+from services.gateway import catalog_routes, handlers, hosts_routes, provision_routes, updates_routes
 from services.gateway.bus_client import BusClient
 from services.gateway.settings import GatewaySettings
 from services.runtime.bus import BusState, build_broker
@@ -47,5 +47,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(hosts_routes.router)
     app.include_router(catalog_routes.router)
     app.include_router(provision_routes.router)
+    app.include_router(updates_routes.router)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider, excluded_urls="healthz")
     return app

@@ -62,18 +62,20 @@ def build_app(settings: ProvisionerSettings) -> Service:
         publish=publish,
     )
     tasks: list[Task] = [jobs.run]
+    registry = OllamaRegistry(settings.registry_timeout_s)
+    checks: list[Check] = [
+        PinnedRevisionCheck(hub, parts.host_id),
+        OllamaRegistryCheck(registry, settings.ollama_registry, hosts, provisioner.backend, parts.host_id),
+    ]
+    checker = UpdateChecker(
+        store=store,
+        outbox=parts.outbox,
+        checks=checks,
+        interval_s=settings.update_interval_s,
+        skip=settings.skip_downloads,
+        interval_enabled=settings.update_check,
+    )
+    handlers.register_updates(broker, checker)
     if settings.update_check:
-        registry = OllamaRegistry(settings.registry_timeout_s)
-        checks: list[Check] = [
-            PinnedRevisionCheck(hub, parts.host_id),
-            OllamaRegistryCheck(registry, settings.ollama_registry, hosts, provisioner.backend, parts.host_id),
-        ]
-        checker = UpdateChecker(
-            store=store,
-            outbox=parts.outbox,
-            checks=checks,
-            interval_s=settings.update_interval_s,
-            skip=settings.skip_downloads,
-        )
         tasks.append(checker.run)
     return parts.service(tasks=tasks)

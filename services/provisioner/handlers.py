@@ -21,6 +21,10 @@ from contracts.provisioner import (
     ProvisionResultReply,
     ProvisionResultRequest,
     QuantizationsRequest,
+    UpdateCheckRequest,
+    UpdateCheckSummary,
+    UpdateStatusReply,
+    UpdateStatusRequest,
 )
 from contracts.subjects import COMMANDS_STREAM
 from services.provisioner import domain
@@ -29,6 +33,7 @@ from services.provisioner.ollama_backend import BackendError
 from services.provisioner.progress import Publish
 from services.provisioner.provisioning import Provisioner
 from services.provisioner.store import ProvisionerStore, ProvisionRequestRow
+from services.provisioner.updates import UpdateChecker
 from services.runtime.bus import jstream
 from services.runtime.outbox import Outbox
 from services.runtime.parts import MAX_DELIVER
@@ -186,6 +191,21 @@ def register(
             return error(422, str(exc))
         except (HfHubHTTPError, OSError) as exc:
             return error(502, f"hub {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def register_updates(broker: NatsBroker, checker: UpdateChecker) -> None:
+    # several workers: a request arriving while a check runs joins it instead of queueing behind it
+    @broker.subscriber(UpdateCheckRequest.SUBJECT, queue="provisioner", max_workers=8)
+    async def on_check(req: UpdateCheckRequest) -> UpdateCheckSummary:
+        """Consumes rpc.provisioner.updates.check.v1; runs a check (or joins the running one), emits
+        update.available for what it finds (outbox) and replies its summary. Not idempotent: each request checks."""
+        log.info("update check requested by %s", req.requested_by or "?")
+        return await checker.check_now()
+
+    @broker.subscriber(UpdateStatusRequest.SUBJECT, queue="provisioner")
+    async def on_status(req: UpdateStatusRequest) -> UpdateStatusReply:
+        """Consumes rpc.provisioner.updates.status.v1; replies the last check's summary and the next due time."""
+        return await checker.status()
 
 
 async def _heartbeat(msg: NatsMessage, every_s: float) -> None:

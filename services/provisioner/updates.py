@@ -12,9 +12,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from contracts.provisioner import UpdateAvailable
+from contracts.provisioner import UpdateAvailable, UpdateCheckSummary, UpdateFound, UpdateProblem, UpdateStatusReply
 from services.provisioner import domain
 from services.provisioner.hosts import HostDirectory
 from services.provisioner.hub import HubClient
@@ -54,7 +55,36 @@ class CheckReport:
             "checked": self.checked,
             "errors": self.errors[:MAX_RECORDED],
             "not_checked": self.not_checked[:MAX_RECORDED],
+            "updates": [found(e).model_dump(mode="json") for e in self.found[:MAX_RECORDED]],
         }
+
+
+def found(event: UpdateAvailable) -> UpdateFound:
+    fields = event.model_dump(include=set(UpdateFound.model_fields) - {"host"})
+    return UpdateFound(host=event.target_host, **fields)
+
+
+def _problems(entries: list[dict[str, str]]) -> list[UpdateProblem]:
+    return [
+        UpdateProblem(host=e.get("host") or "*", model=e.get("model") or "*", reason=(e.get("reason") or "?")[:8000])
+        for e in entries
+    ]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def summary(state: dict[str, Any]) -> UpdateCheckSummary:
+    """The `update_check` state row as a summary (rows written before `updates` was stored list no updates)."""
+    return UpdateCheckSummary(
+        checked_at=datetime.fromtimestamp(float(state["last_check_at"]), UTC),
+        skipped=bool(state.get("skipped")),
+        checked=int(state.get("checked") or 0),
+        found=[UpdateFound.model_validate(u) for u in state.get("updates") or []],
+        errors=_problems(state.get("errors") or []),
+        not_checked=_problems(state.get("not_checked") or []),
+    )
 
 
 class PinnedRevisionCheck:
@@ -206,24 +236,56 @@ class UpdateChecker:
         checks: list[Check],
         interval_s: float,
         skip: bool,
+        interval_enabled: bool = True,
     ):
         self.store = store
         self.outbox = outbox
         self.checks = checks
         self.interval_s = interval_s
         self.skip = skip
+        self.interval_enabled = interval_enabled
+        self._running: asyncio.Task[UpdateCheckSummary] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._running is not None and not self._running.done()
 
     async def run(self) -> None:
+        """The interval check (a service task): due when the persisted last check is `interval_s` old."""
         await self.store.database.migrated.wait()
         while True:
             state = await self.store.get_state(STATE_KEY) or {}
             last = state.get("last_check_at")
             now = time.time()
             if domain.update_due(last, now, self.interval_s):
-                report = await self._check_guarded()
-                await self.store.put_state(STATE_KEY, report.state(now, self.skip))
-                last = now
+                last = (await self.check_now()).checked_at.timestamp()
             await asyncio.sleep(max(0.2, min(60.0, (last or now) + self.interval_s - time.time())))
+
+    async def check_now(self) -> UpdateCheckSummary:
+        """Run a check and record it, or join the one running (interval or requested): never two at once."""
+        if not self.running:
+            self._running = asyncio.create_task(self._check_and_record())
+        assert self._running is not None
+        return await asyncio.shield(self._running)  # one caller giving up does not cancel the others' check
+
+    async def status(self) -> UpdateStatusReply:
+        await self.store.database.migrated.wait()
+        state = await self.store.get_state(STATE_KEY)
+        last = summary(state) if state and state.get("last_check_at") is not None else None
+        due: datetime | None = None
+        if self.interval_enabled:  # never checked: due at once
+            due = datetime.fromtimestamp(last.checked_at.timestamp() + self.interval_s, UTC) if last else _utcnow()
+        return UpdateStatusReply(
+            interval_enabled=self.interval_enabled, interval_s=self.interval_s, running=self.running, last=last,
+            next_due_at=due,
+        )  # fmt: skip
+
+    async def _check_and_record(self) -> UpdateCheckSummary:
+        await self.store.database.migrated.wait()
+        now = time.time()
+        state = (await self._check_guarded()).state(now, self.skip)
+        await self.store.put_state(STATE_KEY, state)
+        return summary(state)
 
     async def _check_guarded(self) -> CheckReport:
         try:

@@ -5,7 +5,8 @@ and the registry's manifest endpoint (`GET /v2/{namespace}/{model}/manifests/{ta
 The real `ollama` client is driven against it. Switches: `pull_step_s` (slow pulls), `fail_pull_after`
 (a mid-stream `{"error": ...}` line after that fraction of a layer, HTTP 200), `pull_http_error`
 (the HTTP-status error channel), `publish_update(name)` (upstream publishes a new manifest for a model),
-`registry_digest_header` (send `Docker-Content-Digest`, or leave the client to hash the body), `registry_error`.
+`registry_digest_header` (send `Docker-Content-Digest`, or leave the client to hash the body), `registry_error`,
+`registry_delay_s`.
 A pulled model's `/api/tags` digest is the sha256 of the manifest the registry serves for it, as in Ollama.
 Run standalone with `python -m tests.peers.ollama_server --port N`.
 """
@@ -104,6 +105,7 @@ class OllamaPeer:
         self.pull_http_error: tuple[int, str] | None = None
         self.registry_digest_header = True
         self.registry_error: tuple[int, str] | None = None
+        self.registry_delay_s = 0.0  # a slow registry: each manifest answer waits this long
         self.registry_requests: list[tuple[str, str]] = []  # (path, Accept header) of each manifest request
         self.calls: Counter[str] = Counter()
         self.lock = threading.Lock()
@@ -212,6 +214,8 @@ def _handler(peer: OllamaPeer) -> type[BaseHTTPRequestHandler]:
         def _manifest(self, path: str, *, head_only: bool = False) -> None:
             """`/v2/{namespace}/{model}/manifests/{tag}`: `library` is the namespace of bare names."""
             peer.registry_requests.append((path, self.headers.get("Accept", "")))
+            if peer.registry_delay_s:
+                time.sleep(peer.registry_delay_s)
             parts = path.split("/")
             if len(parts) != 6 or parts[4] != "manifests":
                 return self._registry_error(404, "NAME_UNKNOWN", "repository name not known to registry")
