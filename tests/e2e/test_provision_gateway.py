@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
 
 import asyncpg
 import httpx
@@ -14,25 +10,15 @@ import ollama as ollama_client
 import pytest
 
 from services.runtime.db import async_url
+from tests.harness.cli import ADMIN_TOKEN, run_cli
 from tests.harness.provision_bus import MIB, provisioner_env
 from tests.peers.hub_server import HubPeer, generated_file, small_file
 from tests.peers.ollama_server import OllamaPeer, library_model
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "admin-secret-for-tests"
+TOKEN = ADMIN_TOKEN
 REPO = "acme/tiny-GGUF"
-
-
-def cli(url: str, *args: str, module: str = "services.cli.main") -> subprocess.CompletedProcess[str]:
-    code = "from services.cli.main import app; app()" if module == "services.cli.main" else None
-    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", module, *args]
-    env = {**os.environ, "MODELFLEET_URL": url, "MODELFLEET_ADMIN_TOKEN": TOKEN, "COLUMNS": "200"}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-
-
-async def run_cli(url: str, *args: str, module: str = "services.cli.main") -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(cli, url, *args, module=module)
 
 
 async def test_provision_inventory_import_through_gateway_and_cli(

@@ -9,7 +9,8 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.test_provision_gateway import TOKEN, run_cli
+from tests.harness.cli import ADMIN_TOKEN as TOKEN
+from tests.harness.cli import run_cli
 from tests.harness.provision_bus import provisioner_env
 from tests.peers.hub_server import HubPeer
 from tests.peers.ollama_server import OllamaPeer, library_model

@@ -1,0 +1,23 @@
+"""The `modelfleet` CLI as a user runs it: a separate process pointed at a gateway, with the admin token."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+ADMIN_TOKEN = "admin-secret-for-tests"
+
+
+def cli(
+    url: str, *args: str, module: str = "services.cli.main", token: str = ADMIN_TOKEN
+) -> subprocess.CompletedProcess[str]:
+    code = "from services.cli.main import app; app()" if module == "services.cli.main" else None
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", module, *args]
+    env = {**os.environ, "MODELFLEET_URL": url, "MODELFLEET_ADMIN_TOKEN": token, "COLUMNS": "200"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+async def run_cli(url: str, *args: str, module: str = "services.cli.main") -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(cli, url, *args, module=module)
