@@ -179,15 +179,7 @@ class Provisioner:
         row = inventory_row(host, ref, name, size.size if size else None, None, None)
         row.parameter_count, row.context_window = details.parameter_count, details.context_window
         row.quantization = details.quantization or row.quantization
-        pulled = ModelPulled(
-            producer="provisioner",
-            host=self.host_id,
-            correlation_id=cmd.request_id,
-            request_id=cmd.request_id,
-            target_host=host,
-            model=name,
-            size_bytes=row.size_bytes,
-        )
+        pulled = self._pulled(cmd, host, name, size_bytes=row.size_bytes)
         await self._record(cmd, host, row, "pull", pulled)
         return action(t, host, "pulled", ollama_name=name, size=row.size_bytes)
 
@@ -260,17 +252,7 @@ class Provisioner:
             dup = await self.store.duplicate_of(session, host, got.sha256, ref.raw)
         if dup is not None:
             row.tags = [*row.tags, f"duplicate-of:{dup.model_id}"]
-        pulled = ModelPulled(
-            producer="provisioner",
-            host=self.host_id,
-            correlation_id=cmd.request_id,
-            request_id=cmd.request_id,
-            target_host=host,
-            model=ref.ollama_name,
-            size_bytes=got.size,
-            sha256=got.sha256,
-            revision=got.commit,
-        )
+        pulled = self._pulled(cmd, host, ref.ollama_name, size_bytes=got.size, sha256=got.sha256, revision=got.commit)
         await self._record(cmd, host, row, "import", pulled)
         return action(
             t, host, "imported", ollama_name=ref.ollama_name, size=got.size, sha256=got.sha256, revision=got.commit
@@ -295,16 +277,7 @@ class Provisioner:
         row = inventory_row(host, ref, None, size, None, pinned.commit)
         row.file_name = str(Path(folder).relative_to(self.hub.models_dir))
         row.tags = ["safetensors", "pytorch-fallback"]
-        pulled = ModelPulled(
-            producer="provisioner",
-            host=self.host_id,
-            correlation_id=cmd.request_id,
-            request_id=cmd.request_id,
-            target_host=host,
-            model=ref.raw,
-            size_bytes=size,
-            revision=pinned.commit,
-        )
+        pulled = self._pulled(cmd, host, ref.raw, size_bytes=size, revision=pinned.commit)
         await self._record(cmd, host, row, "download", pulled)
         return action(t, host, "imported", size=size, revision=pinned.commit)
 
@@ -320,6 +293,13 @@ class Provisioner:
             model=model,
             status="starting",
         )
+
+    def _pulled(self, cmd: ProvisionCommand, host: str, model: str, **facts: Any) -> ModelPulled:
+        """The model.pulled fact of one request on one host; `facts` are its size_bytes, sha256, revision."""
+        return ModelPulled(
+            producer="provisioner", host=self.host_id, correlation_id=cmd.request_id, request_id=cmd.request_id,
+            target_host=host, model=model, **facts,
+        )  # fmt: skip
 
     async def _record(
         self, cmd: ProvisionCommand, host: str, row: InventoryRow, action: str, event: ModelPulled | None
