@@ -6,31 +6,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from contracts.catalog import system_profile_id
 from services.cli.main import app as cli
+from tests.harness.catalog import bearer, catalog_fleet
+from tests.harness.cli import ADMIN_TOKEN
 
 pytestmark = pytest.mark.e2e
 
-ADMIN_TOKEN = "admin-secret-for-tests"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "catalog"
 PRIMARY = str(system_profile_id(1))
 
 
 @pytest.fixture
 async def fleet(database_url, service_env, start_service, start_gateway):
-    env = service_env(database_url=database_url, MODELFLEET_ADMIN_TOKEN=ADMIN_TOKEN)
-    await start_service("catalog", env)
-    url = await start_gateway(env)
-    async with httpx.AsyncClient(base_url=url, timeout=15) as client:
+    async with catalog_fleet(database_url, service_env, start_service, start_gateway) as client:
         yield client
-
-
-def bearer(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 async def test_permission_matrix(fleet):

@@ -20,6 +20,7 @@ from contracts.catalog import (
     system_profile_id,
 )
 from contracts.subjects import EVENTS_STREAM
+from tests.harness.catalog import healthy_instances
 
 pytestmark = pytest.mark.integration
 
@@ -145,20 +146,3 @@ async def test_a_change_through_one_replica_reaches_the_other_replicas_cache(
         assert {a["model_ref"] for a in answers} == {"qwen3:14b"} and {a["parameters"]["top_k"] for a in answers} == {7}
     finally:
         await nc.close()
-
-
-async def healthy_instances(nc) -> set[str]:
-    """Instance ids of every catalog replica that answers its health subject within 0.3 s."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish("rpc.catalog.health.v1", b"{}", reply=inbox)
-    seen: set[str] = set()
-    try:
-        while True:
-            reply = json.loads((await sub.next_msg(timeout=0.3)).data)
-            if reply.get("healthy"):
-                seen.add(reply["instance_id"])
-    except nats.errors.TimeoutError:
-        return seen
-    finally:
-        await sub.unsubscribe()

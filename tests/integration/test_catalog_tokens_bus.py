@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from contracts.catalog import Caller
 from services.runtime import db as runtime_db
+from tests.harness.catalog import healthy_instances
 
 pytestmark = pytest.mark.integration
 
@@ -161,20 +162,3 @@ async def test_revocation_holds_at_once_on_every_replica(nats_url, database_url,
         assert all(a.get("error") == {"status": 401, "detail": "token revoked"} for a in answers), answers
     finally:
         await nc.close()
-
-
-async def healthy_instances(nc) -> set[str]:
-    """Instance ids of every catalog replica that answers its health subject within 0.3 s."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish("rpc.catalog.health.v1", b"{}", reply=inbox)
-    seen: set[str] = set()
-    try:
-        while True:
-            reply = json.loads((await sub.next_msg(timeout=0.3)).data)
-            if reply.get("healthy"):
-                seen.add(reply["instance_id"])
-    except nats.errors.TimeoutError:
-        return seen
-    finally:
-        await sub.unsubscribe()
