@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from contracts.envelope import Contract, HostId, ServiceName
+from contracts.rpc import RpcRequest
 
 #: Every service of the fleet, by its bus name; `python -m services.<name with _>` runs it.
 SERVICES: tuple[str, ...] = ("catalog", "provisioner", "hardware-probe", "router", "inference-fallback")
@@ -17,10 +18,6 @@ class DependencyState(StrEnum):
     UP = "up"
     DOWN = "down"
     NOT_USED = "not_used"
-
-
-class HealthRequest(Contract):
-    SUBJECT = "rpc.{service}.health.v1"
 
 
 class HealthReply(Contract):
@@ -33,3 +30,10 @@ class HealthReply(Contract):
     nats: DependencyState
     database: DependencyState
     detail: Annotated[str, StringConstraints(max_length=2000)] = ""
+    invalid_requests: int = Field(default=0, ge=0, description="Requests refused as undecodable or invalid (422).")
+
+
+class HealthRequest(RpcRequest[HealthReply]):
+    """Every replica answers (no queue group): the gateway gathers the replies of all of them."""
+
+    SUBJECT = "rpc.{service}.health.v1"

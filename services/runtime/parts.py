@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from faststream.nats import NatsBroker, NatsRouter
+from opentelemetry.sdk.trace import TracerProvider
 
 from services.runtime.bus import BusState, build_broker
 from services.runtime.db import Database
 from services.runtime.dlq import dead_letter_middleware
 from services.runtime.hostid import stable_host_id
 from services.runtime.outbox import Outbox
+from services.runtime.rpc import Rpc
 from services.runtime.service import Service, Task
 from services.runtime.settings import RuntimeSettings
 from services.runtime.telemetry import build_tracer_provider
@@ -28,8 +30,10 @@ class ServiceParts:
     settings: RuntimeSettings
     host_id: str
     broker: NatsBroker
+    #: Request/reply handlers and clients (`rpc.*` subjects) go here.
+    rpc: Rpc
     bus_state: BusState
-    tracer_provider: object
+    tracer_provider: TracerProvider
     #: Stream subscribers go here: it carries the dead-letter middleware.
     streams: NatsRouter
     database: Database | None = None
@@ -44,8 +48,9 @@ class ServiceParts:
             self.name,
             host_id=self.host_id,
             broker=self.broker,
+            rpc=self.rpc,
             bus_state=self.bus_state,
-            tracer_provider=self.tracer_provider,  # type: ignore[arg-type]
+            tracer_provider=self.tracer_provider,
             database=self.database,
             tasks=all_tasks,
             retry_initial_s=self.settings.retry_initial_s,
@@ -75,6 +80,7 @@ def build_parts(name: str, settings: RuntimeSettings, *, migrations: Path | None
         settings=settings,
         host_id=host_id,
         broker=broker,
+        rpc=Rpc(broker, name, tracer_provider),
         bus_state=bus_state,
         tracer_provider=tracer_provider,
         streams=streams,

@@ -18,6 +18,7 @@ from contracts.health import DependencyState, HealthReply, HealthRequest
 from contracts.subjects import fill
 from services.runtime.bus import BusState, start_broker, stop_broker
 from services.runtime.db import Database, DbState
+from services.runtime.rpc import Rpc
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Service:
         *,
         host_id: str,
         broker: NatsBroker,
+        rpc: Rpc,
         bus_state: BusState,
         tracer_provider: TracerProvider,
         database: Database | None = None,
@@ -50,6 +52,7 @@ class Service:
         self.name = name
         self.host_id = host_id
         self.broker = broker
+        self.rpc = rpc
         self.bus_state = bus_state
         self.tracer_provider = tracer_provider
         self.database = database
@@ -80,13 +83,13 @@ class Service:
             nats=nats,
             database=db,
             detail="; ".join(problems),
+            invalid_requests=sum(self.rpc.stats.invalid.values()),
         )
 
     def _register_health(self) -> None:
-        # Every replica answers (no queue group): the gateway gathers replies from all of them.
-        @self.broker.subscriber(fill(HealthRequest.SUBJECT, service=self.name), title=f"{self.name} health")
-        async def on_health() -> HealthReply:
-            """Consumes rpc.<service>.health.v1; replies HealthReply. Read-only, so naturally idempotent."""
+        @self.rpc.handler(HealthRequest, subject=fill(HealthRequest.SUBJECT, service=self.name), queue=None)
+        async def on_health(req: HealthRequest) -> HealthReply:
+            """Consumes rpc.<service>.health.v1; every replica replies HealthReply. Read-only, so idempotent."""
             return self.health()
 
     async def start(self) -> None:
@@ -94,6 +97,7 @@ class Service:
         if self.database is not None:
             self._spawn(self.database.watch)
         await start_broker(self.broker, self.bus_state, self.name, *self._retry)
+        await self.rpc.bind()
         for task in self.tasks:
             self._spawn(task)
         self.ready.set()
@@ -121,6 +125,7 @@ class Service:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
         self.bus_state.closing = True
+        await self.rpc.close()
         await stop_broker(self.broker)
         if self.database is not None:
             await self.database.close()

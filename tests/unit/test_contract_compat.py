@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 import contracts
 from contracts.envelope import Contract
-from contracts.registry import ALL_CONTRACTS
+from contracts.registry import ALL_CONTRACTS, is_message
 from scripts.schema_compat import Break, breaking_changes
 from scripts.snapshot_contracts import RUN_HINT, SCHEMA_DIR, compare, contract_schema, main, render, write
 
@@ -48,7 +48,7 @@ def test_registry_holds_every_contract_class_of_the_package() -> None:
         found |= {
             obj
             for obj in vars(module).values()
-            if isinstance(obj, type) and issubclass(obj, Contract) and obj.__module__ == module.__name__
+            if is_message(obj) and obj.__module__ == module.__name__
         }
     found -= {Contract}
     from contracts.envelope import Envelope
