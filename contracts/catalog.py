@@ -8,11 +8,21 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
 from contracts.envelope import Contract, Envelope
+from contracts.rpc import RpcRequest
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
-class ResolveRequest(Contract):
+class ResolveReply(Contract):
+    model_ref: Name
+    provider: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    profile_id: uuid.UUID | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    system_prompt: str = ""
+    fallback_chain: list[Name] = Field(default_factory=list)
+
+
+class ResolveRequest(RpcRequest[ResolveReply]):
     """Exactly one of role, profile_id, model; `user_id` selects that user's overrides."""
 
     SUBJECT = "rpc.catalog.resolve.v1"
@@ -31,15 +41,6 @@ class ResolveRequest(Contract):
         return self
 
 
-class ResolveReply(Contract):
-    model_ref: Name
-    provider: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    profile_id: uuid.UUID | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    system_prompt: str = ""
-    fallback_chain: list[Name] = Field(default_factory=list)
-
-
 class ProfileChanged(Envelope):
     SUBJECT = "evt.catalog.profile.changed.v1"
 
@@ -56,14 +57,6 @@ class ModelRegistered(Envelope):
     source: Annotated[str, StringConstraints(pattern=r"^(curated|imported|custom)$")] = "curated"
 
 
-class RolesRequest(Contract):
-    """Which roles the active profile set (or the named one) defines, each with its model entry."""
-
-    SUBJECT = "rpc.catalog.roles.v1"
-
-    profile_set: Name | None = None
-
-
 class RoleEntry(Contract):
     role: Name
     model_ref: Name
@@ -75,6 +68,14 @@ class RoleEntry(Contract):
 class RolesReply(Contract):
     profile_set: Name
     roles: list[RoleEntry] = Field(default_factory=list)
+
+
+class RolesRequest(RpcRequest[RolesReply]):
+    """Which roles the active profile set (or the named one) defines, each with its model entry."""
+
+    SUBJECT = "rpc.catalog.roles.v1"
+
+    profile_set: Name | None = None
 
 
 # --- Profile types and the fixed ids of their system defaults ---------------------------------------------------------
@@ -139,7 +140,13 @@ class Caller(Contract):
     admin: bool = False
 
 
-class AuthRequest(Contract):
+class AuthReply(Contract):
+    user_id: Name
+    admin: bool = False
+    token_id: uuid.UUID | None = None
+
+
+class AuthRequest(RpcRequest[AuthReply]):
     """Who holds this user token (the admin token never leaves the gateway)."""
 
     SUBJECT = "rpc.catalog.auth.v1"
@@ -147,18 +154,22 @@ class AuthRequest(Contract):
     token: Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
-class AuthReply(Contract):
-    user_id: Name
-    admin: bool = False
-    token_id: uuid.UUID | None = None
-
-
 UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")]
 #: The longest expiry a token may be issued with: ten years.
 MAX_TOKEN_LIFETIME_S = 10 * 366 * 24 * 3600
 
 
-class TokenIssueRequest(Contract):
+class TokenIssueReply(Contract):
+    """The secret `token` appears here once and never again."""
+
+    user_id: Name
+    token: str
+    token_id: uuid.UUID | None = None
+    created_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+
+
+class TokenIssueRequest(RpcRequest[TokenIssueReply]):
     """Admin only: mint a new bearer token for `user_id` (creating the user); earlier tokens stay valid.
 
     At most one of `expires_in_s` / `expires_at`; neither: the token never expires."""
@@ -178,16 +189,6 @@ class TokenIssueRequest(Contract):
         return self
 
 
-class TokenIssueReply(Contract):
-    """The secret `token` appears here once and never again."""
-
-    user_id: Name
-    token: str
-    token_id: uuid.UUID | None = None
-    created_at: AwareDatetime | None = None
-    expires_at: AwareDatetime | None = None
-
-
 TokenStatus = Literal["active", "expired", "revoked"]
 
 
@@ -203,7 +204,12 @@ class TokenDoc(Contract):
     status: TokenStatus = "active"
 
 
-class TokenListRequest(Contract):
+class TokenListReply(Contract):
+    user_id: Name
+    tokens: list[TokenDoc] = Field(default_factory=list)
+
+
+class TokenListRequest(RpcRequest[TokenListReply]):
     """The admin, or the user themself: every token of `user_id` (active, expired and revoked), oldest first."""
 
     SUBJECT = "rpc.catalog.token.list.v1"
@@ -212,12 +218,11 @@ class TokenListRequest(Contract):
     user_id: UserId
 
 
-class TokenListReply(Contract):
-    user_id: Name
-    tokens: list[TokenDoc] = Field(default_factory=list)
+class TokenRevokeReply(Contract):
+    token: TokenDoc
 
 
-class TokenRevokeRequest(Contract):
+class TokenRevokeRequest(RpcRequest[TokenRevokeReply]):
     """The admin, or the token's owner: revoke at once. Revoking a revoked token again is a no-op."""
 
     SUBJECT = "rpc.catalog.token.revoke.v1"
@@ -225,10 +230,6 @@ class TokenRevokeRequest(Contract):
     caller: Caller
     user_id: UserId
     token_id: uuid.UUID
-
-
-class TokenRevokeReply(Contract):
-    token: TokenDoc
 
 
 # --- Models -----------------------------------------------------------------------------------------------------------
@@ -274,7 +275,11 @@ class ModelDoc(Contract):
     edited_fields: list[str] = Field(default_factory=list, description="Edited locally; kept on updates.")
 
 
-class CatalogModelsRequest(Contract):
+class CatalogModelsReply(Contract):
+    models: list[ModelDoc] = Field(default_factory=list)
+
+
+class CatalogModelsRequest(RpcRequest[CatalogModelsReply]):
     """Filters: every one given must hold."""
 
     SUBJECT = "rpc.catalog.models.list.v1"
@@ -286,28 +291,24 @@ class CatalogModelsRequest(Contract):
     family: Name | None = None
 
 
-class CatalogModelsReply(Contract):
-    models: list[ModelDoc] = Field(default_factory=list)
-
-
-class ModelInfoRequest(Contract):
+class ModelInfoRequest(RpcRequest[ModelDoc]):
     SUBJECT = "rpc.catalog.models.info.v1"
 
-    model: Name
-
-
-class SetDefaultRequest(Contract):
-    """Admin only: the default model (what `model: "default"` resolves to, and every fallback chain's last resort)."""
-
-    SUBJECT = "rpc.catalog.models.default.v1"
-
-    caller: Caller
     model: Name
 
 
 class SetDefaultReply(Contract):
     default_model: Name
     model_ref: Name
+
+
+class SetDefaultRequest(RpcRequest[SetDefaultReply]):
+    """Admin only: the default model (what `model: "default"` resolves to, and every fallback chain's last resort)."""
+
+    SUBJECT = "rpc.catalog.models.default.v1"
+
+    caller: Caller
+    model: Name
 
 
 # --- Profiles ---------------------------------------------------------------------------------------------------------
@@ -341,7 +342,11 @@ class ProfileDoc(Contract):
     system_default: bool = False
 
 
-class ProfileListRequest(Contract):
+class ProfileListReply(Contract):
+    profiles: list[ProfileDoc] = Field(default_factory=list)
+
+
+class ProfileListRequest(RpcRequest[ProfileListReply]):
     """A user sees system profiles and their own; an admin sees all, or one owner's with `owner_id`."""
 
     SUBJECT = "rpc.catalog.profiles.list.v1"
@@ -351,18 +356,14 @@ class ProfileListRequest(Contract):
     owner_id: Name | None = None
 
 
-class ProfileListReply(Contract):
-    profiles: list[ProfileDoc] = Field(default_factory=list)
-
-
-class ProfileGetRequest(Contract):
+class ProfileGetRequest(RpcRequest[ProfileDoc]):
     SUBJECT = "rpc.catalog.profiles.get.v1"
 
     caller: Caller
     profile_id: uuid.UUID
 
 
-class ProfileSaveRequest(Contract):
+class ProfileSaveRequest(RpcRequest[ProfileDoc]):
     """Create (`profile_id` None) or update a profile."""
 
     SUBJECT = "rpc.catalog.profiles.save.v1"
@@ -372,22 +373,28 @@ class ProfileSaveRequest(Contract):
     profile: ProfileInput
 
 
-class ProfileDeleteRequest(Contract):
+class ProfileDeleteReply(Contract):
+    profile_id: uuid.UUID
+    deleted: bool = True
+
+
+class ProfileDeleteRequest(RpcRequest[ProfileDeleteReply]):
     SUBJECT = "rpc.catalog.profiles.delete.v1"
 
     caller: Caller
     profile_id: uuid.UUID
 
 
-class ProfileDeleteReply(Contract):
-    profile_id: uuid.UUID
-    deleted: bool = True
-
-
 # --- Per-user profile config ------------------------------------------------------------------------------------------
 
 
-class UserConfigRequest(Contract):
+class UserConfigReply(Contract):
+    user_id: Name
+    profiles: dict[str, uuid.UUID] = Field(default_factory=dict, description="Every type, effective (defaults filled).")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class UserConfigRequest(RpcRequest[UserConfigReply]):
     """Set a user's profile per type (by type name or number) and parameter overrides; omitted types keep theirs."""
 
     SUBJECT = "rpc.catalog.userconfig.set.v1"
@@ -398,17 +405,11 @@ class UserConfigRequest(Contract):
     overrides: dict[str, Any] | None = None
 
 
-class UserConfigGetRequest(Contract):
+class UserConfigGetRequest(RpcRequest[UserConfigReply]):
     SUBJECT = "rpc.catalog.userconfig.get.v1"
 
     caller: Caller
     user_id: Name
-
-
-class UserConfigReply(Contract):
-    user_id: Name
-    profiles: dict[str, uuid.UUID] = Field(default_factory=dict, description="Every type, effective (defaults filled).")
-    overrides: dict[str, Any] = Field(default_factory=dict)
 
 
 # --- Profile sets (roles), overview, default --------------------------------------------------------------------------
@@ -427,15 +428,6 @@ class ProfileSetDoc(Contract):
     models: dict[str, RoleModelDoc] = Field(default_factory=dict)
 
 
-class OverviewRequest(Contract):
-    """Admin only: the active profile set with each role resolved, and every available set."""
-
-    SUBJECT = "rpc.catalog.overview.v1"
-
-    caller: Caller
-    user_id: Name | None = None
-
-
 class OverviewReply(Contract):
     active_profile_set: Name
     active: ProfileSetDoc
@@ -445,20 +437,18 @@ class OverviewReply(Contract):
     performance_profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+class OverviewRequest(RpcRequest[OverviewReply]):
+    """Admin only: the active profile set with each role resolved, and every available set."""
+
+    SUBJECT = "rpc.catalog.overview.v1"
+
+    caller: Caller
+    user_id: Name | None = None
+
+
 # --- Import / export --------------------------------------------------------------------------------------------------
 
 ManifestFormat = Annotated[str, StringConstraints(pattern=r"^(json|toml|models\.txt)$")]
-
-
-class ImportRequest(Contract):
-    """Admin only: one file, applied in one transaction or not at all; `format` guessed from `filename` if absent."""
-
-    SUBJECT = "rpc.catalog.import.v1"
-
-    caller: Caller
-    filename: Annotated[str, StringConstraints(min_length=1, max_length=512)]
-    content: Annotated[str, StringConstraints(max_length=10_000_000)]
-    format: ManifestFormat | None = None
 
 
 class ImportReply(Contract):
@@ -470,17 +460,28 @@ class ImportReply(Contract):
     warnings: list[str] = Field(default_factory=list)
 
 
-class ExportRequest(Contract):
-    SUBJECT = "rpc.catalog.export.v1"
+class ImportRequest(RpcRequest[ImportReply]):
+    """Admin only: one file, applied in one transaction or not at all; `format` guessed from `filename` if absent."""
+
+    SUBJECT = "rpc.catalog.import.v1"
 
     caller: Caller
-    format: ManifestFormat
+    filename: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    content: Annotated[str, StringConstraints(max_length=10_000_000)]
+    format: ManifestFormat | None = None
 
 
 class ExportReply(Contract):
     format: ManifestFormat
     filename: str
     content: str
+
+
+class ExportRequest(RpcRequest[ExportReply]):
+    SUBJECT = "rpc.catalog.export.v1"
+
+    caller: Caller
+    format: ManifestFormat
 
 
 class CatalogChanged(Envelope):

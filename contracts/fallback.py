@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from contracts.envelope import Contract, Envelope
+from contracts.rpc import RpcRequest
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
@@ -16,20 +17,20 @@ class ChatMessage(Contract):
     content: Annotated[str, StringConstraints(max_length=1_000_000)]
 
 
-class GenerateRequest(Contract):
+class GenerateReply(Contract):
+    model: Name
+    content: str
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+
+
+class GenerateRequest(RpcRequest[GenerateReply]):
     SUBJECT = "rpc.fallback.generate.v1"
 
     model: Name
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int = Field(default=256, ge=1, le=32768)
     temperature: float = Field(default=0.7, ge=0, le=2)
-
-
-class GenerateReply(Contract):
-    model: Name
-    content: str
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
 
 
 class SlotLoaded(Envelope):

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from contracts.envelope import Contract, Envelope, HostId
+from contracts.rpc import RpcRequest
 
 Text = Annotated[str, StringConstraints(max_length=1024)]
 
@@ -101,7 +102,7 @@ class HostHeartbeat(Envelope):
     gpu_free_bytes: int | None = Field(default=None, ge=0)
 
 
-class SampleRequest(Contract):
+class SampleRequest(RpcRequest[GpuSampled]):
     """Ask one host's probe for a fresh sample (rpc.probe.<host>.sample.v1); the reply is a GpuSampled."""
 
     SUBJECT = "rpc.probe.{host}.sample.v1"

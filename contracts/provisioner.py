@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from contracts.envelope import Contract, Envelope
+from contracts.rpc import RpcRequest
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -151,16 +152,12 @@ class UpdateCheckSummary(Contract):
     not_checked: list[UpdateProblem] = Field(default_factory=list)
 
 
-class UpdateCheckRequest(Contract):
+class UpdateCheckRequest(RpcRequest[UpdateCheckSummary]):
     """Run an update check now (or join the one running) and reply with its UpdateCheckSummary."""
 
     SUBJECT = "rpc.provisioner.updates.check.v1"
 
     requested_by: Name | None = None
-
-
-class UpdateStatusRequest(Contract):
-    SUBJECT = "rpc.provisioner.updates.status.v1"
 
 
 class UpdateStatusReply(Contract):
@@ -171,6 +168,10 @@ class UpdateStatusReply(Contract):
     running: bool = False
     last: UpdateCheckSummary | None = None
     next_due_at: datetime | None = Field(default=None, description="None when the interval check is disabled.")
+
+
+class UpdateStatusRequest(RpcRequest[UpdateStatusReply]):
+    SUBJECT = "rpc.provisioner.updates.status.v1"
 
 
 class InventoryEntry(Contract):
@@ -192,23 +193,14 @@ class InventoryEntry(Contract):
     last_used: datetime | None = None
 
 
-class InventoryRequest(Contract):
-    SUBJECT = "rpc.provisioner.inventory.v1"
-
-    host: Name | None = None
-
-
 class InventoryReply(Contract):
     entries: list[InventoryEntry] = Field(default_factory=list)
 
 
-class InventorySyncRequest(Contract):
-    """Adopt what is already on the host(s): Ollama's model list and model files under the models directory."""
-
-    SUBJECT = "rpc.provisioner.inventory.sync.v1"
+class InventoryRequest(RpcRequest[InventoryReply]):
+    SUBJECT = "rpc.provisioner.inventory.v1"
 
     host: Name | None = None
-    requested_by: Name | None = None
 
 
 class InventorySyncReply(Contract):
@@ -217,12 +209,12 @@ class InventorySyncReply(Contract):
     errors: list[Reason] = Field(default_factory=list)
 
 
-class InventoryDeleteRequest(Contract):
-    SUBJECT = "rpc.provisioner.inventory.delete.v1"
+class InventorySyncRequest(RpcRequest[InventorySyncReply]):
+    """Adopt what is already on the host(s): Ollama's model list and model files under the models directory."""
 
-    host: Name
-    model: Name
-    inventory_only: bool = Field(default=False, description="Forget the entry but leave the model on the host.")
+    SUBJECT = "rpc.provisioner.inventory.sync.v1"
+
+    host: Name | None = None
     requested_by: Name | None = None
 
 
@@ -233,12 +225,13 @@ class InventoryDeleteReply(Contract):
     removed_from_inventory: bool
 
 
-class QuantizationsRequest(Contract):
-    SUBJECT = "rpc.provisioner.hf.quantizations.v1"
+class InventoryDeleteRequest(RpcRequest[InventoryDeleteReply]):
+    SUBJECT = "rpc.provisioner.inventory.delete.v1"
 
-    repo_id: Name
-    revision: Name = "main"
-    context_tokens: int = Field(default=4096, ge=0, le=10_000_000)
+    host: Name
+    model: Name
+    inventory_only: bool = Field(default=False, description="Forget the entry but leave the model on the host.")
+    requested_by: Name | None = None
 
 
 class Quantization(Contract):
@@ -257,18 +250,26 @@ class QuantizationsReply(Contract):
     quantizations: list[Quantization] = Field(default_factory=list)
 
 
-class ProvisionResultRequest(Contract):
-    """The stored result of a provision request (for a client that reconnects after it finished)."""
+class QuantizationsRequest(RpcRequest[QuantizationsReply]):
+    SUBJECT = "rpc.provisioner.hf.quantizations.v1"
 
-    SUBJECT = "rpc.provisioner.result.v1"
-
-    request_id: uuid.UUID
+    repo_id: Name
+    revision: Name = "main"
+    context_tokens: int = Field(default=4096, ge=0, le=10_000_000)
 
 
 class ProvisionResultReply(Contract):
     request_id: uuid.UUID
     done: bool
     actions: list[ProvisionActionResult] = Field(default_factory=list)
+
+
+class ProvisionResultRequest(RpcRequest[ProvisionResultReply]):
+    """The stored result of a provision request (for a client that reconnects after it finished)."""
+
+    SUBJECT = "rpc.provisioner.result.v1"
+
+    request_id: uuid.UUID
 
 
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")

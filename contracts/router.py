@@ -7,15 +7,9 @@ from typing import Annotated
 from pydantic import StringConstraints
 
 from contracts.envelope import Contract, Envelope
+from contracts.rpc import RpcRequest
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-
-
-class RouteRequest(Contract):
-    SUBJECT = "rpc.router.route.v1"
-
-    model: Name
-    user_id: Name | None = None
 
 
 class RouteReply(Contract):
@@ -23,6 +17,13 @@ class RouteReply(Contract):
     backend_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
     model_ref: Name
     fallback: bool = False
+
+
+class RouteRequest(RpcRequest[RouteReply]):
+    SUBJECT = "rpc.router.route.v1"
+
+    model: Name
+    user_id: Name | None = None
 
 
 class LlmDegraded(Envelope):
