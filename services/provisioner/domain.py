@@ -1,4 +1,4 @@
-"""Provisioner decisions, free of IO: model references, revision pinning, safe paths, progress, fit, plans."""
+"""Provisioner decisions, free of IO: what a reference needs, revision pinning, safe paths, progress, fit, plans."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from contracts import vram
-from contracts.provisioner import ProvisionCommand, pinned_ollama_name
+from contracts.model_ref import ModelRef, ModelRefError, Provision, with_default_tag
+from contracts.provisioner import ProvisionCommand
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 QUANT = re.compile(r"(?i)(?:^|[-_.])((?:IQ|Q)[0-9](?:_[A-Z0-9]+)*|F16|BF16|F32)(?=\.gguf$|[-_.])")
 
-Kind = Literal["ollama", "gguf_import", "checkpoint"]
 
-
-class BadReference(ValueError):
-    """A model reference, revision or file path that cannot be provisioned as written."""
+class BadReference(ModelRefError):
+    """A model reference, revision or file path that cannot be provisioned as written. A kind of ModelRefError, so
+    one `except ModelRefError` catches a reference the parser refuses and one the provisioner cannot fetch."""
 
 
 def describe(cmd: ProvisionCommand) -> str:
@@ -29,62 +28,21 @@ def describe(cmd: ProvisionCommand) -> str:
     return f"roles {roles}{models} on {hosts}{' (forced)' if cmd.force else ''}"
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """What one model reference asks for.
-
-    - `qwen3:8b`, `hf.co/{user}/{repo}:{quant}`: pulled by Ollama (the latter passes through unpinned);
-    - `hf.co/{user}/{repo}:{quant}@{revision}`: a pinned, verified GGUF import;
-    - `{user}/{repo}@{revision}`: a pinned, verified safetensors checkpoint for the PyTorch fallback.
-    """
-
-    raw: str
-    kind: Kind
-    ollama_name: str | None = None
-    repo_id: str | None = None
-    quant: str | None = None
-    revision: str | None = None
-
-    @property
-    def source(self) -> str:
-        if self.kind != "ollama":
-            return "pinned_hf"
-        return "custom_hf" if self.raw.startswith("hf.co/") else "curated"
-
-
-def parse_ref(raw: str) -> ModelRef:
-    ref = raw.strip()
-    if not ref or any(c.isspace() for c in ref):
-        raise BadReference(f"model {raw!r}: a model reference has no spaces and is not empty")
-    if "@" in ref:
-        name, _, revision = ref.rpartition("@")
-        if not revision:
-            raise BadReference(f"model {raw!r}: empty revision after '@'")
-        if name.startswith("hf.co/"):
-            repo_id, sep, quant = name[len("hf.co/") :].partition(":")
-            if not sep or not quant:
-                raise BadReference(f"model {raw!r}: a pinned import names its quantization: hf.co/user/repo:Q4_K_M@rev")
-            _check_repo(repo_id, raw)
-            return ModelRef(ref, "gguf_import", pinned_ollama_name(repo_id, quant, revision), repo_id, quant, revision)
-        _check_repo(name, raw)
-        return ModelRef(ref, "checkpoint", None, name, None, revision)
-    if ref.startswith("hf.co/"):
-        repo_id, sep, quant = ref[len("hf.co/") :].partition(":")
-        _check_repo(repo_id, raw)
-        return ModelRef(ref, "ollama", ref, repo_id, quant or None)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9_.-]+)?", ref):
-        raise BadReference(f"model {raw!r}: not an Ollama model name (name[:tag])")
-    return ModelRef(ref, "ollama", normalize_ollama(ref))
-
-
-def _check_repo(repo_id: str, raw: str) -> None:
-    if not REPO_ID.match(repo_id) or ".." in repo_id:
-        raise BadReference(f"model {raw!r}: repo id {repo_id!r} is not user/repo")
+def provision_of(ref: ModelRef) -> Provision:
+    """How `ref` is provisioned; a reference with nothing to fetch as written is refused, naming the fix."""
+    if ref.provision is not None:
+        return ref.provision
+    if ref.kind == "local":
+        raise BadReference(f"model {ref.canonical!r}: a local file is read from the models directory, not provisioned")
+    raise BadReference(
+        f"model {ref.canonical!r}: a Hugging Face repository at its default branch is not pullable as written; "
+        f"pin it ({ref.repo}@<commit>) or, for an Ollama namespaced model, give its tag ({ref.repo}:latest)"
+    )
 
 
 def normalize_ollama(name: str) -> str:
-    """Ollama's rule: a name without a tag means `:latest`."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+    """The name Ollama holds `name` under (no tag means `:latest`), for names read from a host or typed by hand."""
+    return with_default_tag(name)
 
 
 def quantization_of(file_name: str) -> str | None:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from contracts.model_ref import ModelRefError, parse_model_ref
 from contracts.provisioner import (
     InventoryDeleteReply,
     InventoryDeleteRequest,
@@ -26,6 +27,15 @@ from services.provisioner.ollama_backend import BackendError, OllamaBackend
 from services.provisioner.store import InventoryRow, ProvisionerStore
 
 log = logging.getLogger(__name__)
+
+
+def _host_name(model: str) -> str:
+    """The name a model not in the inventory has on its host: a reference's Ollama name, else what Ollama lists."""
+    try:
+        name = parse_model_ref(model).ollama_name
+    except ModelRefError:
+        name = None
+    return name or domain.normalize_ollama(model)
 
 
 def entry(row: InventoryRow) -> InventoryEntry:
@@ -133,7 +143,7 @@ class InventoryOps:
                 urls, bad = await self.hosts.targets([req.host])
                 if req.host in bad:
                     raise LookupError(bad[req.host])
-                name = (row.ollama_name if row is not None else None) or domain.normalize_ollama(req.model)
+                name = (row.ollama_name if row is not None else None) or _host_name(req.model)
                 removed_host = await self.backend(urls[req.host]).delete(name)
         async with self.store.database.transaction() as session:
             removed_inv = await self.store.delete_inventory(session, req.host, req.model)

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from huggingface_hub.errors import HfHubHTTPError
 
+from contracts.model_ref import ModelRef, ModelRefError, Provision, parse_model_ref
 from contracts.provisioner import ProvisionActionResult
 from services.provisioner import domain
 from services.provisioner.hub import VerificationFailed
@@ -33,21 +34,23 @@ class Failure(RuntimeError):
         self.status = status
 
 
-def kind_of(model: str) -> str:
+def kind_of(model: str) -> Provision | None:
+    """How `model` is provisioned, or None where it cannot be (each host then reports why)."""
     try:
-        return domain.parse_ref(model).kind
-    except domain.BadReference:
-        return "ollama"
+        return parse_model_ref(model).provision
+    except ModelRefError:
+        return None
 
 
 def inventory_row(
-    host: str, ref: domain.ModelRef, ollama_name: str | None, size: int | None, sha256: str | None, revision: str | None
+    host: str, ref: ModelRef, ollama_name: str | None, size: int | None, sha256: str | None, revision: str | None
 ) -> InventoryRow:
+    assert ref.source is not None  # only a reference the provisioner fetched gets a row
     return InventoryRow(
         host=host,
-        model_id=ref.raw,
-        display_name=ollama_name or ref.raw,
-        repo_id=ref.repo_id,
+        model_id=ref.canonical,
+        display_name=ollama_name or ref.canonical,
+        repo_id=ref.repo,
         quantization=ref.quant,
         size_bytes=size,
         sha256=sha256,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from contracts.model_ref import ModelRef, ModelRefError, parse_model_ref
 from contracts.provisioner import (
     ModelPulled,
     ProvisionActionResult,
@@ -73,8 +74,7 @@ class Provisioner:
             actions += [action(t, "*", "failed", "no host with a reachable Ollama is known") for t in targets]
         jobs: list[Awaitable[ProvisionActionResult]] = []
         for t in targets:
-            kind = kind_of(t.model)
-            if kind == "checkpoint":
+            if kind_of(t.model) == "checkpoint":
                 jobs.append(self._cached(cmd, t, self.host_id, ""))
             else:
                 jobs += [self._cached(cmd, t, host, url) for host, url in urls.items()]
@@ -121,16 +121,20 @@ class Provisioner:
 
     async def _ensure(self, cmd: ProvisionCommand, t: Target, host: str, url: str) -> ProvisionActionResult:
         try:
-            ref = domain.parse_ref(t.model)
-        except domain.BadReference as exc:
+            ref = parse_model_ref(t.model)
+        except ModelRefError as exc:
             return action(t, host, "failed", str(exc))
         reason = domain.skip_reason(auto_download=t.auto_download, skip_downloads=False, provider=t.provider)
         if reason is not None:
             return action(t, host, "skipped", reason)
         try:
-            if ref.kind == "ollama":
+            provision = domain.provision_of(ref)
+        except domain.BadReference as exc:
+            return action(t, host, "failed", str(exc))
+        try:
+            if provision == "ollama_pull":
                 return await self._ollama(cmd, t, ref, host, url)
-            if ref.kind == "gguf_import":
+            if provision == "gguf_import":
                 return await self._import(cmd, t, ref, host, url)
             return await self._checkpoint(cmd, t, ref)
         except Failure as exc:
@@ -145,15 +149,16 @@ class Provisioner:
     # --- Ollama pulls -------------------------------------------------------------------------
 
     async def _ollama(
-        self, cmd: ProvisionCommand, t: Target, ref: domain.ModelRef, host: str, url: str
+        self, cmd: ProvisionCommand, t: Target, ref: ModelRef, host: str, url: str
     ) -> ProvisionActionResult:
         backend = self.backend(url)
-        name = ref.ollama_name or t.model
+        name = ref.ollama_name
+        assert name  # every reference Ollama pulls has its name on the host
         installed = await backend_call(backend.installed())
         if name in installed:
             if cmd.force and self._skip(t) is None and await self._upstream_newer(name, installed[name].digest):
                 return await self.pulls.run((host, name), lambda: self._pull(cmd, t, ref, host, backend, name))
-            if await self.store.find(host, ref.raw) is None:
+            if await self.store.find(host, ref.canonical) is None:
                 await self._record(
                     cmd, host, inventory_row(host, ref, name, installed[name].size, None, None), "adopt", None
                 )
@@ -168,7 +173,7 @@ class Provisioner:
         return domain.update_pending(digest, seen.get(name))
 
     async def _pull(
-        self, cmd: ProvisionCommand, t: Target, ref: domain.ModelRef, host: str, backend: OllamaBackend, name: str
+        self, cmd: ProvisionCommand, t: Target, ref: ModelRef, host: str, backend: OllamaBackend, name: str
     ) -> ProvisionActionResult:
         async with ProgressRelay(
             self.publish, self._progress(cmd, host, name), self.settings.progress_interval_s
@@ -186,11 +191,11 @@ class Provisioner:
     # --- pinned imports -----------------------------------------------------------------------
 
     async def _import(
-        self, cmd: ProvisionCommand, t: Target, ref: domain.ModelRef, host: str, url: str
+        self, cmd: ProvisionCommand, t: Target, ref: ModelRef, host: str, url: str
     ) -> ProvisionActionResult:
-        assert ref.repo_id and ref.quant and ref.revision and ref.ollama_name
+        assert ref.repo and ref.quant and ref.revision and ref.ollama_name
         backend = self.backend(url)
-        existing = await self.store.find(host, ref.raw)
+        existing = await self.store.find(host, ref.canonical)
         if existing is not None and not cmd.force and await backend_call(backend.has(ref.ollama_name)):
             return action(
                 t,
@@ -204,12 +209,12 @@ class Provisioner:
         if (reason := self._skip(t)) is not None:
             return action(t, host, "skipped", reason, ollama_name=ref.ollama_name)
         pinned = await hub_call(
-            asyncio.to_thread(self.hub.pin, ref.repo_id, ref.revision, allow_unpinned=cmd.allow_unpinned)
+            asyncio.to_thread(self.hub.pin, ref.repo, ref.revision, allow_unpinned=cmd.allow_unpinned)
         )
-        files = await hub_call(asyncio.to_thread(self.hub.files, ref.repo_id, pinned.commit))
+        files = await hub_call(asyncio.to_thread(self.hub.files, ref.repo, pinned.commit))
         try:
             name = domain.select_quant_file({p: f.size for p, f in files.items()}, ref.quant)
-            self.hub.target(ref.repo_id, pinned.commit, name)
+            self.hub.target(ref.repo, pinned.commit, name)
         except domain.BadReference as exc:
             raise Failure(str(exc), "hub") from exc
         got = await self._fetch(cmd, host, ref, pinned.commit, files[name])
@@ -218,24 +223,24 @@ class Provisioner:
         )
 
     async def _fetch(
-        self, cmd: ProvisionCommand, host: str, ref: domain.ModelRef, commit: str, file: RemoteFile
+        self, cmd: ProvisionCommand, host: str, ref: ModelRef, commit: str, file: RemoteFile
     ) -> Downloaded:
-        repo_id = ref.repo_id
+        repo_id = ref.repo
         assert repo_id
 
         async def work() -> Downloaded:
-            template = self._progress(cmd, host, ref.raw)
+            template = self._progress(cmd, host, ref.canonical)
             async with ProgressRelay(self.publish, template, self.settings.progress_interval_s) as relay:
                 relay.update(0, file.size, "downloading")
                 return await hub_call(in_thread(self.hub.download, repo_id, commit, file, relay.update))
 
-        return await self.files.run((ref.repo_id, commit, file.path), work)
+        return await self.files.run((repo_id, commit, file.path), work)
 
     async def _register(
         self,
         cmd: ProvisionCommand,
         t: Target,
-        ref: domain.ModelRef,
+        ref: ModelRef,
         host: str,
         backend: OllamaBackend,
         got: Downloaded,
@@ -249,7 +254,7 @@ class Provisioner:
         details = await backend_call(backend.details(ref.ollama_name))  # Ollama read the GGUF header
         row.parameter_count, row.context_window = details.parameter_count, details.context_window
         async with self.store.database.transaction() as session:
-            dup = await self.store.duplicate_of(session, host, got.sha256, ref.raw)
+            dup = await self.store.duplicate_of(session, host, got.sha256, ref.canonical)
         if dup is not None:
             row.tags = [*row.tags, f"duplicate-of:{dup.model_id}"]
         pulled = self._pulled(cmd, host, ref.ollama_name, size_bytes=got.size, sha256=got.sha256, revision=got.commit)
@@ -258,26 +263,26 @@ class Provisioner:
             t, host, "imported", ollama_name=ref.ollama_name, size=got.size, sha256=got.sha256, revision=got.commit
         )
 
-    async def _checkpoint(self, cmd: ProvisionCommand, t: Target, ref: domain.ModelRef) -> ProvisionActionResult:
-        assert ref.repo_id and ref.revision
+    async def _checkpoint(self, cmd: ProvisionCommand, t: Target, ref: ModelRef) -> ProvisionActionResult:
+        assert ref.repo and ref.revision
         host = self.host_id
-        existing = await self.store.find(host, ref.raw)
+        existing = await self.store.find(host, ref.canonical)
         if existing is not None and not cmd.force:
             return action(t, host, "present", revision=existing.revision)
         if (reason := self._skip(t)) is not None:
             return action(t, host, "skipped", reason)
         pinned = await hub_call(
-            asyncio.to_thread(self.hub.pin, ref.repo_id, ref.revision, allow_unpinned=cmd.allow_unpinned)
+            asyncio.to_thread(self.hub.pin, ref.repo, ref.revision, allow_unpinned=cmd.allow_unpinned)
         )
         async with ProgressRelay(
-            self.publish, self._progress(cmd, host, ref.raw), self.settings.progress_interval_s
+            self.publish, self._progress(cmd, host, ref.canonical), self.settings.progress_interval_s
         ) as relay:
             folder, got = await hub_call(in_thread(self.hub.fetch_checkpoint, pinned, relay.update))
         size = sum(g.size for g in got)
         row = inventory_row(host, ref, None, size, None, pinned.commit)
         row.file_name = str(Path(folder).relative_to(self.hub.models_dir))
         row.tags = ["safetensors", "pytorch-fallback"]
-        pulled = self._pulled(cmd, host, ref.raw, size_bytes=size, revision=pinned.commit)
+        pulled = self._pulled(cmd, host, ref.canonical, size_bytes=size, revision=pinned.commit)
         await self._record(cmd, host, row, "download", pulled)
         return action(t, host, "imported", size=size, revision=pinned.commit)
 

@@ -1,4 +1,4 @@
-"""Provisioner decisions: model references, revision pinning, safe paths, quant selection, progress, fit, cache."""
+"""Provisioner decisions: what a reference needs, revision pinning, safe paths, quant choice, progress, fit, cache."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.provisioner import ProvisionActionResult, pinned_hf_ref, pinned_ollama_name
+from contracts.model_ref import ModelRefError, parse_model_ref
+from contracts.provisioner import ProvisionActionResult
 from services.provisioner import domain
 from services.provisioner.flights import ResultCache, SingleFlight
 from services.provisioner.settings import ProvisionerSettings
@@ -18,47 +19,47 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.mark.parametrize(
-    ("raw", "kind", "ollama_name", "repo", "quant", "revision", "source"),
+    ("raw", "provision"),
     [
-        ("qwen3", "ollama", "qwen3:latest", None, None, None, "curated"),
-        ("qwen3:30b-a3b", "ollama", "qwen3:30b-a3b", None, None, None, "curated"),
-        ("library/qwen3:8b", "ollama", "library/qwen3:8b", None, None, None, "curated"),
-        ("hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:Q4_K_M", "ollama",
-         "hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:Q4_K_M", "bartowski/Llama-3.2-3B-Instruct-GGUF", "Q4_K_M", None,
-         "custom_hf"),
-        (f"hf.co/u/r-GGUF:Q8_0@{SHA}", "gguf_import", f"hf.co/u/r-GGUF:Q8_0-{SHA[:12]}", "u/r-GGUF", "Q8_0", SHA,
-         "pinned_hf"),
-        ("hf.co/u/r-GGUF:Q4_K_M@v1.0", "gguf_import", "hf.co/u/r-GGUF:Q4_K_M-v1.0", "u/r-GGUF", "Q4_K_M", "v1.0",
-         "pinned_hf"),
-        ("org/tiny-llama@v2", "checkpoint", None, "org/tiny-llama", None, "v2", "pinned_hf"),
+        ("qwen3", "ollama_pull"),
+        ("acme/coder:1b", "ollama_pull"),
+        ("hf.co/u/r-GGUF:Q4_K_M", "ollama_pull"),
+        (f"hf.co/u/r-GGUF:Q8_0@{SHA}", "gguf_import"),
+        ("org/tiny-llama@v2", "checkpoint"),
     ],
-)  # fmt: skip
-def test_parse_ref(raw, kind, ollama_name, repo, quant, revision, source):
-    ref = domain.parse_ref(raw)
-    assert (ref.kind, ref.ollama_name, ref.repo_id, ref.quant, ref.revision, ref.source) == (
-        kind, ollama_name, repo, quant, revision, source,
-    )  # fmt: skip
+)
+def test_what_the_provisioner_does_for_a_reference(raw, provision):
+    assert domain.provision_of(parse_model_ref(raw)) == provision
 
 
 @pytest.mark.parametrize(
     ("raw", "needle"),
     [
-        ("", "no spaces"),
-        ("qwen3 8b", "no spaces"),
-        ("hf.co/u/r@abc", "names its quantization"),
-        ("hf.co/../../etc:Q4@v1", "not user/repo"),
-        ("x@", "empty revision"),
-        ("bad$name", "not an Ollama model name"),
+        (
+            "org/model",
+            r"pin it \(org/model@<commit>\) or, for an Ollama namespaced model, give its tag \(org/model:latest\)",
+        ),
+        ("https://huggingface.co/u/r", r"u/r@<commit>"),
+        ("local:x.gguf", "local file is read from the models directory"),
     ],
 )
-def test_bad_refs_name_the_problem(raw, needle):
+def test_references_with_nothing_to_fetch_are_refused_naming_the_fix(raw, needle):
     with pytest.raises(domain.BadReference, match=needle):
-        domain.parse_ref(raw)
+        domain.provision_of(parse_model_ref(raw))
 
 
-def test_pinned_ref_round_trips_through_the_parser():
-    ref = domain.parse_ref(pinned_hf_ref("acme/m-GGUF", "Q4_K_M", "v1"))
-    assert ref.ollama_name == pinned_ollama_name("acme/m-GGUF", "Q4_K_M", "v1") == "hf.co/acme/m-GGUF:Q4_K_M-v1"
+def test_one_except_catches_parse_and_provisioning_refusals():
+    assert issubclass(domain.BadReference, ModelRefError)
+    for raw in ("qwen3 8b", "org/model"):
+        with pytest.raises(ModelRefError):
+            domain.provision_of(parse_model_ref(raw))
+
+
+def test_names_read_from_a_host_get_ollamas_default_tag():
+    assert domain.normalize_ollama("qwen3") == "qwen3:latest"
+    assert domain.normalize_ollama("org/m") == "org/m:latest"
+    assert domain.normalize_ollama("example.com:5000/team/m") == "example.com:5000/team/m:latest"
+    assert domain.normalize_ollama("qwen3:8b") == "qwen3:8b"
 
 
 def test_revisions_classified_and_branches_refused_unless_allowed():
