@@ -114,6 +114,27 @@ def test_role_resolution_uses_the_set_then_user_choice_then_type_default():
     assert domain.resolve(view, ResolveRequest(model="flux.1-dev")).provider == "huggingface"
 
 
+@pytest.mark.parametrize(
+    ("model", "model_ref", "provider"),
+    [
+        ("hf.co/u/r-GGUF:q4_k_m", "hf.co/u/r-GGUF:Q4_K_M", "ollama"),
+        ("hf.co/u/r-GGUF:q4_k_m@v1", "hf.co/u/r-GGUF:Q4_K_M@v1", "ollama"),
+        ("acme/coder:1b", "acme/coder:1b", "ollama"),
+        ("Qwen/Qwen3-8B@v1.0", "Qwen/Qwen3-8B@v1.0", "huggingface"),
+        ("https://huggingface.co/acme/m", "acme/m", "huggingface"),
+    ],
+)
+def test_references_outside_the_library_resolve_to_their_canonical_spelling(model, model_ref, provider):
+    got = domain.resolve(library_view(), ResolveRequest(model=model))
+    assert (got.model_ref, got.provider) == (model_ref, provider)
+
+
+def test_refused_references_reach_the_caller_as_422_naming_the_part():
+    with pytest.raises(CatalogError, match="a pinned import names its quantization") as info:
+        domain.resolve(library_view(), ResolveRequest(model="hf.co/u/r@v1"))
+    assert info.value.status == 422
+
+
 def test_role_resolution_errors_name_the_role_and_set():
     view = library_view()
     with pytest.raises(CatalogError, match="'horoscope' is not defined by profile set 'default'") as info:
