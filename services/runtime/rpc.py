@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import ValidationError
 
@@ -221,10 +222,7 @@ class Rpc:
         return translated
 
     async def _serve(self, reg: Registration, msg: Msg) -> None:
-        context = _PROPAGATOR.extract(msg.headers or {})
-        with self.tracer.start_as_current_span(
-            f"{reg.subject} process", context=context, kind=SpanKind.SERVER, attributes=_span_attributes(reg.subject)
-        ) as span:
+        with self._server_span(reg.subject, msg) as span:
             headers: dict[str, str] | None = None
             try:
                 reply = await reg.call(self._decode(reg, msg))
@@ -243,14 +241,10 @@ class Rpc:
         nc: NatsClient = self.broker.connection
         if not msg.reply:
             return
-        context = _PROPAGATOR.extract(msg.headers or {})
-        window = _window(msg.headers)
-        credit = _Credit(window)
+        credit = _Credit(_window(msg.headers))
         control = nc.new_inbox()
         sent = 0
-        with self.tracer.start_as_current_span(
-            f"{reg.subject} process", context=context, kind=SpanKind.SERVER, attributes=_span_attributes(reg.subject)
-        ) as span:
+        with self._server_span(reg.subject, msg) as span:
             pump: asyncio.Task[Contract | None] | None = None
 
             async def on_control(ctl: Msg) -> None:
@@ -302,6 +296,25 @@ class Rpc:
             span.set_attribute("rpc.stream.chunks", sent)
             await nc.publish(msg.reply, end.model_dump_json().encode(), headers={RPC_HEADER: Frame.END.value})
 
+    # Spans continue a trace; the seam starts none of its own (an untraced call costs no span on either side).
+
+    def _client_span(self, subject: str) -> AbstractContextManager[Span]:
+        if not trace.get_current_span().is_recording():
+            return contextlib.nullcontext(trace.INVALID_SPAN)
+        return self.tracer.start_as_current_span(
+            f"{subject} send", kind=SpanKind.CLIENT, attributes=_span_attributes(subject)
+        )
+
+    def _server_span(self, subject: str, msg: Msg) -> AbstractContextManager[Span]:
+        if not msg.headers or "traceparent" not in msg.headers:
+            return contextlib.nullcontext(trace.INVALID_SPAN)
+        return self.tracer.start_as_current_span(
+            f"{subject} process",
+            context=_PROPAGATOR.extract(msg.headers),
+            kind=SpanKind.SERVER,
+            attributes=_span_attributes(subject),
+        )
+
     # --- the caller side -------------------------------------------------------------------------------------------
 
     def _connection(self, subject: str) -> NatsClient:
@@ -316,12 +329,12 @@ class Rpc:
         subject = subject or request.SUBJECT
         nc = self._connection(subject)
         headers: dict[str, str] = {}
-        with self.tracer.start_as_current_span(
-            f"{subject} send", kind=SpanKind.CLIENT, attributes=_span_attributes(subject)
-        ) as span:
+        with self._client_span(subject) as span:
             _PROPAGATOR.inject(headers)
             try:
-                msg = await nc.request(subject, request.model_dump_json().encode(), timeout=timeout_s, headers=headers)
+                msg = await nc.request(
+                    subject, request.model_dump_json().encode(), timeout=timeout_s, headers=headers or None
+                )
             except NoRespondersError:
                 raise RpcError(503, f"no service answers {subject}", code="no_responders") from None
             except (NatsTimeoutError, TimeoutError):
@@ -361,7 +374,11 @@ class Rpc:
         half = max(1, window // 2)
         headers: dict[str, str] = {WINDOW_HEADER: str(window)}
         # Not the current span: a generator's suspended frames must not leave a context attached in the caller's.
-        span = self.tracer.start_span(f"{subject} send", kind=SpanKind.CLIENT, attributes=_span_attributes(subject))
+        span = (
+            self.tracer.start_span(f"{subject} send", kind=SpanKind.CLIENT, attributes=_span_attributes(subject))
+            if trace.get_current_span().is_recording()
+            else trace.INVALID_SPAN
+        )
         _PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
         try:
             await nc.publish(subject, request.model_dump_json().encode(), reply=inbox, headers=headers)
@@ -434,9 +451,7 @@ class Rpc:
         sub = await nc.subscribe(inbox, cb=collect)
         headers: dict[str, str] = {}
         try:
-            with self.tracer.start_as_current_span(
-                f"{subject} send", kind=SpanKind.CLIENT, attributes=_span_attributes(subject)
-            ):
+            with self._client_span(subject):
                 _PROPAGATOR.inject(headers)
                 await nc.publish(subject, request.model_dump_json().encode(), reply=inbox, headers=headers)
                 try:
