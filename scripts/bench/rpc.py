@@ -22,6 +22,8 @@ from pathlib import Path
 
 import nats
 from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import TracerProvider
 
 from contracts.envelope import Contract
@@ -86,7 +88,7 @@ async def serve_raw_stream(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     body = json.dumps({"text": TOKEN}).encode()
 
-    async def on_request(msg: nats.aio.msg.Msg) -> None:
+    async def on_request(msg: Msg) -> None:
         for _ in range(int(msg.data)):
             await nc.publish(msg.reply, body)
         await nc.publish(msg.reply, b"")
@@ -107,7 +109,7 @@ def start(role: str, nats_url: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-async def time_asks(rpc: Rpc, nc: nats.NATS, requests: int) -> tuple[list[float], list[float], list[float]]:
+async def time_asks(rpc: Rpc, nc: NatsClient, requests: int) -> tuple[list[float], list[float], list[float]]:
     """Interleaved, so every path sees the same machine: ask, bare request/reply, and ask inside a trace."""
     raw_body = json.dumps({"text": PAYLOAD}).encode()
     request = BenchRequest(text=PAYLOAD)
@@ -132,11 +134,11 @@ async def time_asks(rpc: Rpc, nc: nats.NATS, requests: int) -> tuple[list[float]
     return ask, raw, traced
 
 
-async def raw_stream(nc: nats.NATS, n: int) -> float:
+async def raw_stream(nc: NatsClient, n: int) -> float:
     done = asyncio.Event()
     got = 0
 
-    async def on_chunk(msg: nats.aio.msg.Msg) -> None:
+    async def on_chunk(msg: Msg) -> None:
         nonlocal got
         if not msg.data:
             done.set()
