@@ -3,8 +3,9 @@
     python -m scripts.gen_asyncapi          # regenerate
     python -m scripts.gen_asyncapi --check  # exit 1 if a committed document drifted from the handlers
 
-Each document comes from `build_app(<Service>Settings()).broker` (the gateway's from its bus client);
-building connects to nothing, so no NATS is needed.
+Each document comes from what `build_app(<Service>Settings())` registers (the gateway's from its bus client):
+the FastStream subscribers, the `rpc.*` handlers of its `Rpc` (request, reply, error, stream frames), and the
+events and commands the app names as published. Building connects to nothing, so no NATS is needed.
 """
 
 from __future__ import annotations
@@ -29,39 +30,75 @@ def documented_services() -> tuple[str, ...]:
     return (*SERVICES, "gateway")
 
 
-#: The producer token of `evt.<producer>...` subjects, where it differs from the service's bus name.
-PRODUCER_SERVICE = {"hardware": "hardware-probe", "fallback": "inference-fallback"}
+def _built(service: str) -> tuple[Any, Any, tuple[type[Any], ...], str]:
+    """Build `service` the way its process does: (FastStream broker, Rpc, what it publishes, its role line)."""
+    app_module = importlib.import_module(f"services.{service.replace('-', '_')}.app")
+    settings_cls = typing.get_type_hints(app_module.build_app)["settings"]
+    built = app_module.build_app(settings_cls())
+    holder = built.state.bus if service == "gateway" else built
+    role = (app_module.__doc__ or service).strip().splitlines()[0]
+    return holder.broker, holder.rpc, tuple(holder.publishes), role
 
 
-def published_by(service: str) -> list[type[Any]]:
-    """The contracts `service` publishes: events named for it as producer; commands come in through the gateway."""
-    from contracts.registry import ALL_CONTRACTS
-
-    out = []
-    for cls in ALL_CONTRACTS.values():
-        kind, owner = [*cls.SUBJECT.split("."), "", ""][:2]
-        if (kind == "evt" and PRODUCER_SERVICE.get(owner, owner) == service) or (
-            kind == "cmd" and service == "gateway"
-        ):
-            out.append(cls)
-    return sorted(out, key=lambda cls: cls.SUBJECT)
-
-
-def _declare_publishers(broker: Any, service: str) -> None:
-    """Services publish through the outbox, which FastStream cannot see: declare those subjects for the document."""
-    for cls in published_by(service):
+def _declare_publishers(broker: Any, publishes: tuple[type[Any], ...]) -> None:
+    """Services publish through the outbox, which FastStream cannot see: each app names what it publishes."""
+    for cls in sorted(publishes, key=lambda c: c.SUBJECT):
         role = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
         broker.publisher(cls.SUBJECT, schema=cls, title=f"{cls.SUBJECT}:{cls.__name__}", description=role)
 
 
-def _broker_of(service: str) -> tuple[Any, str]:
-    """Build `service` the way its process does and return its FastStream broker and its role line."""
-    app_module = importlib.import_module(f"services.{service.replace('-', '_')}.app")
-    settings_cls = typing.get_type_hints(app_module.build_app)["settings"]
-    built = app_module.build_app(settings_cls())
-    broker = built.state.bus.broker if service == "gateway" else built.broker
-    role = (app_module.__doc__ or service).strip().splitlines()[0]
-    return broker, role
+def _schema(document: dict[str, Any], cls: type[Any]) -> dict[str, str]:
+    """Put `cls`'s JSON Schema (and the models it nests) under components/schemas; return a $ref to it."""
+    schemas = document["components"].setdefault("schemas", {})
+    schema = cls.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, nested in schema.pop("$defs", {}).items():
+        schemas.setdefault(name, nested)
+    schemas[cls.__name__] = schema
+    return {"$ref": f"#/components/schemas/{cls.__name__}"}
+
+
+def _message(document: dict[str, Any], cls: type[Any], summary: str) -> dict[str, str]:
+    messages = document["components"].setdefault("messages", {})
+    messages[cls.__name__] = {"name": cls.__name__, "title": cls.__name__, "summary": summary,
+                              "payload": _schema(document, cls)}  # fmt: skip
+    return {"$ref": f"#/components/messages/{cls.__name__}"}
+
+
+def _add_rpc(document: dict[str, Any], registrations: list[Any]) -> None:
+    """Each `rpc.*` handler the app registers: a receive operation with its request and its reply (AsyncAPI 3.0)."""
+    from contracts.rpc import ErrorReply, StreamEnd
+
+    for reg in sorted(registrations, key=lambda r: r.subject):
+        key = reg.subject
+        queue = {"queue": reg.queue} if reg.queue else {}
+        replies = {"reply": _message(document, reg.reply, "One chunk of the stream" if reg.kind == "stream" else
+                                     "The reply")}  # fmt: skip
+        if reg.kind == "stream":
+            replies["end"] = _message(document, StreamEnd, "The last frame (header Mf-Rpc: end): totals or the error")
+        replies["error"] = _message(document, ErrorReply, "The typed error reply (header Mf-Rpc: error)")
+        document["channels"][key] = {
+            "address": reg.subject,
+            "description": reg.description,
+            "messages": {"request": _message(document, reg.request, "The request")},
+            "bindings": {"nats": {"bindingVersion": "custom", "subject": reg.subject, **queue}},
+        }
+        document["channels"][f"{key}:reply"] = {
+            "address": None,
+            "description": f"The caller's reply inbox for {reg.subject}"
+            + (f"; chunks then one end frame, {reg.request.__name__} window credit" if reg.kind == "stream" else ""),
+            "messages": replies,
+        }
+        document["operations"][key] = {
+            "action": "receive",
+            "summary": reg.description.splitlines()[0] if reg.description else reg.subject,
+            "channel": {"$ref": f"#/channels/{key}"},
+            "messages": [{"$ref": f"#/channels/{key}/messages/request"}],
+            "reply": {
+                "address": {"location": "$message.header#/reply", "description": "the request's NATS reply subject"},
+                "channel": {"$ref": f"#/channels/{key}:reply"},
+                "messages": [{"$ref": f"#/channels/{key}:reply/messages/{name}"} for name in replies],
+            },
+        }
 
 
 def asyncapi_documents() -> dict[str, str]:
@@ -73,10 +110,15 @@ def asyncapi_documents() -> dict[str, str]:
     documents: dict[str, str] = {}
     with doc_environment():
         for service in documented_services():
-            broker, role = _broker_of(service)
-            _declare_publishers(broker, service)
+            broker, rpc, publishes, role = _built(service)
+            _declare_publishers(broker, publishes)
             spec = AsyncAPI(broker, title=f"modelfleet {service}", version=package_version(), description=role)
-            documents[service] = render(json.loads(spec.to_specification().to_json()))
+            document = json.loads(spec.to_specification().to_json())
+            document.setdefault("channels", {})
+            document.setdefault("operations", {})
+            document.setdefault("components", {})
+            _add_rpc(document, rpc.registrations)
+            documents[service] = render(document)
     return documents
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from faststream.nats import NatsBroker, NatsRouter
 from opentelemetry.sdk.trace import TracerProvider
 
+from contracts.envelope import Envelope
 from services.runtime.bus import BusState, build_broker
 from services.runtime.db import Database
 from services.runtime.dlq import dead_letter_middleware
@@ -39,7 +41,8 @@ class ServiceParts:
     database: Database | None = None
     outbox: Outbox | None = None
 
-    def service(self, tasks: list[Task] | None = None) -> Service:
+    def service(self, tasks: list[Task] | None = None, publishes: Sequence[type[Envelope]] = ()) -> Service:
+        """The service process; `publishes` names every event or command its code publishes (for its AsyncAPI)."""
         self.broker.include_router(self.streams)
         all_tasks = list(tasks or [])
         if self.outbox is not None:
@@ -53,6 +56,7 @@ class ServiceParts:
             tracer_provider=self.tracer_provider,
             database=self.database,
             tasks=all_tasks,
+            publishes=publishes,
             retry_initial_s=self.settings.retry_initial_s,
             retry_max_s=self.settings.retry_max_s,
         )

@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from faststream.nats import NatsBroker
 from opentelemetry.sdk.trace import TracerProvider
 
+from contracts.envelope import Envelope
 from contracts.health import DependencyState, HealthReply, HealthRequest
 from contracts.subjects import fill
 from services.runtime.bus import BusState, start_broker, stop_broker
@@ -46,6 +47,7 @@ class Service:
         tracer_provider: TracerProvider,
         database: Database | None = None,
         tasks: Sequence[Task] = (),
+        publishes: Sequence[type[Envelope]] = (),
         retry_initial_s: float = 0.2,
         retry_max_s: float = 5.0,
     ) -> None:
@@ -57,6 +59,8 @@ class Service:
         self.tracer_provider = tracer_provider
         self.database = database
         self.tasks = list(tasks)
+        #: The events and commands this service publishes; its AsyncAPI document is generated from them.
+        self.publishes = tuple(publishes)
         self.instance_id = uuid.uuid4().hex[:12]
         self.started_at = time.monotonic()
         self.ready = asyncio.Event()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,13 +76,82 @@ def sent_addresses(document: dict[str, object]) -> set[str]:
     }
 
 
-def test_every_event_and_command_is_documented_as_sent_by_exactly_one_service(documents: dict[str, str]) -> None:
+#: Facts the design names whose producers are not built yet (router: issue 9; fallback: issue 10): no code publishes
+#: them, so no document may claim one does.
+PLANNED = {"evt.router.llm.degraded.v1", "evt.router.llm.recovered.v1", "evt.fallback.slot.loaded.v1",
+           "evt.fallback.slot.evicted.v1"}  # fmt: skip
+
+
+def test_every_event_and_command_is_documented_as_sent_by_the_one_service_whose_code_sends_it(
+    documents: dict[str, str],
+) -> None:
     from contracts.registry import ALL_CONTRACTS
 
     sent = {name: sent_addresses(json.loads(text)) for name, text in documents.items()}
     for cls in ALL_CONTRACTS.values():
         if cls.SUBJECT.startswith(("evt.", "cmd.")):
             senders = [name for name, subjects in sent.items() if cls.SUBJECT in subjects]
-            assert len(senders) == 1, f"{cls.SUBJECT} is documented as sent by {senders}"
+            expected = 0 if cls.SUBJECT in PLANNED else 1
+            assert len(senders) == expected, f"{cls.SUBJECT} is documented as sent by {senders}"
     assert "evt.hardware.gpu.sampled.v1" in sent["hardware-probe"]
     assert "cmd.provisioner.provision.v1" in sent["gateway"]
+
+
+def _source_of(service: str, *, without: str = "app.py") -> str:
+    package = Path(gen_asyncapi.ROOT, "services", service.replace("-", "_"))
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(package.glob("*.py")) if p.name != without)
+
+
+@pytest.mark.parametrize("service", [*SERVICES, "gateway"])
+def test_what_an_app_declares_it_publishes_is_built_by_its_code(service: str) -> None:
+    """A declaration without code that builds the message would document a message nobody sends."""
+    from scripts.generated_docs import doc_environment
+
+    with doc_environment():
+        _, _, publishes, _ = gen_asyncapi._built(service)
+    source = _source_of(service)
+    for cls in publishes:
+        assert re.search(rf"\b{cls.__name__}\(", source), f"{service} declares {cls.__name__} but never builds one"
+
+
+def _rpc_operations(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: op for k, op in document["operations"].items() if document["channels"][k]["address"].startswith("rpc.")}
+
+
+def _payload(document: dict[str, Any], ref: str) -> dict[str, Any]:
+    channel, _, name = ref.removeprefix("#/channels/").partition("/messages/")
+    message_ref = document["channels"][channel]["messages"][name]["$ref"]
+    message = document["components"]["messages"][message_ref.rsplit("/", 1)[-1]]
+    schema_ref = message["payload"]["$ref"]
+    schema: dict[str, Any] = document["components"]["schemas"][schema_ref.rsplit("/", 1)[-1]]
+    return schema
+
+
+@pytest.mark.parametrize("service", [*SERVICES, "gateway"])
+def test_every_rpc_subject_documents_its_request_reply_and_error(documents: dict[str, str], service: str) -> None:
+    document = json.loads(documents[service])
+    for key, op in _rpc_operations(document).items():
+        request = _payload(document, op["messages"][0]["$ref"])
+        assert request["type"] == "object" and "properties" in request, (key, request)
+        replies = {ref["$ref"].rsplit("/", 1)[-1]: _payload(document, ref["$ref"]) for ref in op["reply"]["messages"]}
+        assert {"reply", "error"} <= set(replies), key
+        assert replies["reply"].get("properties") or replies["reply"].get("allOf"), (key, replies["reply"])
+        assert set(replies["error"]["properties"]) == {"error"}
+
+
+def test_every_rpc_handler_a_service_registers_is_documented_by_it(documents: dict[str, str]) -> None:
+    from scripts.generated_docs import doc_environment
+
+    with doc_environment():
+        for service in [*SERVICES, "gateway"]:
+            _, rpc, _, _ = gen_asyncapi._built(service)
+            documented = {op_key for op_key in _rpc_operations(json.loads(documents[service]))}
+            assert {reg.subject for reg in rpc.registrations} == documented, service
+
+
+def test_the_catalog_documents_resolve_with_its_reply_schema(documents: dict[str, str]) -> None:
+    document = json.loads(documents["catalog"])
+    op = document["operations"]["rpc.catalog.resolve.v1"]
+    assert _payload(document, op["messages"][0]["$ref"])["title"] == "ResolveRequest"
+    assert _payload(document, op["reply"]["messages"][0]["$ref"])["title"] == "ResolveReply"
+    assert op["reply"]["messages"][0]["$ref"].endswith("/reply")
