@@ -52,7 +52,7 @@ async def main(ollama_port: int) -> dict[str, object]:
     with_ollama = await cpu_ms(live.sample, runs=100)
     reachable = (await live.sample()).ollama_reachable
     refused = Sampler("bench", host, NvmlReader(), OllamaStatus("http://127.0.0.1:1", 1.0), TorchStats(False), 5.0)
-    result = {
+    result: dict[str, object] = {
         "cpu_ms": await cpu_ms(plain.sample),
         "cpu_ms_two_gpus": await cpu_ms(gpus.sample),
         "cpu_ms_ollama": with_ollama,

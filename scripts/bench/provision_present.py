@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import nats
+from nats.aio.client import Client as NatsClient
 
 from contracts.provisioner import ProvisionCommand, ProvisionCompleted
 from scripts.bench.baseline import ECHO_SUBJECT, pct, start_echo, stop, wait_healthy
@@ -29,7 +30,7 @@ from tests.peers.ollama_server import OllamaPeer
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def measure(nc: nats.NATS, n: int, roles_model: str) -> list[float]:
+async def measure(nc: NatsClient, n: int, roles_model: str) -> list[float]:
     js = nc.jetstream()
     waiting: dict[str, asyncio.Future[ProvisionCompleted]] = {}
 

@@ -38,7 +38,7 @@ class FakeGpu:
 
 def stand_in(gpus: list[FakeGpu], *, init_error: Exception | None = None) -> Any:
     """A pynvml stand-in with the calls NvmlReader makes and pynvml's error classes and value shapes."""
-    state = {"inits": 0, "count_error": None}
+    state: dict[str, Any] = {"inits": 0, "count_error": None}
 
     def init() -> None:
         state["inits"] += 1

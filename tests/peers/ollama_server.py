@@ -116,7 +116,7 @@ class OllamaPeer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def add(self, model: LibraryModel) -> None:
         self.library[model.name] = model
@@ -334,8 +334,8 @@ def _handler(peer: OllamaPeer) -> type[BaseHTTPRequestHandler]:
                     self._line(
                         {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": done}
                     )
-            for status in ("verifying sha256 digest", "writing manifest"):
-                self._line({"status": status})
+            for phase in ("verifying sha256 digest", "writing manifest"):
+                self._line({"status": phase})
             self._line(self._finish_pull(model))
             self._stream_end()
 
