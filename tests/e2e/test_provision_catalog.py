@@ -8,7 +8,7 @@ import nats
 import pytest
 
 from contracts.catalog import RolesReply, RolesRequest
-from services.provisioner import domain
+from contracts.model_ref import parse_model_ref
 from tests.harness.provision_bus import Bus, provisioner_env
 from tests.peers.hub_server import HubPeer
 from tests.peers.ollama_server import OllamaPeer, library_model
@@ -27,7 +27,9 @@ async def test_all_roles_of_the_active_set_provisioned_through_the_catalog(
     finally:
         await nc.close()
     assert roles.roles, "the catalog's active profile set has roles"
-    pullable = [e for e in roles.roles if e.provider == "ollama" and domain.parse_ref(e.model_ref).kind == "ollama"]
+    pullable = [
+        e for e in roles.roles if e.provider == "ollama" and parse_model_ref(e.model_ref).provision == "ollama_pull"
+    ]
     library = [library_model(e.model_ref, 1 << 20) for e in pullable]
     bus = await Bus().start(nats_url)
     with OllamaPeer(library=library) as ollama, HubPeer() as hub:
