@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contracts.catalog import CatalogChanged, ModelRegistered, ProfileChanged
 from services.catalog import handlers
 from services.catalog.library import load_library
 from services.catalog.operations import Catalog
@@ -21,5 +22,6 @@ def build_app(settings: CatalogSettings) -> Service:
     catalog = Catalog(
         CatalogStore(parts.database), parts.outbox, settings, load_library(settings.library_path), parts.host_id
     )
-    handlers.register(parts.broker, parts.streams, catalog)
-    return parts.service(tasks=[catalog.start])
+    handlers.register(parts.rpc, parts.streams, catalog)
+    # All three go out through the outbox, which FastStream cannot see: named here for the AsyncAPI document.
+    return parts.service(tasks=[catalog.start], publishes=[ModelRegistered, ProfileChanged, CatalogChanged])

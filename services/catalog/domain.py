@@ -24,6 +24,7 @@ from contracts.catalog import (
 )
 from contracts.model_ref import ModelRefError, parse_model_ref
 from contracts.parameters import ParameterError, merge_parameters, validate_parameters
+from contracts.rpc import RpcError
 
 SYSTEM_DEFAULT_IDS = frozenset(system_profile_id(n) for n in PROFILE_TYPES)
 
@@ -42,13 +43,11 @@ ROLE_TYPES: dict[str, int] = {
 }
 
 
-class CatalogError(Exception):
-    """A request the catalog refuses; `status` is HTTP-like (403, 404, 409, 422)."""
+class CatalogError(RpcError):
+    """A request the catalog refuses: an `RpcError`, so a handler that lets it through answers the typed error.
 
-    def __init__(self, status: int, detail: object):
-        super().__init__(str(detail))
-        self.status = status
-        self.detail = detail
+    `status` is HTTP-like (401, 403, 404, 409, 422, 503); `field` is the request field at fault, where there is one.
+    """
 
 
 @dataclass
@@ -110,7 +109,7 @@ def check_model_name(view: CatalogView, name: str, where: str) -> None:
         try:
             parse_model_ref(name)
         except ModelRefError as exc:
-            raise CatalogError(422, f"{where}: {exc}") from exc
+            raise CatalogError(422, f"{where}: {exc}", field=where) from exc
 
 
 # --- Resolution ------------------------------------------------------------------------------------------------------
@@ -144,7 +143,7 @@ def _reply(
         try:
             parsed = parse_model_ref(name)
         except ModelRefError as exc:
-            raise CatalogError(422, f"model: {exc}") from exc
+            raise CatalogError(422, f"model: {exc}", field="model" if req.model is not None else None) from exc
         ref, default_provider = parsed.canonical, parsed.provider
     user = view.users.get(req.user_id) if req.user_id else None
     layers = [
@@ -157,7 +156,9 @@ def _reply(
     try:
         parameters = merge_parameters(layers)
     except ParameterError as exc:
-        raise CatalogError(422, str(exc)) from exc
+        # Only the request's own options are a request field; a bad stored layer is named in the detail alone.
+        at = f"options.{exc.field}" if exc.layer == "request options" else None
+        raise CatalogError(422, str(exc), field=at) from exc
     explicit = (profile.circuit_breaker or {}).get("fallback_models", []) if profile else []
     return ResolveReply(
         model_ref=ref,
@@ -190,15 +191,15 @@ def resolve(view: CatalogView, req: ResolveRequest) -> ResolveReply:
     if req.profile_id is not None:
         profile = view.profiles.get(req.profile_id)
         if profile is None:
-            raise CatalogError(404, f"profile_id: no profile {req.profile_id}")
+            raise CatalogError(404, f"profile_id: no profile {req.profile_id}", field="profile_id")
         if profile.owner_id not in (None, req.user_id):
-            raise CatalogError(403, f"profile_id: profile {req.profile_id} belongs to another user")
+            raise CatalogError(403, f"profile_id: profile {req.profile_id} belongs to another user", field="profile_id")
         return _from_profile(view, req, profile)
     if req.model is not None:
         name = req.model
         if name == "default":
             if not view.default_model:
-                raise CatalogError(404, "model: no default model is set")
+                raise CatalogError(404, "model: no default model is set", field="model")
             name = view.default_model
         return _reply(view, req, name, None, {})
     role = str(req.role).removeprefix("role:")
@@ -218,7 +219,9 @@ def resolve(view: CatalogView, req: ResolveRequest) -> ResolveReply:
     if type_number is not None and (default := view.profiles.get(system_profile_id(type_number))) is not None:
         return _from_profile(view, req, default)
     roles = ", ".join(sorted(view.sets.get(view.active_set, ProfileSetDoc(name="-")).models)) or "none"
-    raise CatalogError(404, f"role: {role!r} is not defined by profile set {view.active_set!r} (roles: {roles})")
+    raise CatalogError(
+        404, f"role: {role!r} is not defined by profile set {view.active_set!r} (roles: {roles})", field="role"
+    )
 
 
 def role_entries(view: CatalogView, set_name: str | None) -> tuple[str, list[RoleEntry]]:
@@ -226,7 +229,9 @@ def role_entries(view: CatalogView, set_name: str | None) -> tuple[str, list[Rol
     profile_set = view.sets.get(name)
     if profile_set is None:
         raise CatalogError(
-            404, f"profile_set: no profile set {name!r} (have: {', '.join(sorted(view.sets)) or 'none'})"
+            404,
+            f"profile_set: no profile set {name!r} (have: {', '.join(sorted(view.sets)) or 'none'})",
+            field="profile_set",
         )
     entries = [
         RoleEntry(role=role, model_ref=_entry_ref(view, e), provider=e.provider, auto_download=e.auto_download,
@@ -287,7 +292,7 @@ def _type_or_422(value: int | str, where: str) -> int:
     try:
         return profile_type_number(value)
     except ValueError as exc:
-        raise CatalogError(422, f"{where}: {exc}") from exc
+        raise CatalogError(422, f"{where}: {exc}", field=where) from exc
 
 
 # --- Profiles and user config ----------------------------------------------------------------------------------------
@@ -301,16 +306,16 @@ def build_profile(
     given = inp.model_dump(exclude_none=True)
     for required in ("name", "type", "model_name"):
         if existing is None and required not in given:
-            raise CatalogError(422, f"{required}: required to create a profile")
+            raise CatalogError(422, f"{required}: required to create a profile", field=required)
     if "type" in given:
         given["type"] = _type_or_422(given["type"], "type")
         if existing is not None and existing.id in SYSTEM_DEFAULT_IDS and given["type"] != existing.type:
-            raise CatalogError(409, f"type: the system default {existing.id} keeps type {existing.type}")
+            raise CatalogError(409, f"type: the system default {existing.id} keeps type {existing.type}", field="type")
     if "parameters" in given:
         try:
             given["parameters"] = validate_parameters(given["parameters"], "profile")
         except ParameterError as exc:
-            raise CatalogError(422, f"parameters.{exc.field}: {exc}") from exc
+            raise CatalogError(422, f"parameters.{exc.field}: {exc}", field=f"parameters.{exc.field}") from exc
     if "model_name" in given:
         check_model_name(view, given["model_name"], "model_name")
     data = {**base, **given}
@@ -344,18 +349,24 @@ def apply_config(
             continue
         profile = view.profiles.get(profile_id)
         if profile is None:
-            raise CatalogError(422, f"profiles.{key}: no profile {profile_id}")
+            raise CatalogError(422, f"profiles.{key}: no profile {profile_id}", field=f"profiles.{key}")
         if profile.owner_id not in (None, user.user_id):
-            raise CatalogError(403, f"profiles.{key}: profile {profile_id} belongs to another user")
+            raise CatalogError(
+                403, f"profiles.{key}: profile {profile_id} belongs to another user", field=f"profiles.{key}"
+            )
         if profile.type != n:
-            raise CatalogError(422, f"profiles.{key}: profile {profile_id} is of type {profile.type_name}, not {name}")
+            raise CatalogError(
+                422,
+                f"profiles.{key}: profile {profile_id} is of type {profile.type_name}, not {name}",
+                field=f"profiles.{key}",
+            )
         chosen[name] = profile_id
     new_overrides = dict(user.overrides)
     if overrides is not None:
         try:
             new_overrides = validate_parameters(overrides, "overrides")
         except ParameterError as exc:
-            raise CatalogError(422, f"overrides.{exc.field}: {exc}") from exc
+            raise CatalogError(422, f"overrides.{exc.field}: {exc}", field=f"overrides.{exc.field}") from exc
     return UserRecord(user.user_id, user.display_name, chosen, new_overrides)
 
 

@@ -1,294 +1,171 @@
-"""Catalog bus handlers: decode, call the catalog, reply (or `{"error": {status, detail}}`)."""
+"""Catalog bus handlers: each `rpc.catalog.*` subject is one typed handler that calls one operation and replies."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
 from faststream import AckPolicy
-from faststream.nats import DeliverPolicy, NatsBroker, NatsRouter
-from pydantic import BaseModel, ValidationError
+from faststream.nats import DeliverPolicy, NatsRouter
 
 from contracts.catalog import (
+    AuthReply,
     AuthRequest,
     CatalogChanged,
     CatalogModelsReply,
     CatalogModelsRequest,
+    ExportReply,
     ExportRequest,
+    ImportReply,
     ImportRequest,
+    ModelDoc,
     ModelInfoRequest,
     OverviewReply,
     OverviewRequest,
     ProfileDeleteReply,
     ProfileDeleteRequest,
+    ProfileDoc,
     ProfileGetRequest,
     ProfileListReply,
     ProfileListRequest,
     ProfileSaveRequest,
-    ProfileSetDoc,
+    ResolveReply,
     ResolveRequest,
     RolesReply,
     RolesRequest,
+    SetDefaultReply,
     SetDefaultRequest,
+    TokenIssueReply,
     TokenIssueRequest,
+    TokenListReply,
     TokenListRequest,
+    TokenRevokeReply,
     TokenRevokeRequest,
     UserConfigGetRequest,
+    UserConfigReply,
     UserConfigRequest,
 )
 from contracts.subjects import EVENTS_STREAM
-from services.catalog import domain
-from services.catalog.domain import CatalogError
 from services.catalog.operations import Catalog
 from services.runtime.bus import jstream
-
-log = logging.getLogger(__name__)
-
-Q = TypeVar("Q", bound=BaseModel)
-Reply = dict[str, Any]
+from services.runtime.rpc import Rpc
 
 
-def error(status: int, detail: object) -> Reply:
-    return {"error": {"status": status, "detail": detail}}
+def register(rpc: Rpc, streams: NatsRouter, catalog: Catalog) -> None:
+    """Request/reply handlers join the queue group `catalog` (the service's name), so replicas share the load.
+
+    A `CatalogError` (an `RpcError`) raised below becomes the typed error reply; an invalid request is a 422
+    naming the field, answered by the seam before any handler runs.
+    """
+    register_profiles(rpc, catalog)
+    register_tokens(rpc, catalog)
+    register_library(rpc, catalog)
+    register_invalidation(streams, catalog)
 
 
-def decode(cls: type[Q], body: Any) -> Q:
-    """Validate the request ourselves so a bad one gets a 422 naming the field, not a silent timeout."""
-    try:
-        return cls.model_validate(body if body is not None else {})
-    except ValidationError as exc:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(body)'}: {e['msg']}" for e in exc.errors())
-        raise CatalogError(422, fields) from exc
-
-
-async def answer(call: Callable[[], Awaitable[BaseModel]]) -> Reply:
-    try:
-        return (await call()).model_dump(mode="json")
-    except CatalogError as exc:
-        return error(exc.status, exc.detail)
-    except Exception as exc:  # a fault of ours or of PostgreSQL: answer it rather than let the caller time out
-        log.exception("catalog request failed")
-        return error(503 if "connect" in str(exc).lower() else 500, f"{type(exc).__name__}: {exc}"[:500])
-
-
-def register(broker: NatsBroker, streams: NatsRouter, catalog: Catalog) -> None:
-    """Request/reply handlers join the queue group `catalog`, so replicas share the load."""
-    sub = broker.subscriber
-
-    @sub(ResolveRequest.SUBJECT, queue="catalog", title="catalog resolve")
-    async def on_resolve(body: Any) -> Reply:
+def register_profiles(rpc: Rpc, catalog: Catalog) -> None:
+    @rpc.handler(ResolveRequest)
+    async def on_resolve(req: ResolveRequest) -> ResolveReply:
         """Consumes rpc.catalog.resolve.v1; replies ResolveReply from the in-memory view. Read-only."""
-        try:
-            req = decode(ResolveRequest, body)
-            view = catalog.view if catalog.ready.is_set() else await catalog.current()
-            return domain.resolve(view, req).model_dump(mode="json")
-        except CatalogError as exc:
-            return error(exc.status, exc.detail)
+        return await catalog.resolve(req)
 
-    @sub(RolesRequest.SUBJECT, queue="catalog", title="catalog roles")
-    async def on_roles(body: Any) -> Reply:
+    @rpc.handler(RolesRequest)
+    async def on_roles(req: RolesRequest) -> RolesReply:
         """Consumes rpc.catalog.roles.v1; replies RolesReply (roles of the active or named set). Read-only."""
+        return await catalog.roles(req.profile_set)
 
-        async def run() -> RolesReply:
-            req = decode(RolesRequest, body)
-            name, roles = domain.role_entries(await catalog.current(), req.profile_set)
-            return RolesReply(profile_set=name, roles=roles)
+    @rpc.handler(ProfileListRequest)
+    async def on_profiles_list(req: ProfileListRequest) -> ProfileListReply:
+        """Consumes rpc.catalog.profiles.list.v1; replies ProfileListReply (what the caller may read). Read-only."""
+        return await catalog.list_profiles(req)
 
-        return await answer(run)
+    @rpc.handler(ProfileGetRequest)
+    async def on_profile_get(req: ProfileGetRequest) -> ProfileDoc:
+        """Consumes rpc.catalog.profiles.get.v1; replies ProfileDoc, 403 for another user's. Read-only."""
+        return await catalog.get_profile(req.caller, req.profile_id)
 
-    @sub(AuthRequest.SUBJECT, queue="catalog", title="catalog auth")
-    async def on_auth(body: Any) -> Reply:
+    @rpc.handler(ProfileSaveRequest)
+    async def on_profile_save(req: ProfileSaveRequest) -> ProfileDoc:
+        """Consumes rpc.catalog.profiles.save.v1; emits evt.catalog.profile.changed.v1. An update is idempotent."""
+        return await catalog.save_profile(req.caller, req.profile_id, req.profile)
+
+    @rpc.handler(ProfileDeleteRequest)
+    async def on_profile_delete(req: ProfileDeleteRequest) -> ProfileDeleteReply:
+        """Consumes rpc.catalog.profiles.delete.v1; emits evt.catalog.profile.changed.v1 (deleted).
+
+        Not idempotent: a second delete of the same profile_id is a 404."""
+        await catalog.delete_profile(req.caller, req.profile_id)
+        return ProfileDeleteReply(profile_id=req.profile_id)
+
+    @rpc.handler(UserConfigRequest)
+    async def on_user_config(req: UserConfigRequest) -> UserConfigReply:
+        """Consumes rpc.catalog.userconfig.set.v1; replies UserConfigReply. Idempotent (sets, never appends)."""
+        return await catalog.set_user_config(req.caller, req.user_id, req.profiles, req.overrides)
+
+    @rpc.handler(UserConfigGetRequest)
+    async def on_user_config_get(req: UserConfigGetRequest) -> UserConfigReply:
+        """Consumes rpc.catalog.userconfig.get.v1; replies UserConfigReply. Read-only."""
+        return await catalog.user_config(req.caller, req.user_id)
+
+
+def register_tokens(rpc: Rpc, catalog: Catalog) -> None:
+    @rpc.handler(AuthRequest)
+    async def on_auth(req: AuthRequest) -> AuthReply:
         """Consumes rpc.catalog.auth.v1; replies AuthReply for a usable user token, 401 naming why otherwise.
 
         Touches the token's last_used_at (at most once per token_touch_interval_s); otherwise read-only.
         """
-        return await answer(lambda: catalog.authenticate(decode(AuthRequest, body).token))
+        return await catalog.authenticate(req.token)
 
-    @sub(TokenIssueRequest.SUBJECT, queue="catalog", title="catalog token issue")
-    async def on_token(body: Any) -> Reply:
+    @rpc.handler(TokenIssueRequest)
+    async def on_token(req: TokenIssueRequest) -> TokenIssueReply:
         """Consumes rpc.catalog.token.issue.v1 (admin); mints a token. Not idempotent by design: each call mints one."""
+        return await catalog.issue_token(req.caller, req)
 
-        async def run() -> BaseModel:
-            req = decode(TokenIssueRequest, body)
-            return await catalog.issue_token(req.caller, req)
-
-        return await answer(run)
-
-    @sub(TokenListRequest.SUBJECT, queue="catalog", title="catalog token list")
-    async def on_token_list(body: Any) -> Reply:
+    @rpc.handler(TokenListRequest)
+    async def on_token_list(req: TokenListRequest) -> TokenListReply:
         """Consumes rpc.catalog.token.list.v1 (admin or the user); replies TokenListReply, metadata only. Read-only."""
+        return await catalog.list_tokens(req.caller, req.user_id)
 
-        async def run() -> BaseModel:
-            req = decode(TokenListRequest, body)
-            return await catalog.list_tokens(req.caller, req.user_id)
-
-        return await answer(run)
-
-    @sub(TokenRevokeRequest.SUBJECT, queue="catalog", title="catalog token revoke")
-    async def on_token_revoke(body: Any) -> Reply:
+    @rpc.handler(TokenRevokeRequest)
+    async def on_token_revoke(req: TokenRevokeRequest) -> TokenRevokeReply:
         """Consumes rpc.catalog.token.revoke.v1 (admin or the owner); emits evt.catalog.entries.changed.v1.
 
         Idempotent on token_id: a second revoke keeps the first revoked_at.
         """
-
-        async def run() -> BaseModel:
-            req = decode(TokenRevokeRequest, body)
-            return await catalog.revoke_token(req.caller, req.user_id, req.token_id)
-
-        return await answer(run)
-
-    @sub(ProfileListRequest.SUBJECT, queue="catalog", title="catalog profiles list")
-    async def on_profiles_list(body: Any) -> Reply:
-        """Consumes rpc.catalog.profiles.list.v1; replies ProfileListReply (what the caller may read). Read-only."""
-
-        async def run() -> BaseModel:
-            req = decode(ProfileListRequest, body)
-            return ProfileListReply(
-                profiles=domain.visible_profiles(await catalog.current(), req.caller, req.type, req.owner_id)
-            )
-
-        return await answer(run)
-
-    @sub(ProfileGetRequest.SUBJECT, queue="catalog", title="catalog profiles get")
-    async def on_profile_get(body: Any) -> Reply:
-        """Consumes rpc.catalog.profiles.get.v1; replies ProfileDoc, 403 for another user's. Read-only."""
-
-        async def run() -> BaseModel:
-            req = decode(ProfileGetRequest, body)
-            return await catalog.get_profile(req.caller, req.profile_id)
-
-        return await answer(run)
-
-    @sub(ProfileSaveRequest.SUBJECT, queue="catalog", title="catalog profiles save")
-    async def on_profile_save(body: Any) -> Reply:
-        """Consumes rpc.catalog.profiles.save.v1; emits evt.catalog.profile.changed.v1. An update is idempotent."""
-
-        async def run() -> BaseModel:
-            req = decode(ProfileSaveRequest, body)
-            return await catalog.save_profile(req.caller, req.profile_id, req.profile)
-
-        return await answer(run)
-
-    @sub(ProfileDeleteRequest.SUBJECT, queue="catalog", title="catalog profiles delete")
-    async def on_profile_delete(body: Any) -> Reply:
-        """Consumes rpc.catalog.profiles.delete.v1; emits evt.catalog.profile.changed.v1 (deleted)."""
-
-        async def run() -> BaseModel:
-            req = decode(ProfileDeleteRequest, body)
-            await catalog.delete_profile(req.caller, req.profile_id)
-            return ProfileDeleteReply(profile_id=req.profile_id)
-
-        return await answer(run)
-
-    @sub(UserConfigRequest.SUBJECT, queue="catalog", title="catalog user config set")
-    async def on_user_config(body: Any) -> Reply:
-        """Consumes rpc.catalog.userconfig.set.v1; replies UserConfigReply. Idempotent (sets, never appends)."""
-
-        async def run() -> BaseModel:
-            req = decode(UserConfigRequest, body)
-            return await catalog.set_user_config(req.caller, req.user_id, req.profiles, req.overrides)
-
-        return await answer(run)
-
-    @sub(UserConfigGetRequest.SUBJECT, queue="catalog", title="catalog user config get")
-    async def on_user_config_get(body: Any) -> Reply:
-        """Consumes rpc.catalog.userconfig.get.v1; replies UserConfigReply. Read-only."""
-
-        async def run() -> BaseModel:
-            req = decode(UserConfigGetRequest, body)
-            return await catalog.user_config(req.caller, req.user_id)
-
-        return await answer(run)
-
-    register_library(broker, catalog)
-    register_invalidation(streams, catalog)
+        return await catalog.revoke_token(req.caller, req.user_id, req.token_id)
 
 
-def register_library(broker: NatsBroker, catalog: Catalog) -> None:
-    sub = broker.subscriber
-
-    @sub(CatalogModelsRequest.SUBJECT, queue="catalog", title="catalog models list")
-    async def on_models(body: Any) -> Reply:
+def register_library(rpc: Rpc, catalog: Catalog) -> None:
+    @rpc.handler(CatalogModelsRequest)
+    async def on_models(req: CatalogModelsRequest) -> CatalogModelsReply:
         """Consumes rpc.catalog.models.list.v1; replies CatalogModelsReply (filtered library). Read-only."""
+        return await catalog.models(req)
 
-        async def run() -> BaseModel:
-            req = decode(CatalogModelsRequest, body)
-            return CatalogModelsReply(models=domain.filter_models(await catalog.current(), req))
+    @rpc.handler(ModelInfoRequest)
+    async def on_model_info(req: ModelInfoRequest) -> ModelDoc:
+        """Consumes rpc.catalog.models.info.v1; replies ModelDoc by id, Ollama name or repo (404: none). Read-only."""
+        return await catalog.model_info(req.model)
 
-        return await answer(run)
-
-    @sub(ModelInfoRequest.SUBJECT, queue="catalog", title="catalog model info")
-    async def on_model_info(body: Any) -> Reply:
-        """Consumes rpc.catalog.models.info.v1; replies ModelDoc by id, Ollama name or repo. Read-only."""
-
-        async def run() -> BaseModel:
-            name = decode(ModelInfoRequest, body).model
-            model = (await catalog.current()).find_model(name)
-            if model is None:
-                raise CatalogError(404, f"model: {name!r} is not in the library")
-            return model
-
-        return await answer(run)
-
-    @sub(SetDefaultRequest.SUBJECT, queue="catalog", title="catalog default model")
-    async def on_default(body: Any) -> Reply:
+    @rpc.handler(SetDefaultRequest)
+    async def on_default(req: SetDefaultRequest) -> SetDefaultReply:
         """Consumes rpc.catalog.models.default.v1 (admin); replies SetDefaultReply. Idempotent on the model name."""
+        return await catalog.set_default(req.caller, req.model)
 
-        async def run() -> BaseModel:
-            req = decode(SetDefaultRequest, body)
-            return await catalog.set_default(req.caller, req.model)
+    @rpc.handler(OverviewRequest)
+    async def on_overview(req: OverviewRequest) -> OverviewReply:
+        """Consumes rpc.catalog.overview.v1 (admin); replies OverviewReply with each active role resolved. Read-only."""
+        return await catalog.overview(req.caller, req.user_id)
 
-        return await answer(run)
-
-    @sub(OverviewRequest.SUBJECT, queue="catalog", title="catalog overview")
-    async def on_overview(body: Any) -> Reply:
-        """Consumes rpc.catalog.overview.v1 (admin); replies OverviewReply with each active role resolved."""
-
-        async def run() -> BaseModel:
-            req = decode(OverviewRequest, body)
-            domain.require_admin(req.caller, "the models overview")
-            return overview(await catalog.current(), req.user_id)
-
-        return await answer(run)
-
-    @sub(ImportRequest.SUBJECT, queue="catalog", title="catalog import")
-    async def on_import(body: Any) -> Reply:
+    @rpc.handler(ImportRequest)
+    async def on_import(req: ImportRequest) -> ImportReply:
         """Consumes rpc.catalog.import.v1 (admin); one transaction; emits model.registered for new models.
 
         Idempotent on the file's content: importing the same file twice leaves the same state.
         """
+        return await catalog.import_file(req.caller, req.filename, req.content, req.format)
 
-        async def run() -> BaseModel:
-            req = decode(ImportRequest, body)
-            return await catalog.import_file(req.caller, req.filename, req.content, req.format)
-
-        return await answer(run)
-
-    @sub(ExportRequest.SUBJECT, queue="catalog", title="catalog export")
-    async def on_export(body: Any) -> Reply:
+    @rpc.handler(ExportRequest)
+    async def on_export(req: ExportRequest) -> ExportReply:
         """Consumes rpc.catalog.export.v1 (admin); replies ExportReply with the file's text. Read-only."""
-
-        async def run() -> BaseModel:
-            req = decode(ExportRequest, body)
-            return await catalog.export(req.caller, req.format)
-
-        return await answer(run)
-
-
-def overview(view: domain.CatalogView, user_id: str | None) -> OverviewReply:
-    active = view.sets.get(view.active_set) or ProfileSetDoc(name=view.active_set)
-    resolved = {}
-    for role in active.models:
-        try:
-            resolved[role] = domain.resolve(view, ResolveRequest(role=role, user_id=user_id))
-        except CatalogError as exc:
-            log.warning("overview: role %s does not resolve: %s", role, exc)
-    return OverviewReply(
-        active_profile_set=view.active_set, active=active, resolved=resolved,
-        available_profile_sets=sorted(view.sets.values(), key=lambda s: s.name), default_model=view.default_model,
-        performance_profiles={name: p.get("parameters", {}) for name, p in view.presets.items()},
-    )  # fmt: skip
+        return await catalog.export(req.caller, req.format)
 
 
 def register_invalidation(streams: NatsRouter, catalog: Catalog) -> None:

@@ -17,13 +17,22 @@ from contracts.catalog import (
     AuthReply,
     Caller,
     CatalogChanged,
+    CatalogModelsReply,
+    CatalogModelsRequest,
     ExportReply,
     ImportReply,
     ModelDoc,
     ModelRegistered,
+    OverviewReply,
     ProfileChanged,
     ProfileDoc,
     ProfileInput,
+    ProfileListReply,
+    ProfileListRequest,
+    ProfileSetDoc,
+    ResolveReply,
+    ResolveRequest,
+    RolesReply,
     SetDefaultReply,
     TokenIssueReply,
     TokenIssueRequest,
@@ -81,14 +90,19 @@ class Catalog:
                 raise CatalogError(503, "the catalog is still loading (is PostgreSQL up?)") from exc
         return self.view
 
-    def _event(self, cls: type[Any], **fields: Any) -> Any:
-        return cls(producer="catalog", host=self.host_id, **fields)
+    def _changed(self, what: str) -> CatalogChanged:
+        return CatalogChanged(producer="catalog", host=self.host_id, what=what, instance_id=self.instance_id)
+
+    def _profile_changed(self, profile_id: uuid.UUID, change: str, owner_id: str | None = None) -> ProfileChanged:
+        return ProfileChanged(
+            producer="catalog", host=self.host_id, profile_id=profile_id, change=change, owner_id=owner_id
+        )
 
     async def _write(self, what: str, write: Write) -> None:
         """One transaction: the change, its events and a CatalogChanged for the other replicas; then reload."""
         async with self.store.database.transaction() as session:
             await write(session)
-            await self.outbox.add(session, self._event(CatalogChanged, what=what, instance_id=self.instance_id))
+            await self.outbox.add(session, self._changed(what))
         self.outbox.wake()
         await self.reload()
 
@@ -105,7 +119,7 @@ class Catalog:
                     await self.outbox.add(session, self._registered(merged))
             for profile in self.library.profiles:
                 if await self.store.insert_profile_if_missing(session, profile):
-                    await self.outbox.add(session, self._event(ProfileChanged, profile_id=profile.id, change="created"))
+                    await self.outbox.add(session, self._profile_changed(profile.id, "created"))
             for profile_set in self.library.sets:
                 await self.store.insert_set_if_missing(session, profile_set)
             if view.default_model is None and self.library.default_model:
@@ -120,6 +134,47 @@ class Catalog:
             display_name=model.display_name,
             source=model.origin,
         )
+
+    # --- reads: answered from the in-memory view, never from PostgreSQL -------------------------------------------
+
+    async def resolve(self, req: ResolveRequest) -> ResolveReply:
+        # The hot path: once loaded, no await before the pure resolution.
+        view = self.view if self.ready.is_set() else await self.current()
+        return domain.resolve(view, req)
+
+    async def roles(self, profile_set: str | None) -> RolesReply:
+        name, roles = domain.role_entries(await self.current(), profile_set)
+        return RolesReply(profile_set=name, roles=roles)
+
+    async def list_profiles(self, req: ProfileListRequest) -> ProfileListReply:
+        view = await self.current()
+        return ProfileListReply(profiles=domain.visible_profiles(view, req.caller, req.type, req.owner_id))
+
+    async def models(self, query: CatalogModelsRequest) -> CatalogModelsReply:
+        return CatalogModelsReply(models=domain.filter_models(await self.current(), query))
+
+    async def model_info(self, name: str) -> ModelDoc:
+        model = (await self.current()).find_model(name)
+        if model is None:
+            raise CatalogError(404, f"model: {name!r} is not in the library", field="model")
+        return model
+
+    async def overview(self, caller: Caller, user_id: str | None) -> OverviewReply:
+        """The active set with each role resolved; a role that does not resolve is left out (and logged)."""
+        domain.require_admin(caller, "the models overview")
+        view = await self.current()
+        active = view.sets.get(view.active_set) or ProfileSetDoc(name=view.active_set)
+        resolved = {}
+        for role in active.models:
+            try:
+                resolved[role] = domain.resolve(view, ResolveRequest(role=role, user_id=user_id))
+            except CatalogError as exc:
+                log.warning("overview: role %s does not resolve: %s", role, exc)
+        return OverviewReply(
+            active_profile_set=view.active_set, active=active, resolved=resolved,
+            available_profile_sets=sorted(view.sets.values(), key=lambda s: s.name), default_model=view.default_model,
+            performance_profiles={name: p.get("parameters", {}) for name, p in view.presets.items()},
+        )  # fmt: skip
 
     # --- auth ------------------------------------------------------------------------------------------------------
 
@@ -136,7 +191,9 @@ class Catalog:
         domain.require_admin(caller, "issuing tokens")
         user_id, display_name = req.user_id, req.display_name
         if user_id == caller.user_id:
-            raise CatalogError(422, f"user_id: {user_id!r} is the admin caller's own name; pick another")
+            raise CatalogError(
+                422, f"user_id: {user_id!r} is the admin caller's own name; pick another", field="user_id"
+            )
         now = _now()
         record = tokens.TokenRecord(uuid.uuid4(), user_id, now, tokens.expiry(now, req.expires_in_s, req.expires_at))
         view = await self.current()
@@ -168,8 +225,7 @@ class Catalog:
         async with self.store.database.transaction() as session:
             tokens.owned(await self.store.token_by_id(session, token_id), user_id, token_id)
             await self.store.revoke_token(session, token_id, now)
-            await self.outbox.add(session, self._event(CatalogChanged, what=f"token {token_id} revoked",
-                                                       instance_id=self.instance_id))  # fmt: skip
+            await self.outbox.add(session, self._changed(f"token {token_id} revoked"))
             record = await self.store.token_by_id(session, token_id)
         self.outbox.wake()
         assert record is not None
@@ -181,7 +237,7 @@ class Catalog:
     async def get_profile(self, caller: Caller, profile_id: uuid.UUID) -> ProfileDoc:
         profile = (await self.current()).profiles.get(profile_id)
         if profile is None:
-            raise CatalogError(404, f"no profile {profile_id}")
+            raise CatalogError(404, f"no profile {profile_id}", field="profile_id")
         domain.check_read(caller, profile)
         return profile
 
@@ -191,15 +247,14 @@ class Catalog:
         if profile_id is not None:
             existing = view.profiles.get(profile_id)
             if existing is None:
-                raise CatalogError(404, f"no profile {profile_id}")
+                raise CatalogError(404, f"no profile {profile_id}", field="profile_id")
             domain.check_write(caller, existing)
         profile = domain.build_profile(view, caller, existing, inp, uuid.uuid4())
         change = "updated" if existing else "created"
 
         async def write(session: AsyncSession) -> None:
             await self.store.save_profile(session, profile)
-            event = self._event(ProfileChanged, profile_id=profile.id, change=change, owner_id=profile.owner_id)
-            await self.outbox.add(session, event)
+            await self.outbox.add(session, self._profile_changed(profile.id, change, profile.owner_id))
 
         await self._write(f"profile {profile.id} {change}", write)
         return profile
@@ -208,12 +263,13 @@ class Catalog:
         profile = await self.get_profile(caller, profile_id)
         domain.check_write(caller, profile)
         if profile.system_default:
-            raise CatalogError(409, f"profile {profile_id} is a system default: edit it, it cannot be deleted")
+            raise CatalogError(
+                409, f"profile {profile_id} is a system default: edit it, it cannot be deleted", field="profile_id"
+            )
 
         async def write(session: AsyncSession) -> None:
             await self.store.delete_profile(session, profile_id)
-            event = self._event(ProfileChanged, profile_id=profile_id, change="deleted", owner_id=profile.owner_id)
-            await self.outbox.add(session, event)
+            await self.outbox.add(session, self._profile_changed(profile_id, "deleted", profile.owner_id))
 
         await self._write(f"profile {profile_id} deleted", write)
 
@@ -233,7 +289,7 @@ class Catalog:
         domain.check_user(caller, user_id)
         view = await self.current()
         if user_id not in view.users and not caller.admin:
-            raise CatalogError(404, f"no user {user_id!r}")
+            raise CatalogError(404, f"no user {user_id!r}", field="user_id")
         user = domain.apply_config(view, view.users.get(user_id) or UserRecord(user_id), profiles, overrides)
 
         async def write(session: AsyncSession) -> None:
@@ -263,7 +319,8 @@ class Catalog:
         try:
             plan = manifests.parse(filename, content, fmt)
         except manifests.ManifestError as exc:
-            raise CatalogError(422, str(exc)) from exc
+            # The request field at fault is the file (the detail names its line or key and the manifest's field).
+            raise CatalogError(422, str(exc), field="format" if exc.where == "format" else "content") from exc
         for warning in plan.warnings:
             log.warning("import: %s", warning)
         models = [_as_local_edit(view.models.get(m.id), m, plan.model_fields) for m in plan.models]

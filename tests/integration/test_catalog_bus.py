@@ -71,14 +71,19 @@ async def test_first_start_loads_library_and_resolves_over_the_bus(nats_url, dat
         by_model = await rpc(nc, ResolveRequest.SUBJECT, {"model": "hf.co/bartowski/Some-Model-GGUF:q5_k_m"})
         assert by_model["model_ref"] == "hf.co/bartowski/Some-Model-GGUF:Q5_K_M"
 
+        # Refusals are the seam's typed error reply: header Mf-Rpc: error, {"error": {status, code, detail, field}}.
         bad = await rpc(nc, ResolveRequest.SUBJECT, {"role": "general", "model": "qwen3:8b"})
         assert bad["error"]["status"] == 422 and "exactly one" in bad["error"]["detail"]
+        assert bad["error"]["code"] == "invalid_request"
         out_of_range = await rpc(nc, ResolveRequest.SUBJECT, {"role": "general", "options": {"top_p": 3}})
         assert out_of_range["error"]["status"] == 422 and "top_p" in out_of_range["error"]["detail"]
-        garbage = json.loads((await nc.request(ResolveRequest.SUBJECT, b"\xffnot json", timeout=10)).data)
-        assert garbage["error"]["status"] == 422
+        assert out_of_range["error"]["field"] == "options.top_p"
+        garbage = await nc.request(ResolveRequest.SUBJECT, b"\xffnot json", timeout=10)
+        assert garbage.headers == {"Mf-Rpc": "error"}
+        assert json.loads(garbage.data)["error"]["status"] == 422
         unknown = await rpc(nc, ResolveRequest.SUBJECT, {"role": "astrology"})
         assert unknown["error"]["status"] == 404 and "astrology" in unknown["error"]["detail"]
+        assert (unknown["error"]["code"], unknown["error"]["field"]) == ("not_found", "role")
 
         roles = await rpc(nc, RolesRequest.SUBJECT, RolesRequest())
         assert roles["profile_set"] == "default"

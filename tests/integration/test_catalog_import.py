@@ -67,12 +67,13 @@ async def test_each_format_imports_and_each_bad_file_changes_nothing(
             reply = await rpc(nc, ImportRequest.SUBJECT, importing(path))
             assert reply["error"]["status"] == 422, (path.name, reply)
             assert reply["error"]["detail"].startswith(f"{path.name}: "), reply
+            assert reply["error"]["field"] == "content", reply  # the request field; the detail names the key
             assert await snapshot(database_url) == before, f"{path.name} changed the database"
 
         not_admin = await rpc(
             nc, ImportRequest.SUBJECT, ImportRequest(caller=Caller(user_id="eve"), filename="x.txt", content="a/b")
         )
-        assert not_admin["error"]["status"] == 403
+        assert (not_admin["error"]["status"], not_admin["error"]["code"]) == (403, "forbidden")
         assert await snapshot(database_url) == before
 
         for fmt in ("json", "toml", "models.txt"):
