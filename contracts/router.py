@@ -1,29 +1,111 @@
-"""Router contracts: route a request to a healthy host; facts about a backend's health."""
+"""Router contracts: route a request to a backend, the gateway's per-call outcome report, a role's health facts."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import uuid
+from typing import Annotated, Any, Literal
 
-from pydantic import StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
-from contracts.envelope import Contract, Envelope
+from contracts.envelope import Contract, Envelope, HostId
 from contracts.rpc import RpcRequest
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Url = Annotated[str, StringConstraints(max_length=2048)]
+Code = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+#: What speaks at a backend's base URL: Ollama's own API, or an OpenAI-compatible `/v1` (llama.cpp, vLLM, ...).
+BackendKind = Literal["ollama", "openai"]
+#: How one backend call ended, as the gateway saw it.
+CallOutcome = Literal["ok", "error", "connect_refused", "rate_limited", "timeout"]
+
+
+class BackendRef(Contract):
+    """One inference backend: the host it runs on, what it speaks, and where."""
+
+    host_id: HostId
+    kind: BackendKind
+    base_url: Url = Field(description="Ollama: `http://host:11434`; OpenAI-compatible: ends in `/v1`.")
+
+
+class RouteCandidate(Contract):
+    """A backend and the model name as that backend knows it (the Ollama name on the host, or the OpenAI id)."""
+
+    backend: BackendRef
+    model_name: Name
+    model_ref: Name | None = Field(default=None, description="The catalog reference this candidate serves.")
+
+
+class RouteReason(Contract):
+    """Why this backend: the tier it came from and the strategy that ordered the tier, plus a sentence."""
+
+    tier: Code = Field(description="`loaded`, `fits` (installed and the estimate fits free memory) or `installed`.")
+    strategy: Code = Field(description="`least_busy`, `latency` or `weighted`: what ordered the tier.")
+    fail_open: bool = Field(default=False, description="Every host's view was stale: liveness was not checked.")
+    detail: Annotated[str, StringConstraints(max_length=2000)] = ""
 
 
 class RouteReply(Contract):
+    """Where to send one request. `host_id`, `backend_url` and `model_ref` repeat `backend` for older readers;
+    `fallback` is true when the chosen backend serves a model of the resolved fallback chain, not the model itself."""
+
     host_id: Name | None = None
-    backend_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    backend_url: Url | None = None
     model_ref: Name
     fallback: bool = False
+    backend: BackendRef | None = None
+    model_name: Name | None = None
+    provider: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    role: Name | None = None
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The merged parameters to send; for Ollama `num_ctx` is always set."
+    )
+    system_prompt: str = ""
+    fallback_chain: list[RouteCandidate] = Field(
+        default_factory=list, description="The next candidates to try, in order, when this one fails."
+    )
+    reason: RouteReason | None = None
 
 
 class RouteRequest(RpcRequest[RouteReply]):
+    """Exactly one of role, profile_id, model; `user_id` selects that user's overrides."""
+
     SUBJECT = "rpc.router.route.v1"
 
-    model: Name
+    role: Name | None = None
+    profile_id: uuid.UUID | None = None
+    model: Name | None = None
     user_id: Name | None = None
+    prompt_tokens: int | None = Field(default=None, ge=0, description="The caller's estimate of the prompt.")
+    required_context: int | None = Field(default=None, ge=1, description="Tokens of context the request needs.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Request options, highest precedence.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RouteRequest:
+        given = [n for n in ("role", "profile_id", "model") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of role, profile_id, model (got {given or 'none'})")
+        return self
+
+
+class BackendCallCompleted(Envelope):
+    """A gateway's report of one backend call: what every router replica folds into the backend's passive health.
+
+    `in_flight` is the reporting gateway's own count of calls still open on that backend once this one ended; the
+    router keeps the latest count per gateway instance and sums the fresh ones (docs/router.md).
+    """
+
+    SUBJECT = "evt.gateway.backend.call.completed.v1"
+
+    host_id: HostId
+    backend_url: Url
+    kind: BackendKind = "ollama"
+    model: Name
+    outcome: CallOutcome
+    status_code: int | None = Field(default=None, description="The backend's HTTP status, when it answered.")
+    latency_ms: float = Field(ge=0, description="From sending the request to the last byte (or the failure).")
+    ttft_ms: float | None = Field(default=None, ge=0, description="Time to the first token, for streamed calls.")
+    gateway_instance: Name
+    in_flight: int | None = Field(default=None, ge=0)
 
 
 class LlmDegraded(Envelope):
@@ -32,6 +114,9 @@ class LlmDegraded(Envelope):
     host_id: Name
     backend_url: Annotated[str, StringConstraints(max_length=2048)]
     reason: Annotated[str, StringConstraints(min_length=1, max_length=8000)]
+    # Added with the data plane (optional, so the major version holds):
+    role: Name | None = None
+    hosts: list[Name] = Field(default_factory=list, description="Hosts whose backends the role was left without.")
 
 
 class LlmRecovered(Envelope):
