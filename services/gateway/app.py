@@ -8,10 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+from contracts.provisioner import ProvisionCommand
+from contracts.rpc import RpcError
 from services.gateway import catalog_routes, handlers, hosts_routes, provision_routes, updates_routes
 from services.gateway.bus_client import BusClient
+from services.gateway.errors import rpc_error_response
 from services.gateway.settings import GatewaySettings
 from services.runtime.bus import BusState, build_broker
+from services.runtime.rpc import Rpc
 from services.runtime.service import package_version
 from services.runtime.telemetry import build_tracer_provider
 
@@ -19,9 +23,13 @@ from services.runtime.telemetry import build_tracer_provider
 def build_app(settings: GatewaySettings) -> FastAPI:
     tracer_provider = build_tracer_provider("gateway")
     state = BusState()
+    broker = build_broker(settings.nats_url, "gateway", tracer_provider, state)
     bus = BusClient(
-        build_broker(settings.nats_url, "gateway", tracer_provider, state),
+        broker,
         state,
+        Rpc(broker, "gateway", tracer_provider),
+        request_timeout_s=settings.request_timeout_s,
+        publishes=[ProvisionCommand],
         retry_initial_s=settings.retry_initial_s,
         retry_max_s=settings.retry_max_s,
     )
@@ -43,6 +51,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.bus = bus
+    # A service's typed error (or the seam's 503/504) answers with its own status: no route maps errors by hand.
+    app.add_exception_handler(RpcError, rpc_error_response)
     app.include_router(handlers.router)
     app.include_router(hosts_routes.router)
     app.include_router(catalog_routes.router)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field
@@ -13,7 +13,6 @@ from contracts.catalog import (
     Caller,
     CatalogModelsReply,
     CatalogModelsRequest,
-    ExportReply,
     ExportRequest,
     ImportReply,
     ImportRequest,
@@ -41,28 +40,15 @@ from contracts.catalog import (
     UserConfigReply,
     UserConfigRequest,
 )
-from contracts.envelope import Contract
 from services.gateway.auth import admin, caller
-from services.gateway.bus_client import BusClient, BusUnavailable, RemoteError
+from services.gateway.bus_client import bus_of
+from services.gateway.errors import ERROR_RESPONSES
 
-router = APIRouter(tags=["catalog"])
-R = TypeVar("R", bound=BaseModel)
+router = APIRouter(tags=["catalog"], responses=ERROR_RESPONSES)
 #: A manifest travels in one bus message; NATS refuses payloads over its max_payload (1 MiB by default).
 MAX_IMPORT_BYTES = 900_000
 UserPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$", examples=["alice"])]
 _MEDIA = {"json": "application/json", "toml": "application/toml", "models.txt": "text/plain; charset=utf-8"}
-
-
-async def ask(request: Request, body: Contract, reply: type[R], timeout_s: float | None = None) -> R:
-    """One catalog request; its error document becomes the HTTP status, a silent bus a 503."""
-    bus: BusClient = request.app.state.bus
-    timeout = timeout_s or request.app.state.settings.request_timeout_s
-    try:
-        return await bus.request(body.SUBJECT, body, reply, timeout_s=timeout)
-    except RemoteError as exc:
-        raise HTTPException(exc.status, exc.detail) from exc
-    except BusUnavailable as exc:
-        raise HTTPException(503, str(exc)) from exc
 
 
 class DefaultModelBody(BaseModel):
@@ -85,13 +71,13 @@ class TokenBody(BaseModel):
 @router.get("/api/v1/models", response_model=OverviewReply)
 async def models_overview(request: Request, user_id: str | None = None, who: Caller = Depends(admin)) -> OverviewReply:
     """Admin: the active profile set with every role resolved (for `user_id`'s overrides if given), and all sets."""
-    return await ask(request, OverviewRequest(caller=who, user_id=user_id), OverviewReply)
+    return await bus_of(request).ask(OverviewRequest(caller=who, user_id=user_id))
 
 
 @router.post("/api/v1/models/default", response_model=SetDefaultReply)
 async def set_default(request: Request, body: DefaultModelBody, who: Caller = Depends(admin)) -> SetDefaultReply:
     """Admin: set the default model (`model: "default"` and the last resort of every fallback chain)."""
-    return await ask(request, SetDefaultRequest(caller=who, model=body.model), SetDefaultReply)
+    return await bus_of(request).ask(SetDefaultRequest(caller=who, model=body.model))
 
 
 @router.get("/api/v1/profiles", response_model=ProfileListReply)
@@ -99,18 +85,18 @@ async def list_profiles(
     request: Request, type: str | None = None, owner_id: str | None = None, who: Caller = Depends(caller)
 ) -> ProfileListReply:
     """System profiles and the caller's own (an admin sees all; `owner_id=system` for system ones only)."""
-    return await ask(request, ProfileListRequest(caller=who, type=type, owner_id=owner_id), ProfileListReply)
+    return await bus_of(request).ask(ProfileListRequest(caller=who, type=type, owner_id=owner_id))
 
 
 @router.get("/api/v1/profiles/{profile_id}", response_model=ProfileDoc)
 async def get_profile(request: Request, profile_id: uuid.UUID, who: Caller = Depends(caller)) -> ProfileDoc:
-    return await ask(request, ProfileGetRequest(caller=who, profile_id=profile_id), ProfileDoc)
+    return await bus_of(request).ask(ProfileGetRequest(caller=who, profile_id=profile_id))
 
 
 @router.post("/api/v1/profiles", response_model=ProfileDoc, status_code=201)
 async def create_profile(request: Request, body: ProfileInput, who: Caller = Depends(caller)) -> ProfileDoc:
     """A user's profile is theirs; one an admin creates is a system profile."""
-    return await ask(request, ProfileSaveRequest(caller=who, profile=body), ProfileDoc)
+    return await bus_of(request).ask(ProfileSaveRequest(caller=who, profile=body))
 
 
 @router.put("/api/v1/profiles/{profile_id}", response_model=ProfileDoc)
@@ -118,12 +104,12 @@ async def update_profile(
     request: Request, profile_id: uuid.UUID, body: ProfileInput, who: Caller = Depends(caller)
 ) -> ProfileDoc:
     """Omitted fields keep their value; system profiles are read-only to users."""
-    return await ask(request, ProfileSaveRequest(caller=who, profile_id=profile_id, profile=body), ProfileDoc)
+    return await bus_of(request).ask(ProfileSaveRequest(caller=who, profile_id=profile_id, profile=body))
 
 
 @router.delete("/api/v1/profiles/{profile_id}", response_model=ProfileDeleteReply)
 async def delete_profile(request: Request, profile_id: uuid.UUID, who: Caller = Depends(caller)) -> ProfileDeleteReply:
-    return await ask(request, ProfileDeleteRequest(caller=who, profile_id=profile_id), ProfileDeleteReply)
+    return await bus_of(request).ask(ProfileDeleteRequest(caller=who, profile_id=profile_id))
 
 
 @router.get("/api/v1/catalog/models", response_model=CatalogModelsReply)
@@ -142,18 +128,18 @@ async def catalog_models(
         max_size_bytes if max_size_bytes is not None else (int(max_size_gb * 1e9) if max_size_gb is not None else None)
     )
     query = CatalogModelsRequest(capability=capability, category=category, tag=tag, family=family, max_size_bytes=limit)
-    return await ask(request, query, CatalogModelsReply)
+    return await bus_of(request).ask(query)
 
 
 @router.get("/api/v1/catalog/models/{model:path}", response_model=ModelDoc)
 async def catalog_model(request: Request, model: str, who: Caller = Depends(caller)) -> ModelDoc:
     """One model by id, Ollama name or Hugging Face repo."""
-    return await ask(request, ModelInfoRequest(model=model), ModelDoc)
+    return await bus_of(request).ask(ModelInfoRequest(model=model))
 
 
 @router.get("/api/v1/users/{user_id}/profile-config", response_model=UserConfigReply)
 async def get_profile_config(request: Request, user_id: str, who: Caller = Depends(caller)) -> UserConfigReply:
-    return await ask(request, UserConfigGetRequest(caller=who, user_id=user_id), UserConfigReply)
+    return await bus_of(request).ask(UserConfigGetRequest(caller=who, user_id=user_id))
 
 
 @router.put("/api/v1/users/{user_id}/profile-config", response_model=UserConfigReply)
@@ -162,25 +148,26 @@ async def put_profile_config(
 ) -> UserConfigReply:
     """Map profile types to profile ids (null: back to the system default) and set parameter overrides."""
     req = UserConfigRequest(caller=who, user_id=user_id, profiles=body.profiles, overrides=body.overrides)
-    return await ask(request, req, UserConfigReply)
+    return await bus_of(request).ask(req)
 
 
 @router.post("/api/v1/users/{user_id}/tokens", response_model=TokenIssueReply, status_code=201)
 async def issue_token(
     request: Request, user_id: UserPath, body: TokenBody, who: Caller = Depends(admin)
 ) -> TokenIssueReply:
-    """Admin: mint a bearer token for `user_id` (the user is created on first issue). Shown once."""
-    """At most one of `expires_in_s` / `expires_at`; neither: the token never expires."""
+    """Admin: mint a bearer token for `user_id` (the user is created on first issue). Shown once.
+
+    At most one of `expires_in_s` / `expires_at`; neither: the token never expires."""
     if body.expires_in_s is not None and body.expires_at is not None:
         raise HTTPException(422, "give at most one of expires_in_s, expires_at")
     req = TokenIssueRequest(caller=who, user_id=user_id, **body.model_dump())
-    return await ask(request, req, TokenIssueReply)
+    return await bus_of(request).ask(req)
 
 
 @router.get("/api/v1/users/{user_id}/tokens", response_model=TokenListReply)
 async def list_tokens(request: Request, user_id: UserPath, who: Caller = Depends(caller)) -> TokenListReply:
     """The admin, or the user themself: every token's metadata (id, created, expiry, last use, status), no secret."""
-    return await ask(request, TokenListRequest(caller=who, user_id=user_id), TokenListReply)
+    return await bus_of(request).ask(TokenListRequest(caller=who, user_id=user_id))
 
 
 @router.delete("/api/v1/users/{user_id}/tokens/{token_id}", response_model=TokenRevokeReply)
@@ -189,7 +176,7 @@ async def revoke_token(
 ) -> TokenRevokeReply:
     """The admin, or the owner: revoke at once, on every catalog replica; its next use gets 401 "token revoked"."""
     req = TokenRevokeRequest(caller=who, user_id=user_id, token_id=token_id)
-    return await ask(request, req, TokenRevokeReply)
+    return await bus_of(request).ask(req)
 
 
 @router.post(
@@ -220,7 +207,7 @@ async def import_manifest(
     except UnicodeDecodeError as exc:
         raise HTTPException(422, f"{filename}: the file is not UTF-8 text (byte {exc.start})") from exc
     req = ImportRequest(caller=who, filename=filename, content=content, format=format)
-    return await ask(request, req, ImportReply, timeout_s=60.0)
+    return await bus_of(request).ask(req, timeout_s=60.0)
 
 
 @router.get("/api/v1/catalog/export", response_class=Response)
@@ -228,6 +215,6 @@ async def export_manifest(
     request: Request, format: Literal["json", "toml", "models.txt"] = "json", who: Caller = Depends(admin)
 ) -> Response:
     """Admin: the catalog as a file of that format (profile sets / presets / models.txt)."""
-    reply = await ask(request, ExportRequest(caller=who, format=format), ExportReply)
+    reply = await bus_of(request).ask(ExportRequest(caller=who, format=format))
     headers = {"Content-Disposition": f'attachment; filename="{reply.filename}"'}
     return Response(reply.content, media_type=_MEDIA[reply.format], headers=headers)

@@ -10,9 +10,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from contracts.health import SERVICES, HealthReply, HealthRequest
+from contracts.rpc import RpcError
 from contracts.subjects import fill
 from services.gateway import domain
-from services.gateway.bus_client import BusClient, BusUnavailable
+from services.gateway.bus_client import bus_of
 from services.runtime.service import package_version
 
 router = APIRouter()
@@ -50,7 +51,7 @@ async def healthz() -> Liveness:
 )
 async def fleet_health(request: Request) -> JSONResponse:
     """Asks every service over `rpc.<service>.health.v1`; 503 if any is down or silent past the timeout."""
-    bus: BusClient = request.app.state.bus
+    bus = bus_of(request)
     timeout_s: float = request.app.state.settings.health_timeout_s
     started = time.perf_counter()
     replies: list[HealthReply] = []
@@ -58,14 +59,14 @@ async def fleet_health(request: Request) -> JSONResponse:
     try:
         for_all = [
             bus.gather(
-                fill(HealthRequest.SUBJECT, service=name), HealthRequest(), HealthReply,
+                HealthRequest(), subject=fill(HealthRequest.SUBJECT, service=name),
                 timeout_s=timeout_s, done=lambda got: len(got) >= 1,
             )
             for name in SERVICES
         ]  # fmt: skip
         for got in await asyncio.gather(*for_all):
             replies.extend(got)
-    except BusUnavailable:
+    except RpcError:  # only raised before anything is sent: NATS is not connected
         nats = "down"
     ok, report = domain.fleet_health(SERVICES, replies)
     body = FleetHealth(

@@ -11,10 +11,11 @@ from nats.js.errors import BucketNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
-from contracts.catalog import CatalogModelsReply, CatalogModelsRequest, ModelDoc, ModelInfoRequest
+from contracts.catalog import CatalogModelsRequest, ModelDoc, ModelInfoRequest
 from contracts.fit import FitReport, HostCapacity, capacity, fit_report
 from contracts.gguf_header import GgufError, model_shape
 from contracts.hardware import HOSTS_BUCKET, GpuSampled
+from contracts.rpc import RpcError
 from contracts.subjects import EVENTS_STREAM
 from contracts.vram import (
     EstimateSettings,
@@ -26,11 +27,12 @@ from contracts.vram import (
     recommend_settings,
 )
 from services.gateway.auth import caller
-from services.gateway.bus_client import BusClient, BusUnavailable, RemoteError
+from services.gateway.bus_client import BusClient, bus_of
+from services.gateway.errors import ERROR_RESPONSES
 from services.runtime.gguf_io import read_url_header
 
 # Read-only, but fleet internals: any valid token (a user's or the admin's).
-router = APIRouter(dependencies=[Depends(caller)])
+router = APIRouter(dependencies=[Depends(caller)], responses=ERROR_RESPONSES)
 
 #: What a catalog model is sized as when no quantization is asked for (the one Ollama pulls by default).
 DEFAULT_QUANT = "Q4_K_M"
@@ -63,9 +65,9 @@ class FitBody(BaseModel):
 
 
 def _bus(request: Request) -> BusClient:
-    bus: BusClient = request.app.state.bus
-    if not bus.state.connected:
-        raise HTTPException(503, f"NATS is not connected ({bus.state.last_error or 'connecting'})")
+    """The bus client, connected: these routes read JetStream and KV directly, outside the seam."""
+    bus = bus_of(request)
+    bus.require()
     return bus
 
 
@@ -141,7 +143,7 @@ async def history(bus: BusClient, host_id: str, latest: GpuSampled, last: int) -
     return found[-last:]
 
 
-@router.get("/api/v1/hosts/{host_id}", response_model=HostDetail, tags=["hosts"], responses={404: {}})
+@router.get("/api/v1/hosts/{host_id}", response_model=HostDetail, tags=["hosts"])
 async def get_host(
     request: Request, host_id: str, last: Annotated[int, Query(ge=1, le=500, description="history length")] = 10
 ) -> HostDetail:
@@ -172,10 +174,7 @@ def _choice(doc: ModelDoc) -> ModelChoice | None:
     return ModelChoice(name=doc.id, parameters_b=doc.parameter_count / 1e9, size_bytes=size, quality=quality)
 
 
-@router.get(
-    "/api/v1/hosts/{host_id}/recommendations", response_model=HostRecommendations, tags=["hosts"],
-    responses={404: {}, 503: {}},
-)  # fmt: skip
+@router.get("/api/v1/hosts/{host_id}/recommendations", response_model=HostRecommendations, tags=["hosts"])
 async def host_recommendations(request: Request, host_id: str) -> HostRecommendations:
     """The library model for the host's memory tier, and the profile and settings for its RAM and cores."""
     bus = _bus(request)
@@ -183,10 +182,9 @@ async def host_recommendations(request: Request, host_id: str) -> HostRecommenda
     if sample is None:
         raise HTTPException(404, f"host {host_id!r} has not reported")
     try:
-        timeout = request.app.state.settings.request_timeout_s
-        library = await bus.request(CatalogModelsRequest.SUBJECT, CatalogModelsRequest(), CatalogModelsReply, timeout)
-    except (BusUnavailable, RemoteError) as exc:
-        raise HTTPException(503, f"catalog unavailable: {exc}") from exc
+        library = await bus.ask(CatalogModelsRequest())
+    except RpcError as exc:  # the CLI shows the sample without advice on a 503, whatever the catalog's trouble
+        raise RpcError(503, f"catalog unavailable: {exc.detail}", code="unavailable") from exc
     choices = [c for c in map(_choice, library.models) if c is not None]
     on_gpu = sample.has_gpu and bool(sample.gpus)
     memory = sample.gpu_free_bytes() if on_gpu else sample.memory_available_bytes
@@ -206,18 +204,13 @@ async def _capacities(bus: BusClient, host: str | None) -> list[HostCapacity]:
     return [capacity(s) for s in samples]
 
 
-async def _catalog_sizes(bus: BusClient, model: str, timeout_s: float) -> tuple[list[tuple[str, int]], int | None]:
+async def _catalog_sizes(bus: BusClient, model: str) -> tuple[list[tuple[str, int]], int | None]:
     """The catalog's quantizations (name, size) of `model` and its context window, via rpc.catalog.models.info.v1."""
-    try:
-        doc = await bus.request(ModelInfoRequest.SUBJECT, ModelInfoRequest(model=model), ModelDoc, timeout_s)
-    except RemoteError as exc:
-        raise HTTPException(exc.status, exc.detail) from exc
-    except BusUnavailable as exc:
-        raise HTTPException(503, f"catalog unavailable: {exc}") from exc
+    doc = await bus.ask(ModelInfoRequest(model=model))
     return [(q.name, q.size_bytes) for q in doc.quantizations if q.size_bytes], doc.context_window
 
 
-@router.get("/api/v1/fit", response_model=FitReport, tags=["hosts"], responses={404: {}, 422: {}, 503: {}})
+@router.get("/api/v1/fit", response_model=FitReport, tags=["hosts"])
 async def fit_get(
     request: Request,
     model: Annotated[str | None, Query(max_length=1024, description="a catalog model name")] = None,
@@ -249,7 +242,7 @@ async def fit_get(
     if size_bytes is not None:
         return fit_report(f"{size_bytes} bytes", "size", s, hosts, size_bytes=size_bytes, quant=quant)
     assert model is not None
-    sizes, _ = await _catalog_sizes(bus, model, request.app.state.settings.request_timeout_s)
+    sizes, _ = await _catalog_sizes(bus, model)
     if not sizes:
         raise HTTPException(422, f"model: the catalog knows no file sizes for {model!r}")
     chosen = [q for q in sizes if quant is None or q[0].upper() == quant.upper()]
@@ -260,7 +253,7 @@ async def fit_get(
     return fit_report(model, "catalog", s, hosts, size_bytes=pick[1], quant=pick[0], quants=sizes)
 
 
-@router.post("/api/v1/fit", response_model=FitReport, tags=["hosts"], responses={404: {}})
+@router.post("/api/v1/fit", response_model=FitReport, tags=["hosts"])
 async def fit_post(request: Request, body: FitBody) -> FitReport:
     """The same report for a model shape the caller read itself (a local GGUF header)."""
     hosts = await _capacities(_bus(request), body.host)

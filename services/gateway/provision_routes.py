@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -15,7 +15,6 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, Field
 
 from contracts.catalog import Caller
-from contracts.envelope import Contract
 from contracts.provisioner import (
     InventoryDeleteReply,
     InventoryDeleteRequest,
@@ -26,7 +25,6 @@ from contracts.provisioner import (
     ProvisionActionResult,
     ProvisionCommand,
     ProvisionCompleted,
-    ProvisionResultReply,
     ProvisionResultRequest,
     QuantizationsReply,
     QuantizationsRequest,
@@ -34,10 +32,10 @@ from contracts.provisioner import (
 )
 from contracts.subjects import EVENTS_STREAM
 from services.gateway.auth import admin, caller
-from services.gateway.bus_client import BusClient, BusUnavailable, RemoteError
+from services.gateway.bus_client import bus_of
+from services.gateway.errors import ERROR_RESPONSES
 
-router = APIRouter(tags=["provisioning"])
-R = TypeVar("R", bound=BaseModel)
+router = APIRouter(tags=["provisioning"], responses=ERROR_RESPONSES)
 
 
 class ProvisionBody(BaseModel):
@@ -73,33 +71,17 @@ class Actions(BaseModel):
     actions: list[ProvisionActionResult]
 
 
-async def ask(request: Request, body: Contract, reply: type[R], timeout_s: float | None = None) -> R:
-    bus: BusClient = request.app.state.bus
-    try:
-        return await bus.request(body.SUBJECT, body, reply, timeout_s or request.app.state.settings.request_timeout_s)
-    except RemoteError as exc:
-        raise HTTPException(exc.status, exc.detail) from exc
-    except BusUnavailable as exc:
-        raise HTTPException(503, str(exc)) from exc
-
-
 async def submit(request: Request, cmd: ProvisionCommand, wait: bool, timeout_s: float) -> JSONResponse:
     """Publish the command; either answer 202 with where to follow it, or wait for its request.completed event."""
-    bus: BusClient = request.app.state.bus
+    bus = bus_of(request)
     since = (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     base = f"/api/v1/models/provision/{cmd.request_id}"
     if not wait:
-        try:
-            await bus.publish(cmd)
-        except BusUnavailable as exc:
-            raise HTTPException(503, str(exc)) from exc
+        await bus.publish(cmd)
         accepted = Accepted(request_id=cmd.request_id, progress_url=f"{base}/events?since={since}", result_url=base)
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
-    try:
-        bus.require()
-        provisioner_up = await bus.answers("provisioner", request.app.state.settings.health_timeout_s)
-    except BusUnavailable as exc:
-        raise HTTPException(503, str(exc)) from exc
+    bus.require()
+    provisioner_up = await bus.answers("provisioner", request.app.state.settings.health_timeout_s)
     if not provisioner_up:  # waiting would only time out; the durable command would run whenever one starts
         raise HTTPException(503, "no healthy provisioner answers; nothing was submitted")
     nc = bus.broker.connection
@@ -143,7 +125,7 @@ async def provision(body: ProvisionBody, request: Request, who: Caller = Depends
 @router.get("/api/v1/models/provision/{request_id}", response_model=Actions)
 async def provision_result(request_id: uuid.UUID, request: Request, _: Caller = Depends(caller)) -> Actions:
     """The actions of a request once it finished (`done: false` while it runs)."""
-    reply = await ask(request, ProvisionResultRequest(request_id=request_id), ProvisionResultReply)
+    reply = await bus_of(request).ask(ProvisionResultRequest(request_id=request_id))
     return Actions(request_id=request_id, done=reply.done, actions=reply.actions)
 
 
@@ -152,11 +134,8 @@ async def provision_events(
     request_id: uuid.UUID, request: Request, since: datetime | None = Query(None), _: Caller = Depends(caller)
 ) -> StreamingResponse:
     """Server-sent events of one request (progress, model.pulled, failed), ending with `completed`."""
-    bus: BusClient = request.app.state.bus
-    try:
-        bus.require()
-    except BusUnavailable as exc:
-        raise HTTPException(503, str(exc)) from exc
+    bus = bus_of(request)
+    bus.require()
     start = since or datetime.now(UTC) - timedelta(minutes=10)
     js = bus.broker.connection.jetstream()
     sub = await js.subscribe(
@@ -189,13 +168,13 @@ async def provision_events(
 @router.get("/api/v1/inventory", response_model=InventoryReply)
 async def inventory(request: Request, host: str | None = None, _: Caller = Depends(caller)) -> InventoryReply:
     """Installed models per host, as the provisioner's inventory records them."""
-    return await ask(request, InventoryRequest(host=host), InventoryReply)
+    return await bus_of(request).ask(InventoryRequest(host=host))
 
 
 @router.post("/api/v1/inventory/sync", response_model=InventorySyncReply)
 async def inventory_sync(request: Request, host: str | None = None, who: Caller = Depends(admin)) -> InventorySyncReply:
     """Adopt what hosts already have: Ollama's model list and model files under the models directory."""
-    return await ask(request, InventorySyncRequest(host=host, requested_by=who.user_id), InventorySyncReply, 120)
+    return await bus_of(request).ask(InventorySyncRequest(host=host, requested_by=who.user_id), timeout_s=120.0)
 
 
 @router.delete("/api/v1/inventory/{host}/{model:path}", response_model=InventoryDeleteReply)
@@ -204,7 +183,7 @@ async def inventory_delete(
 ) -> InventoryDeleteReply:
     """Delete a model from the host and the inventory, or (`inventory_only=true`) forget it only."""
     body = InventoryDeleteRequest(host=host, model=model, inventory_only=inventory_only, requested_by=who.user_id)
-    return await ask(request, body, InventoryDeleteReply, 60)
+    return await bus_of(request).ask(body, timeout_s=60.0)
 
 
 @router.get("/api/v1/hf/quantizations", response_model=QuantizationsReply)
@@ -217,7 +196,7 @@ async def hf_quantizations(
         body = QuantizationsRequest(repo_id=repo, revision=revision, context_tokens=context_tokens)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
-    return await ask(request, body, QuantizationsReply, 60)
+    return await bus_of(request).ask(body, timeout_s=60.0)
 
 
 @router.post(
