@@ -19,10 +19,11 @@ def bearer(token: str | None) -> dict[str, str]:
 
 @asynccontextmanager
 async def catalog_fleet(
-    database_url: str, service_env: Callable[..., dict[str, str]], start_service: Any, start_gateway: Any
+    database_url: str, service_env: Callable[..., dict[str, str]], start_service: Any, start_gateway: Any, **env_: str
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A catalog and a gateway process with the admin token `ADMIN_TOKEN`; yields an HTTP client to the gateway."""
-    env = service_env(database_url=database_url, MODELFLEET_ADMIN_TOKEN=ADMIN_TOKEN)
+    """A catalog and a gateway process with the admin token `ADMIN_TOKEN` (and `env_` added to both's environment);
+    yields an HTTP client to the gateway."""
+    env = service_env(database_url=database_url, MODELFLEET_ADMIN_TOKEN=ADMIN_TOKEN, **env_)
     await start_service("catalog", env)
     url = await start_gateway(env)
     async with httpx.AsyncClient(base_url=url, timeout=15) as client:
