@@ -1,15 +1,43 @@
-"""Composition root of the router."""
+"""Composition root of the router: the fleet view, the strategies and the route operation, wired to the bus."""
 
 from __future__ import annotations
 
 from services.router import handlers
-from services.router.domain import FleetView
+from services.router.fleet import Fleet, HealthRules
+from services.router.operations import Router
 from services.router.settings import RouterSettings
+from services.router.strategies import Latency, LeastBusy, Strategy, Weighted
 from services.runtime.parts import build_parts
 from services.runtime.service import Service
 
 
+def build_strategies(settings: RouterSettings) -> tuple[dict[str, Strategy], Strategy]:
+    """Each strategy once, by name; then the one of each role named in the settings, and the default."""
+    ttl = settings.in_flight_ttl_s
+    by_name: dict[str, Strategy] = {
+        "least_busy": LeastBusy(ttl),
+        "latency": Latency(settings.latency_tolerance, settings.latency_tolerance_ms, ttl),
+        "weighted": Weighted(dict(settings.weights), ttl),
+    }
+    per_role = {role: by_name[name] for role, name in settings.strategies.items()}
+    return per_role, by_name[settings.default_strategy]
+
+
+def build_fleet(settings: RouterSettings) -> Fleet:
+    return Fleet(
+        HealthRules(
+            allowed_fails=settings.allowed_fails, cooldown_s=settings.cooldown_s, window_s=settings.failure_window_s,
+            ewma_alpha=settings.ewma_alpha, in_flight_ttl_s=settings.in_flight_ttl_s,
+            missed_beats=settings.missed_beats,
+        )
+    )  # fmt: skip
+
+
 def build_app(settings: RouterSettings) -> Service:
     parts = build_parts("router", settings)
-    handlers.register(parts.streams, FleetView())
-    return parts.service()
+    fleet = build_fleet(settings)
+    per_role, default = build_strategies(settings)
+    router = Router(fleet, parts.rpc, settings, per_role, default)
+    handlers.register(parts.rpc, parts.streams, fleet, router, settings.replay_s)
+    # Degraded/recovered transitions are not built yet: the router publishes nothing so far.
+    return parts.service(publishes=[])

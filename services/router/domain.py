@@ -1,35 +1,171 @@
-"""The router's fleet view, free of IO: which hosts are alive, built from their heartbeats."""
+"""Routing decisions, free of IO: the candidates of a resolved model in tiers, ordered by a strategy; num_ctx."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from contracts.hardware import HostHeartbeat
+from contracts.model_ref import ModelRefError, parse_model_ref
+from services.router.fleet import Backend, Fleet, ModelKey
+from services.router.strategies import Strategy
+
+#: num_ctx sent to Ollama when neither the resolved parameters nor the catalog's model entry give one (Ollama's
+#: own default is smaller than most chat prompts need, and a request that changes it makes Ollama reload).
+DEFAULT_NUM_CTX = 8192
+#: Tiers, best first: loaded in memory; installed and the estimate fits the host's free memory; installed.
+TIERS = ("loaded", "fits", "installed")
+_EMPTY: dict[str, Backend] = {}
 
 
-@dataclass
-class HostView:
-    host_id: str
-    last_seen: datetime
-    interval_s: float
-    ollama_url: str | None
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A catalog model reference and where to look it up: (backend kind, the name that kind knows it by)."""
+
+    model_ref: str
+    keys: tuple[ModelKey, ...]
 
 
-@dataclass
-class FleetView:
-    hosts: dict[str, HostView] = field(default_factory=dict)
-    #: A host is considered gone after this many missed heartbeats.
-    missed_beats: int = 3
+def target(model_ref: str, provider: str | None) -> Target:
+    """`ollama` models by their Ollama name on a host, `openai` ones by the id a backend lists; a fallback model,
+    whose provider the resolution does not tell (None), is looked up both ways. Other providers (an HF checkpoint,
+    a local file) no HTTP backend serves: no keys."""
+    keys: list[ModelKey] = []
+    if provider in (None, "ollama"):
+        try:
+            name = parse_model_ref(model_ref).ollama_name
+        except ModelRefError:
+            name = None
+        if name:
+            keys.append(("ollama", name))
+    if provider in (None, "openai"):
+        keys.append(("openai", model_ref))
+    return Target(model_ref, tuple(keys))
 
-    def observe(self, beat: HostHeartbeat) -> None:
-        """Apply a heartbeat; an older one than what we hold (a replay) changes nothing."""
-        known = self.hosts.get(beat.host_id)
-        if known is not None and known.last_seen >= beat.occurred_at:
-            return
-        self.hosts[beat.host_id] = HostView(beat.host_id, beat.occurred_at, beat.interval_s, beat.ollama_url)
 
-    def alive(self, now: datetime) -> list[HostView]:
-        return [
-            h for h in self.hosts.values() if now - h.last_seen <= timedelta(seconds=h.interval_s * self.missed_beats)
-        ]
+@dataclass(frozen=True, slots=True)
+class Pick:
+    backend: Backend
+    model_name: str
+    model_ref: str
+    tier: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """`picks[0]` is the choice, the rest its fallback chain, in order; empty when nothing serves any model."""
+
+    picks: list[Pick]
+    strategy: str
+    fail_open: bool
+
+
+def decide(
+    fleet: Fleet,
+    primary: Target,
+    fallbacks: Sequence[Target],
+    strategy: Strategy,
+    now: float,
+    *,
+    num_ctx: int,
+    chain_limit: int = 4,
+) -> Decision:
+    """The backend for `primary` and up to `chain_limit` next candidates: the model's own candidates by tier, then
+    those of each fallback model. Backends with an open circuit are skipped; so are dead hosts, unless every
+    host's view is stale (then liveness is not checked: fail open). Cost: the candidates of the models asked,
+    never a scan of the fleet, and a tier is looked at only while the chain is not yet full."""
+    fail_open = fleet.stale(now)
+    want = 1 + chain_limit
+    picks: list[Pick] = []
+    for t in (primary, *fallbacks):
+        _candidates(fleet, t, strategy, now, num_ctx, want - len(picks), fail_open, picks)
+        if len(picks) >= want:
+            break
+    return Decision(picks, strategy.name, fail_open)
+
+
+def _candidates(
+    fleet: Fleet, t: Target, strategy: Strategy, now: float, num_ctx: int, k: int, fail_open: bool, out: list[Pick]
+) -> None:
+    if k <= 0:
+        return
+    names = dict(t.keys)
+    taken = {(p.backend.id, p.model_name) for p in out}
+    goal = len(out) + k
+
+    def usable(b: Backend) -> bool:
+        return (
+            b.open_until <= now
+            and (fail_open or (b.reachable and b.host.deadline >= now))
+            and (b.id, names[b.kind]) not in taken
+        )
+
+    loaded = [b for key in t.keys for b in fleet.loaded_by.get(key, _EMPTY).values() if usable(b)]
+    _take(strategy, loaded, now, k, "loaded", names, t.model_ref, out)
+    if len(out) >= goal:
+        return
+    fits: list[Backend] = []
+    rest: list[Backend] = []
+    for key in t.keys:
+        for b in fleet.installed_by.get(key, _EMPTY).values():
+            name = key[1]
+            if name in b.loaded or not usable(b):
+                continue
+            size = b.installed.get(name)
+            (fits if size and b.host.fits(size, num_ctx) else rest).append(b)
+    _take(strategy, fits, now, goal - len(out), "fits", names, t.model_ref, out)
+    _take(strategy, rest, now, goal - len(out), "installed", names, t.model_ref, out)
+
+
+def _take(
+    strategy: Strategy,
+    tier: list[Backend],
+    now: float,
+    k: int,
+    name: str,
+    names: Mapping[str, str],
+    ref: str,
+    out: list[Pick],
+) -> None:
+    """Closed circuits first, then half-open ones (a trial call may go through), each ordered by the strategy."""
+    if k <= 0 or not tier:
+        return
+    closed = [b for b in tier if not b.tripped]
+    ranked = strategy.rank(closed, now, k) if closed else []
+    if len(ranked) < k and len(closed) < len(tier):
+        ranked += strategy.rank([b for b in tier if b.tripped], now, k - len(ranked))
+    out.extend(Pick(b, names[b.kind], ref, name) for b in ranked)
+
+
+def num_ctx(
+    parameters: Mapping[str, Any],
+    trained_context: int | None,
+    *,
+    required_context: int | None = None,
+    prompt_tokens: int | None = None,
+    default: int = DEFAULT_NUM_CTX,
+) -> int:
+    """The resolved parameters' num_ctx, else the model's trained context, else `default`; raised to what the
+    request says it needs (`required_context`, else at least its prompt), never lowered."""
+    base = int(parameters.get("num_ctx") or trained_context or default)
+    return max(base, required_context or 0, prompt_tokens or 0)
+
+
+def options_for(parameters: Mapping[str, Any], ctx: int, *, ollama: bool) -> dict[str, Any]:
+    """The options to send: the merged parameters, with `num_ctx` set whenever an Ollama backend may get them."""
+    return {**parameters, "num_ctx": ctx} if ollama else dict(parameters)
+
+
+def describe(decision: Decision, resolved_ref: str) -> str:
+    """One sentence for people: which backend, from which tier, ordered how, and what was skipped."""
+    if not decision.picks:
+        return f"no backend serves {resolved_ref}"
+    first = decision.picks[0]
+    b = first.backend
+    how = {"loaded": "has it loaded", "fits": "has it installed and room to load it", "installed": "has it installed"}
+    text = f"{b.host.host_id} ({b.kind} {b.base_url}) {how[first.tier]}; ordered {decision.strategy.replace('_', '-')}"
+    if first.model_ref != resolved_ref:
+        text += f"; {resolved_ref} has no usable backend, serving fallback {first.model_ref}"
+    if decision.fail_open:
+        text += "; every host's view is stale, liveness not checked (fail open)"
+    return text

@@ -1,0 +1,268 @@
+"""The router's fleet view, folded from the event streams: hosts, their backends, models on each, passive health."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from contracts.fit import fit_on_host
+from contracts.hardware import GpuSampled, HostHeartbeat
+from contracts.model_ref import with_default_tag
+from contracts.provisioner import ModelPulled
+from contracts.router import BackendCallCompleted
+from contracts.vram import EstimateSettings, FitClass
+
+#: Index key of a model on a kind of backend: ("ollama", "qwen3:8b") or ("openai", "smollm2").
+ModelKey = tuple[str, str]
+#: Outcomes that count against a backend at once, whatever the failure count (they say "not now" outright).
+TRIPPING = frozenset({"connect_refused", "rate_limited"})
+#: Seconds between heartbeats assumed until a host tells its interval.
+DEFAULT_INTERVAL_S = 10.0
+_FIT_CACHE_LIMIT = 512
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRules:
+    """The passive-health and liveness rules every replica applies the same way (settings fill them)."""
+
+    allowed_fails: int = 3
+    cooldown_s: float = 5.0
+    window_s: float = 60.0
+    ewma_alpha: float = 0.3
+    in_flight_ttl_s: float = 30.0
+    missed_beats: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    size_bytes: int = 0
+    context_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Advert:
+    """What a host says one of its backends serves now. `installed` None: the sample does not list installed
+    models (today's Ollama fields), so what `model.pulled` told stays."""
+
+    kind: str
+    base_url: str
+    reachable: bool
+    loaded: dict[str, LoadedModel]
+    installed: dict[str, int | None] | None = None
+
+
+def adverts(sample: GpuSampled) -> list[Advert]:
+    """The backends a sample tells of. The one place to read the probe's advertisement from once it lists its
+    backends (an optional `backends` field on GpuSampled); until then the host's Ollama fields."""
+    if not sample.ollama_url:
+        return []
+    loaded = {
+        with_default_tag(m.name): LoadedModel(m.size_vram_bytes or m.size_bytes, m.context_length)
+        for m in sample.ollama_models
+    }
+    return [Advert("ollama", sample.ollama_url.rstrip("/"), sample.ollama_reachable, loaded)]
+
+
+@dataclass(eq=False, slots=True)
+class Host:
+    host_id: str
+    last_seen: float = 0.0
+    #: Alive while now <= deadline (last_seen + interval x missed beats).
+    deadline: float = 0.0
+    sampled_at: float = 0.0
+    gpus_free: list[int] = field(default_factory=list)
+    gpu_indexes: list[int] = field(default_factory=list)
+    ram_available: int = 0
+    backends: dict[str, Backend] = field(default_factory=dict)
+    #: Ollama names `model.pulled` reported on this host, with their size: installed on its Ollama backend.
+    pulled: dict[str, int | None] = field(default_factory=dict)
+    fit_cache: dict[tuple[int, int], bool] = field(default_factory=dict)
+
+    def fits(self, size_bytes: int, num_ctx: int) -> bool:
+        """The estimator the `fit` report uses (simple form: size and context), against this host's free memory."""
+        key = (size_bytes, num_ctx)
+        hit = self.fit_cache.get(key)
+        if hit is None:
+            got = fit_on_host(
+                self.host_id, None, EstimateSettings(num_ctx=num_ctx), gpus_free=self.gpus_free,
+                ram_available=self.ram_available, file_size_bytes=size_bytes, gpu_indexes=self.gpu_indexes,
+            )  # fmt: skip
+            if len(self.fit_cache) >= _FIT_CACHE_LIMIT:
+                self.fit_cache.clear()
+            hit = self.fit_cache[key] = got.fit is not FitClass.WONT_FIT
+        return hit
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    host: Host
+    kind: str
+    base_url: str
+    #: Deterministic tie-breaker, so every replica orders equal candidates the same way.
+    id: str
+    reachable: bool = True
+    loaded: dict[str, LoadedModel] = field(default_factory=dict)
+    installed: dict[str, int | None] = field(default_factory=dict)
+    ewma_ms: float | None = None
+    failures: deque[float] = field(default_factory=deque)
+    open_until: float = 0.0
+    #: Opened and not closed since by a success: half-open once `open_until` has passed.
+    tripped: bool = False
+    #: gateway instance -> (its in-flight count on this backend, when it said so)
+    in_flight_by_gateway: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def busy(self, now: float, ttl_s: float) -> int:
+        """Calls open on this backend: the latest count of every gateway that reported within `ttl_s`."""
+        horizon = now - ttl_s
+        return sum(n for n, at in self.in_flight_by_gateway.values() if at >= horizon)
+
+    def circuit(self, now: float) -> str:
+        return "open" if self.open_until > now else "half_open" if self.tripped else "closed"
+
+    def recent_failures(self, now: float, window_s: float) -> int:
+        return sum(1 for t in self.failures if t >= now - window_s)
+
+
+class Fleet:
+    """Every replica folds the same streams in the same order, so every replica holds the same view."""
+
+    def __init__(self, rules: HealthRules | None = None) -> None:
+        self.rules = rules or HealthRules()
+        self.hosts: dict[str, Host] = {}
+        #: model -> {backend id: backend} where the model is loaded (Ollama /api/ps, an OpenAI backend's list)
+        self.loaded_by: dict[ModelKey, dict[str, Backend]] = {}
+        #: model -> {backend id: backend} where the model is installed (pulled), loaded or not
+        self.installed_by: dict[ModelKey, dict[str, Backend]] = {}
+        #: the latest deadline of any host: below `now`, every view is stale and routing fails open
+        self.freshest: float = 0.0
+
+    # --- hosts and backends ----------------------------------------------------------------------------------------
+
+    def host(self, host_id: str) -> Host:
+        got = self.hosts.get(host_id)
+        if got is None:
+            got = self.hosts[host_id] = Host(host_id)
+        return got
+
+    def _seen(self, host: Host, at: float, interval_s: float | None) -> None:
+        if at <= host.last_seen:
+            return
+        host.last_seen = at
+        host.deadline = at + (interval_s or DEFAULT_INTERVAL_S) * self.rules.missed_beats
+        self.freshest = max(self.freshest, host.deadline)
+
+    def backend(self, host: Host, kind: str, base_url: str) -> Backend:
+        url = base_url.rstrip("/")
+        got = host.backends.get(url)
+        if got is None:
+            got = host.backends[url] = Backend(host, kind, url, f"{host.host_id} {url}")
+            if kind == "ollama":
+                self._set_installed(got, dict(host.pulled))
+        return got
+
+    def _drop_backend(self, b: Backend) -> None:
+        self._set_loaded(b, {})
+        self._set_installed(b, {})
+        b.host.backends.pop(b.base_url, None)
+
+    def _set_loaded(self, b: Backend, loaded: dict[str, LoadedModel]) -> None:
+        _reindex(self.loaded_by, b, b.loaded.keys(), loaded.keys())
+        b.loaded = loaded
+
+    def _set_installed(self, b: Backend, installed: dict[str, int | None]) -> None:
+        _reindex(self.installed_by, b, b.installed.keys(), installed.keys())
+        b.installed = installed
+
+    # --- the fold --------------------------------------------------------------------------------------------------
+
+    def observe_heartbeat(self, beat: HostHeartbeat) -> None:
+        """Liveness; the host's Ollama backend exists (reachable or not) as soon as a beat names it."""
+        host = self.host(beat.host_id)
+        at = beat.occurred_at.timestamp()
+        fresh = at > host.last_seen
+        self._seen(host, at, beat.interval_s)
+        if beat.ollama_url and fresh:
+            self.backend(host, "ollama", beat.ollama_url).reachable = beat.ollama_reachable
+
+    def observe_sample(self, sample: GpuSampled) -> None:
+        """Free memory, and the backends the sample tells of; an older sample than the one held changes nothing."""
+        host = self.host(sample.host_id)
+        at = sample.occurred_at.timestamp()
+        self._seen(host, at, sample.interval_s)
+        if at < host.sampled_at:
+            return
+        host.sampled_at = at
+        host.gpus_free = [g.memory_free_bytes for g in sample.gpus] if sample.has_gpu else []
+        host.gpu_indexes = [g.index for g in sample.gpus] if sample.has_gpu else []
+        host.ram_available = sample.memory_available_bytes
+        host.fit_cache.clear()
+        told = adverts(sample)
+        urls = {a.base_url for a in told}
+        for b in [b for b in host.backends.values() if b.base_url not in urls]:
+            self._drop_backend(b)
+        for a in told:
+            b = self.backend(host, a.kind, a.base_url)
+            b.reachable = a.reachable
+            if a.reachable:  # an unreachable backend lists nothing: keep what it last said (it is skipped anyway)
+                self._set_loaded(b, a.loaded)
+            if a.installed is not None:
+                self._set_installed(b, {**a.installed, **{n: m.size_bytes or None for n, m in a.loaded.items()}})
+            elif a.reachable:
+                self._set_installed(b, {**host.pulled, **{n: m.size_bytes or None for n, m in a.loaded.items()}})
+
+    def observe_pulled(self, event: ModelPulled) -> None:
+        """`model.pulled` names the Ollama model installed on a host (an HF checkpoint is for the fallback)."""
+        name = with_default_tag(event.model)
+        host = self.host(event.target_host)
+        host.pulled[name] = event.size_bytes
+        for b in host.backends.values():
+            if b.kind == "ollama":
+                self._set_installed(b, {**b.installed, name: event.size_bytes})
+
+    def observe_call(self, event: BackendCallCompleted) -> None:
+        """Passive health from a gateway's report: in-flight per gateway, latency EWMA, failures and the circuit."""
+        b = self.backend(self.host(event.host_id), event.kind, event.backend_url)
+        at = event.occurred_at.timestamp()
+        if event.in_flight is not None:
+            held = b.in_flight_by_gateway.get(event.gateway_instance)
+            if held is None or held[1] <= at:
+                b.in_flight_by_gateway[event.gateway_instance] = (event.in_flight, at)
+        rules = self.rules
+        if event.outcome == "ok":
+            sample = event.ttft_ms if event.ttft_ms is not None else event.latency_ms
+            b.ewma_ms = sample if b.ewma_ms is None else rules.ewma_alpha * sample + (1 - rules.ewma_alpha) * b.ewma_ms
+            if at >= b.open_until:  # a success while open is a call that started before the trip
+                b.failures.clear()
+                b.tripped = False
+            return
+        if event.outcome == "error" and event.status_code is not None and event.status_code < 500:
+            return  # the request's own fault (400, 404...): says nothing about the backend
+        b.failures.append(at)
+        while b.failures and b.failures[0] < at - rules.window_s:
+            b.failures.popleft()
+        half_open_trial = b.tripped and at >= b.open_until
+        if event.outcome in TRIPPING or len(b.failures) >= rules.allowed_fails or half_open_trial:
+            b.open_until = max(b.open_until, at + rules.cooldown_s)
+            b.tripped = True
+
+    # --- reads -----------------------------------------------------------------------------------------------------
+
+    def stale(self, now: float) -> bool:
+        """No host has been heard from within its deadline: the view itself is out of date."""
+        return self.freshest < now
+
+    def alive(self, now: float) -> list[Host]:
+        return [h for h in self.hosts.values() if h.deadline >= now]
+
+
+def _reindex(index: dict[ModelKey, dict[str, Backend]], b: Backend, old: Iterable[str], new: Iterable[str]) -> None:
+    old_names, new_names = set(old), set(new)
+    for name in old_names - new_names:
+        members = index.get((b.kind, name))
+        if members is not None:
+            members.pop(b.id, None)
+            if not members:
+                del index[(b.kind, name)]
+    for name in new_names - old_names:
+        index.setdefault((b.kind, name), {})[b.id] = b

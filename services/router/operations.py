@@ -1,0 +1,175 @@
+"""Router use cases: resolve the request through the catalog (cached briefly), decide on the fleet view, reply."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from contracts.catalog import ModelInfoRequest, ResolveReply, ResolveRequest
+from contracts.parameters import ParameterError, validate_parameters
+from contracts.router import BackendRef, RouteCandidate, RouteReason, RouteReply, RouteRequest
+from contracts.rpc import RpcError
+from services.router import domain
+from services.router.domain import Pick, Target
+from services.router.fleet import Fleet
+from services.router.settings import RouterSettings
+from services.router.strategies import Strategy
+from services.runtime.rpc import Rpc
+
+log = logging.getLogger(__name__)
+
+#: Resolutions kept at most; the cache is emptied when full (it refills within one TTL).
+_CACHE_LIMIT = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    reply: ResolveReply
+    primary: Target
+    fallbacks: tuple[Target, ...]
+    expires: float
+
+
+class Router:
+    """`route` is the hot path: one dictionary look-up for a cached resolution, then the pure decision."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        rpc: Rpc,
+        settings: RouterSettings,
+        strategies: Mapping[str, Strategy],
+        default: Strategy,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.fleet = fleet
+        self.rpc = rpc
+        self.settings = settings
+        self.strategies = strategies
+        self.default = default
+        self.clock = clock
+        self._resolutions: dict[tuple[str, str, str | None], Resolution] = {}
+        self._contexts: dict[str, tuple[int | None, float]] = {}
+
+    def strategy_for(self, role: str | None) -> Strategy:
+        return self.strategies.get(role, self.default) if role else self.default
+
+    def invalidate(self) -> None:
+        """A catalog change: the next request of every kind asks the catalog again."""
+        self._resolutions.clear()
+        self._contexts.clear()
+
+    async def route(self, req: RouteRequest) -> RouteReply:
+        role = req.role.removeprefix("role:") if req.role else None
+        try:
+            options = validate_parameters(req.options, "request options")
+        except ParameterError as exc:
+            raise RpcError(422, str(exc), field=f"options.{exc.field}") from exc
+        got = await self._resolve(req, role)
+        resolved = got.reply
+        parameters = {**resolved.parameters, **options}  # request options are the top layer, as the catalog merges
+        ollama = any(k == "ollama" for t in (got.primary, *got.fallbacks) for k, _ in t.keys)
+        trained = await self._trained_context(resolved.model_ref) if ollama and "num_ctx" not in parameters else None
+        ctx = domain.num_ctx(
+            parameters, trained, required_context=req.required_context, prompt_tokens=req.prompt_tokens,
+            default=self.settings.default_num_ctx,
+        )  # fmt: skip
+        strategy = self.strategy_for(role)
+        decision = domain.decide(
+            self.fleet, got.primary, got.fallbacks, strategy, self.clock(), num_ctx=ctx,
+            chain_limit=self.settings.chain_limit,
+        )  # fmt: skip
+        if not decision.picks:
+            raise _no_backend(req, role, resolved)
+        first = decision.picks[0]
+        kinds = {p.backend.kind for p in decision.picks}
+        return RouteReply(
+            host_id=first.backend.host.host_id,
+            backend_url=first.backend.base_url,
+            model_ref=first.model_ref,
+            fallback=first.model_ref != resolved.model_ref,
+            backend=_backend(first),
+            model_name=first.model_name,
+            provider=resolved.provider if first.model_ref == resolved.model_ref else first.backend.kind,
+            role=role,
+            options=domain.options_for(parameters, ctx, ollama="ollama" in kinds),
+            system_prompt=resolved.system_prompt,
+            fallback_chain=[
+                RouteCandidate(backend=_backend(p), model_name=p.model_name, model_ref=p.model_ref)
+                for p in decision.picks[1:]
+            ],
+            reason=RouteReason(
+                tier=first.tier,
+                strategy=decision.strategy,
+                fail_open=decision.fail_open,
+                detail=domain.describe(decision, resolved.model_ref),
+            ),
+        )
+
+    async def _resolve(self, req: RouteRequest, role: str | None) -> Resolution:
+        if role is not None:
+            key: tuple[str, str, str | None] = ("role", role, req.user_id)
+        elif req.profile_id is not None:
+            key = ("profile", str(req.profile_id), req.user_id)
+        else:
+            key = ("model", str(req.model), req.user_id)
+        now = self.clock()
+        hit = self._resolutions.get(key)
+        if hit is not None and hit.expires > now:
+            return hit
+        # Options stay out of the question (and of the cache key): they are the top layer, merged in `route`.
+        ask = ResolveRequest(role=role, profile_id=req.profile_id, model=req.model, user_id=req.user_id)
+        reply = await self.rpc.ask(ask, timeout_s=self.settings.resolve_timeout_s)  # a 404 passes through as it is
+        got = Resolution(
+            reply,
+            domain.target(reply.model_ref, reply.provider),
+            tuple(domain.target(ref, None) for ref in reply.fallback_chain),
+            now + self.settings.resolve_cache_ttl_s,
+        )
+        if len(self._resolutions) >= _CACHE_LIMIT:
+            self._resolutions.clear()
+        self._resolutions[key] = got
+        return got
+
+    async def _trained_context(self, model_ref: str) -> int | None:
+        """The catalog entry's context window, when the catalog knows the model; a failure here never fails a
+        route (the default applies)."""
+        now = self.clock()
+        hit = self._contexts.get(model_ref)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            doc = await self.rpc.ask(ModelInfoRequest(model=model_ref), timeout_s=self.settings.resolve_timeout_s)
+            context = doc.context_window
+        except RpcError as exc:
+            if exc.status != 404:
+                log.warning("no context window for %s: %s", model_ref, exc)
+            context = None
+        if len(self._contexts) >= _CACHE_LIMIT:
+            self._contexts.clear()
+        self._contexts[model_ref] = (context, now + self.settings.resolve_cache_ttl_s)
+        return context
+
+
+def _backend(p: Pick) -> BackendRef:
+    b = p.backend
+    return BackendRef(host_id=b.host.host_id, kind="openai" if b.kind == "openai" else "ollama", base_url=b.base_url)
+
+
+def _no_backend(req: RouteRequest, role: str | None, resolved: ResolveReply) -> RpcError:
+    what, field = (
+        (f"role {role!r}", "role")
+        if role
+        else (f"profile {req.profile_id}", "profile_id")
+        if req.profile_id
+        else (f"model {req.model!r}", "model")
+    )
+    chain = f" nor its fallbacks ({', '.join(resolved.fallback_chain)})" if resolved.fallback_chain else ""
+    served = "" if resolved.provider in ("ollama", "openai") else f" (provider {resolved.provider!r}: no HTTP backend)"
+    detail = (
+        f"no backend serves {what}: {resolved.model_ref}{served} is loaded or installed on no live backend with a "
+        f"closed circuit{chain}"
+    )
+    return RpcError(503, detail, code="no_backend", field=field)
