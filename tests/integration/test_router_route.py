@@ -1,0 +1,163 @@
+"""rpc.router.route.v1 with real NATS, a real catalog and router processes: events in, the same route from every
+replica, typed errors out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import nats
+import pytest
+
+from contracts.envelope import Envelope
+from contracts.hardware import GpuDevice, GpuSampled, OllamaLoadedModel
+from contracts.provisioner import ModelPulled
+from contracts.router import BackendCallCompleted, RouteRequest
+from contracts.vram import GIB
+
+pytestmark = pytest.mark.integration
+
+
+def sample(host: str, loaded: tuple[str, ...] = ()) -> GpuSampled:
+    return GpuSampled(
+        producer="hardware-probe", host=host, host_id=host, has_gpu=True,
+        gpus=[GpuDevice(index=0, name="gpu", uuid=f"GPU-{host}", memory_total_bytes=80 * GIB,
+                        memory_free_bytes=60 * GIB, memory_used_bytes=20 * GIB)],
+        cpu_logical_cores=16, memory_total_bytes=128 * GIB, memory_available_bytes=100 * GIB,
+        ollama_url=f"http://{host}.test:11434", ollama_reachable=True, interval_s=60,
+        ollama_models=[OllamaLoadedModel(name=n, size_bytes=18 * GIB, context_length=40960) for n in loaded],
+    )  # fmt: skip
+
+
+async def publish(js: Any, *events: Envelope) -> None:
+    for e in events:
+        await js.publish(e.SUBJECT, e.model_dump_json().encode(), headers={"Nats-Msg-Id": str(e.event_id)})
+
+
+async def route(nc: Any, **body: Any) -> dict[str, Any]:
+    msg = await nc.request(RouteRequest.SUBJECT, RouteRequest(**body).model_dump_json().encode(), timeout=10)
+    return dict(json.loads(msg.data))
+
+
+async def route_until(nc: Any, want: Any, timeout_s: float = 20.0, **body: Any) -> dict[str, Any]:
+    """Ask until the reply satisfies `want` (the routers fold events asynchronously); bounded."""
+    deadline = time.monotonic() + timeout_s
+    got: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        got = await route(nc, **body)
+        if want(got):
+            return got
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no matching route within {timeout_s}s; last: {got}")
+
+
+async def wait_replicas(nc: Any, n: int, timeout_s: float = 30.0) -> None:
+    """Until `n` router instances answer their health subject (a second replica's start returns as soon as the
+    first one answers, so the harness cannot tell by itself)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish("rpc.router.health.v1", b"{}", reply=inbox)
+        seen: set[str] = set()
+        try:
+            while True:
+                reply = json.loads((await sub.next_msg(timeout=0.3)).data)
+                if reply.get("healthy"):
+                    seen.add(reply["instance_id"])
+        except nats.errors.TimeoutError:
+            pass
+        finally:
+            await sub.unsubscribe()
+        if len(seen) >= n:
+            return
+    raise AssertionError(f"fewer than {n} router replicas became healthy within {timeout_s}s")
+
+
+def on_host(host: str) -> Any:
+    return lambda r: r.get("host_id") == host
+
+
+async def test_events_steer_the_route_and_every_replica_decides_the_same(
+    nats_url, database_url, service_env, start_service
+):
+    env = service_env(database_url=database_url)
+    await start_service("catalog", env)
+    router_env = service_env(MODELFLEET_ROUTER_COOLDOWN_S="30")
+    replicas = [await start_service("router", router_env), await start_service("router", router_env)]
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        await wait_replicas(nc, 2)
+        # `general` resolves to qwen3:30b-a3b (num_ctx 40960), with qwen3:14b in its fallback chain
+        await publish(
+            js,
+            sample("h1", loaded=("qwen3:30b-a3b",)),
+            sample("h2"),
+            sample("h3", loaded=("qwen3:14b",)),
+            ModelPulled(producer="provisioner", request_id=uuid.uuid4(), target_host="h2", model="qwen3:30b-a3b",
+                        size_bytes=18 * GIB),
+        )  # fmt: skip
+        first = await route_until(nc, on_host("h1"), role="general", options={"temperature": 1.5})
+        assert first["backend"] == {"host_id": "h1", "kind": "ollama", "base_url": "http://h1.test:11434"}
+        assert first["backend_url"] == "http://h1.test:11434" and first["model_ref"] == "qwen3:30b-a3b"
+        assert (first["model_name"], first["provider"], first["role"]) == ("qwen3:30b-a3b", "ollama", "general")
+        assert first["options"]["num_ctx"] == 40960 and first["options"]["temperature"] == 1.5
+        assert first["reason"]["tier"] == "loaded" and first["reason"]["strategy"] == "least_busy"
+        assert first["fallback"] is False and first["system_prompt"]
+        chain = [(c["backend"]["host_id"], c["model_name"]) for c in first["fallback_chain"]]
+        assert chain[:2] == [("h2", "qwen3:30b-a3b"), ("h3", "qwen3:14b")]
+
+        # every replica answers the same: ask through the queue group, then each replica alone, one of them
+        # restarted so that its view is rebuilt from the streams alone
+        same = [await route(nc, role="general") for _ in range(10)]
+        assert {json.dumps(r, sort_keys=True) for r in same} == {json.dumps(same[0], sort_keys=True)}
+        replicas[0].stop()
+        alone = await route(nc, role="general")
+        replicas[0] = await start_service("router", router_env)
+        await wait_replicas(nc, 2)
+        replicas[1].stop()
+        rebuilt = await route_until(nc, on_host("h1"), role="general")
+        assert rebuilt == alone == same[0]
+
+        # the gateway reports h1 refusing connections: its circuit opens and the installed copy on h2 serves
+        await publish(js, BackendCallCompleted(
+            producer="gateway", host_id="h1", backend_url="http://h1.test:11434", model="qwen3:30b-a3b",
+            outcome="connect_refused", latency_ms=1.0, gateway_instance="gw-test", in_flight=0,
+        ))  # fmt: skip
+        moved = await route_until(nc, on_host("h2"), role="general")
+        assert moved["reason"]["tier"] == "fits" and moved["model_name"] == "qwen3:30b-a3b"
+        assert [c["backend"]["host_id"] for c in moved["fallback_chain"]] == ["h3"]
+
+        # nothing serves `coding`: a 503 naming the role; an unknown role is the catalog's own 404
+        none = await route(nc, role="coding")
+        assert none["error"]["status"] == 503 and none["error"]["code"] == "no_backend"
+        assert "coding" in none["error"]["detail"] and none["error"]["field"] == "role"
+        unknown = await route(nc, role="astrology")
+        assert (unknown["error"]["status"], unknown["error"]["field"]) == (404, "role")
+        bad = await route(nc, role="general", options={"top_p": 3})
+        assert bad["error"]["status"] == 422 and bad["error"]["field"] == "options.top_p"
+        both = await nc.request(RouteRequest.SUBJECT, b'{"role": "general", "model": "x"}', timeout=10)
+        assert json.loads(both.data)["error"]["code"] == "invalid_request"
+    finally:
+        await nc.close()
+
+
+async def test_a_model_by_name_and_its_fallback(nats_url, database_url, service_env, start_service):
+    """A model asked by name that no host serves routes to its fallback model (flagged `fallback`)."""
+    await start_service("catalog", service_env(database_url=database_url))
+    await start_service("router", service_env())
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        await publish(js, sample("h3", loaded=("qwen3:14b",)))
+        got = await route_until(nc, on_host("h3"), role="general")
+        assert got["fallback"] is True and got["model_ref"] == "qwen3:14b" and got["model_name"] == "qwen3:14b"
+        assert "fallback" in got["reason"]["detail"]
+        direct = await route(nc, model="qwen3:14b", required_context=100_000)
+        assert direct["fallback"] is False and direct["options"]["num_ctx"] == 100_000
+    finally:
+        await nc.close()
