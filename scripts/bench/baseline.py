@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-import nats
+from nats.aio.client import Client as NatsClient
 
 ECHO_SUBJECT = "bench.echo"
 _ECHO = """
@@ -48,7 +48,7 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def wait_healthy(nc: nats.NATS, service: str, timeout_s: float = 60.0) -> None:
+async def wait_healthy(nc: NatsClient, service: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:

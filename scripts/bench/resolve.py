@@ -19,29 +19,40 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from contracts.catalog import PROFILE_TYPES, Caller, CatalogChanged, ImportRequest, ResolveRequest
+from contracts.rpc import RPC_HEADER, Frame
 from scripts.bench.baseline import ECHO_SUBJECT, pct, start_echo, stop, wait_healthy
 from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
+#: A seeded profile: its id, owner and type number.
+Profile = dict[str, Any]
 
 
-async def seed(nc: nats.NATS, db_url: str, n_profiles: int, n_models: int) -> tuple[list[dict], list[str]]:
+def failed(msg: Msg) -> bool:
+    """Whether the catalog answered with its typed error (the seam marks it with the `Mf-Rpc: error` header)."""
+    return (msg.headers or {}).get(RPC_HEADER) == Frame.ERROR
+
+
+async def seed(nc: NatsClient, db_url: str, n_profiles: int, n_models: int) -> tuple[list[Profile], list[str]]:
     """Models through a models.txt import (one transaction); profiles and users straight into the tables."""
     have = len(json.loads((await nc.request("rpc.catalog.models.list.v1", b"{}", timeout=10)).data)["models"])
     lines = "\n".join(f"bench-org/model-{i:04d}" for i in range(n_models - have))
     req = ImportRequest(caller=Caller(user_id="admin", admin=True), filename="bench-models.txt", content=lines)
-    reply = json.loads((await nc.request(req.SUBJECT, req.model_dump_json().encode(), timeout=60)).data)
-    assert "error" not in reply, reply
+    imported = await nc.request(req.SUBJECT, req.model_dump_json().encode(), timeout=60)
+    assert not failed(imported), imported.data
     models = [
         m["id"] for m in json.loads((await nc.request("rpc.catalog.models.list.v1", b"{}", timeout=10)).data)["models"]
     ]
     conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://"))
-    profiles = []
+    profiles: list[Profile] = []
     try:
         rows = []
         for i in range(n_profiles):
@@ -74,14 +85,13 @@ async def seed(nc: nats.NATS, db_url: str, n_profiles: int, n_models: int) -> tu
     )
     last = ResolveRequest(profile_id=uuid.UUID(profiles[-1]["id"]), user_id=profiles[-1]["owner"])
     for _ in range(200):
-        got = json.loads((await nc.request(last.SUBJECT, last.model_dump_json().encode(), timeout=5)).data)
-        if "error" not in got:
+        if not failed(await nc.request(last.SUBJECT, last.model_dump_json().encode(), timeout=5)):
             return profiles, models
         await asyncio.sleep(0.05)
     raise RuntimeError("the catalog never served the seeded profiles")
 
 
-def requests(profiles: list[dict], models: list[str], n: int) -> list[tuple[str, bytes]]:
+def requests(profiles: list[Profile], models: list[str], n: int) -> list[tuple[str, bytes]]:
     rng = random.Random(7)
     out = []
     for i in range(n):
@@ -98,13 +108,13 @@ def requests(profiles: list[dict], models: list[str], n: int) -> list[tuple[str,
     return out
 
 
-async def measure(nc: nats.NATS, subject: str, payloads: list[bytes], check: bool) -> list[float]:
+async def measure(nc: NatsClient, subject: str, payloads: list[bytes], check: bool) -> list[float]:
     samples = []
     for payload in payloads:
         t0 = time.perf_counter()
         msg = await nc.request(subject, payload, timeout=5)
         samples.append((time.perf_counter() - t0) * 1000)
-        if check and b'"error"' in msg.data[:10]:
+        if check and failed(msg):
             raise RuntimeError(f"resolve failed: {msg.data[:300]!r}")
     return samples
 
