@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from contracts.model_ref import ModelRefError, parse_model_ref
 from services.router.fleet import Backend, Fleet, ModelKey
@@ -43,8 +43,9 @@ def target(model_ref: str, provider: str | None) -> Target:
     return Target(model_ref, tuple(keys))
 
 
-@dataclass(frozen=True, slots=True)
-class Pick:
+class Pick(NamedTuple):
+    """A tuple, not a frozen dataclass: a decision makes several and this is the hot path."""
+
     backend: Backend
     model_name: str
     model_ref: str
@@ -92,34 +93,39 @@ def _candidates(
     names = dict(t.keys)
     taken = {(p.backend.id, p.model_name) for p in out}
     goal = len(out) + k
-
-    def usable(b: Backend) -> bool:
-        return (
-            b.open_until <= now
-            and (fail_open or (b.reachable and b.host.deadline >= now))
-            and (b.id, names[b.kind]) not in taken
-        )
-
-    loaded = [b for key in t.keys for b in fleet.loaded_by.get(key, _EMPTY).values() if usable(b)]
-    _take(strategy, loaded, now, k, "loaded", names, t.model_ref, out)
+    # The hot loop: plain attribute reads, no calls, for the tens of backends that have a model loaded.
+    closed: list[Backend] = []
+    half: list[Backend] = []
+    for key in t.keys:
+        for b in fleet.loaded_by.get(key, _EMPTY).values():
+            if b.open_until > now or not (fail_open or (b.reachable and b.host.deadline >= now)):
+                continue
+            if taken and (b.id, key[1]) in taken:
+                continue
+            (half if b.tripped else closed).append(b)
+    _take(strategy, closed, half, now, k, "loaded", names, t.model_ref, out)
     if len(out) >= goal:
         return
-    fits: list[Backend] = []
-    rest: list[Backend] = []
+    fits: tuple[list[Backend], list[Backend]] = ([], [])
+    rest: tuple[list[Backend], list[Backend]] = ([], [])
     for key in t.keys:
+        name = key[1]
         for b in fleet.installed_by.get(key, _EMPTY).values():
-            name = key[1]
-            if name in b.loaded or not usable(b):
+            if name in b.loaded or b.open_until > now or not (fail_open or (b.reachable and b.host.deadline >= now)):
+                continue
+            if taken and (b.id, name) in taken:
                 continue
             size = b.installed.get(name)
-            (fits if size and b.host.fits(size, num_ctx) else rest).append(b)
-    _take(strategy, fits, now, goal - len(out), "fits", names, t.model_ref, out)
-    _take(strategy, rest, now, goal - len(out), "installed", names, t.model_ref, out)
+            tier = fits if size and b.host.fits(size, num_ctx) else rest
+            tier[1 if b.tripped else 0].append(b)
+    _take(strategy, *fits, now, goal - len(out), "fits", names, t.model_ref, out)
+    _take(strategy, *rest, now, goal - len(out), "installed", names, t.model_ref, out)
 
 
 def _take(
     strategy: Strategy,
-    tier: list[Backend],
+    closed: list[Backend],
+    half: list[Backend],
     now: float,
     k: int,
     name: str,
@@ -128,12 +134,11 @@ def _take(
     out: list[Pick],
 ) -> None:
     """Closed circuits first, then half-open ones (a trial call may go through), each ordered by the strategy."""
-    if k <= 0 or not tier:
+    if k <= 0:
         return
-    closed = [b for b in tier if not b.tripped]
     ranked = strategy.rank(closed, now, k) if closed else []
-    if len(ranked) < k and len(closed) < len(tier):
-        ranked += strategy.rank([b for b in tier if b.tripped], now, k - len(ranked))
+    if half and len(ranked) < k:
+        ranked += strategy.rank(half, now, k - len(ranked))
     out.extend(Pick(b, names[b.kind], ref, name) for b in ranked)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from contracts.fit import fit_on_host
 from contracts.hardware import GpuSampled, HostHeartbeat
 from contracts.model_ref import with_default_tag
 from contracts.provisioner import ModelPulled
-from contracts.router import BackendCallCompleted
+from contracts.router import BackendCallCompleted, BackendKind
 from contracts.vram import EstimateSettings, FitClass
 
 #: Index key of a model on a kind of backend: ("ollama", "qwen3:8b") or ("openai", "smollm2").
@@ -45,7 +46,7 @@ class Advert:
     """What a host says one of its backends serves now. `installed` None: the sample does not list installed
     models (today's Ollama fields), so what `model.pulled` told stays."""
 
-    kind: str
+    kind: BackendKind
     base_url: str
     reachable: bool
     loaded: dict[str, LoadedModel]
@@ -97,7 +98,7 @@ class Host:
 @dataclass(eq=False, slots=True)
 class Backend:
     host: Host
-    kind: str
+    kind: BackendKind
     base_url: str
     #: Deterministic tie-breaker, so every replica orders equal candidates the same way.
     id: str
@@ -111,11 +112,31 @@ class Backend:
     tripped: bool = False
     #: gateway instance -> (its in-flight count on this backend, when it said so)
     in_flight_by_gateway: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: The sum of every report and the oldest report's time: while that one is fresh, so are all (the hot path).
+    busy_sum: int = 0
+    busy_oldest: float = math.inf
+
+    def report_in_flight(self, gateway: str, count: int, at: float) -> None:
+        held = self.in_flight_by_gateway.get(gateway)
+        if held is not None and held[1] > at:
+            return  # an older report than the one held
+        self.in_flight_by_gateway[gateway] = (count, at)
+        self._sum_reports()
+
+    def _sum_reports(self) -> None:
+        reports = self.in_flight_by_gateway.values()
+        self.busy_sum = sum(n for n, _ in reports)
+        self.busy_oldest = min((t for _, t in reports), default=math.inf)
 
     def busy(self, now: float, ttl_s: float) -> int:
         """Calls open on this backend: the latest count of every gateway that reported within `ttl_s`."""
         horizon = now - ttl_s
-        return sum(n for n, at in self.in_flight_by_gateway.values() if at >= horizon)
+        if self.busy_oldest < horizon:
+            # A gateway fell silent (stopped, or idle since its last report): its count no longer holds.
+            for gateway in [g for g, (_, t) in self.in_flight_by_gateway.items() if t < horizon]:
+                del self.in_flight_by_gateway[gateway]
+            self._sum_reports()
+        return self.busy_sum
 
     def circuit(self, now: float) -> str:
         return "open" if self.open_until > now else "half_open" if self.tripped else "closed"
@@ -152,7 +173,7 @@ class Fleet:
         host.deadline = at + (interval_s or DEFAULT_INTERVAL_S) * self.rules.missed_beats
         self.freshest = max(self.freshest, host.deadline)
 
-    def backend(self, host: Host, kind: str, base_url: str) -> Backend:
+    def backend(self, host: Host, kind: BackendKind, base_url: str) -> Backend:
         url = base_url.rstrip("/")
         got = host.backends.get(url)
         if got is None:
@@ -225,9 +246,7 @@ class Fleet:
         b = self.backend(self.host(event.host_id), event.kind, event.backend_url)
         at = event.occurred_at.timestamp()
         if event.in_flight is not None:
-            held = b.in_flight_by_gateway.get(event.gateway_instance)
-            if held is None or held[1] <= at:
-                b.in_flight_by_gateway[event.gateway_instance] = (event.in_flight, at)
+            b.report_in_flight(event.gateway_instance, event.in_flight, at)
         rules = self.rules
         if event.outcome == "ok":
             sample = event.ttft_ms if event.ttft_ms is not None else event.latency_ms

@@ -97,7 +97,7 @@ class Router:
             options=domain.options_for(parameters, ctx, ollama="ollama" in kinds),
             system_prompt=resolved.system_prompt,
             fallback_chain=[
-                RouteCandidate(backend=_backend(p), model_name=p.model_name, model_ref=p.model_ref)
+                RouteCandidate.model_construct(backend=_backend(p), model_name=p.model_name, model_ref=p.model_ref)
                 for p in decision.picks[1:]
             ],
             reason=RouteReason(
@@ -154,8 +154,9 @@ class Router:
 
 
 def _backend(p: Pick) -> BackendRef:
+    """Unvalidated construction: every value comes from a contract the fold validated (the hot path)."""
     b = p.backend
-    return BackendRef(host_id=b.host.host_id, kind="openai" if b.kind == "openai" else "ollama", base_url=b.base_url)
+    return BackendRef.model_construct(host_id=b.host.host_id, kind=b.kind, base_url=b.base_url)
 
 
 def _no_backend(req: RouteRequest, role: str | None, resolved: ResolveReply) -> RpcError:

@@ -30,9 +30,11 @@ class LeastBusy:
 
     def rank(self, backends: Sequence[Backend], now: float, k: int) -> list[Backend]:
         ttl = self.in_flight_ttl_s
+        horizon = now - ttl
 
         def key(b: Backend) -> tuple[int, float, str]:
-            return b.busy(now, ttl), b.ewma_ms if b.ewma_ms is not None else 0.0, b.id
+            busy = b.busy_sum if b.busy_oldest >= horizon else b.busy(now, ttl)  # the method only when a report aged
+            return busy, b.ewma_ms or 0.0, b.id
 
         if k == 1 and backends:
             return [min(backends, key=key)]
