@@ -7,10 +7,10 @@ from pathlib import Path
 from contracts.provisioner import ProvisionProgress
 from services.provisioner import handlers
 from services.provisioner.catalog_client import CatalogClient
-from services.provisioner.handlers import Jobs
 from services.provisioner.hosts import HostDirectory
 from services.provisioner.hub import HubClient
 from services.provisioner.inventory_ops import InventoryOps
+from services.provisioner.operations import Jobs, Operations
 from services.provisioner.provisioning import Provisioner
 from services.provisioner.registry import OllamaRegistry
 from services.provisioner.settings import ProvisionerSettings
@@ -42,25 +42,24 @@ def build_app(settings: ProvisionerSettings) -> Service:
         publish=publish,
         hosts=hosts,
         hub=hub,
-        catalog=CatalogClient(broker, settings.catalog_timeout_s),
+        catalog=CatalogClient(parts.rpc, settings.catalog_timeout_s),
         host_id=parts.host_id,
     )
-    ops = InventoryOps(
+    inventory = InventoryOps(
         store=store, hosts=hosts, hub=hub, host_id=parts.host_id, backend=provisioner.backend, cache=provisioner.cache
     )
     jobs = Jobs(settings.max_concurrent)
-    handlers.register(
-        parts.streams,
-        broker,
+    ops = Operations(
         store=store,
         outbox=parts.outbox,
         host_id=parts.host_id,
         provisioner=provisioner,
-        ops=ops,
+        inventory=inventory,
         jobs=jobs,
-        ack_wait_s=settings.command_ack_wait_s,
         publish=publish,
+        ack_wait_s=settings.command_ack_wait_s,
     )
+    handlers.register(parts.rpc, parts.streams, ops, ack_wait_s=settings.command_ack_wait_s)
     tasks: list[Task] = [jobs.run]
     registry = OllamaRegistry(settings.registry_timeout_s)
     checks: list[Check] = [
@@ -75,7 +74,7 @@ def build_app(settings: ProvisionerSettings) -> Service:
         skip=settings.skip_downloads,
         interval_enabled=settings.update_check,
     )
-    handlers.register_updates(broker, checker)
+    handlers.register_updates(parts.rpc, checker)
     if settings.update_check:
         tasks.append(checker.run)
     return parts.service(tasks=tasks)

@@ -3,35 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-import json
-
-from faststream.nats import NatsBroker
 
 from contracts.catalog import RolesReply, RolesRequest
+from contracts.rpc import RpcError
 from services.provisioner.outcomes import Failure
+from services.runtime.rpc import Rpc
+
+#: A catalog restarting answers nothing (504) or is not subscribed yet (503); only these are worth asking again.
+RETRIED = frozenset({503, 504})
 
 
 class CatalogClient:
-    def __init__(self, broker: NatsBroker, timeout_s: float):
-        self.broker = broker
+    def __init__(self, rpc: Rpc, timeout_s: float, *, attempts: int = 3, backoff_s: float = 0.2):
+        self.rpc = rpc
         self.timeout_s = timeout_s
+        self.attempts = attempts
+        self.backoff_s = backoff_s
 
-    async def roles(self, attempts: int = 3) -> RolesReply:
-        """Ask the catalog; a timeout or "no responders" (a catalog restarting) is retried before it fails."""
-        for attempt in range(1, attempts + 1):
+    async def roles(self) -> RolesReply:
+        """Ask the catalog; a 503/504 is retried, any other error fails at once. Raises `Failure` naming why."""
+        for attempt in range(1, self.attempts + 1):
             try:
-                msg = await self.broker.request(
-                    RolesRequest().model_dump(mode="json"), RolesRequest.SUBJECT, timeout=self.timeout_s
-                )
-                break
-            except Exception as exc:
-                if attempt == attempts:
+                return await self.rpc.ask(RolesRequest(), timeout_s=self.timeout_s)
+            except RpcError as exc:
+                if exc.status not in RETRIED:
+                    raise Failure(f"the catalog refused {RolesRequest.SUBJECT}: {_describe(exc)}") from exc
+                if attempt == self.attempts:
                     raise Failure(
-                        f"the catalog did not answer {RolesRequest.SUBJECT} ({attempts} tries): "
-                        f"{type(exc).__name__} {exc}".strip()
+                        f"the catalog did not answer {RolesRequest.SUBJECT} ({self.attempts} tries): {_describe(exc)}"
                     ) from exc
-                await asyncio.sleep(0.2 * attempt)
-        data = json.loads(msg.body or b"null")
-        if isinstance(data, dict) and "error" in data and set(data) == {"error"}:
-            raise Failure(f"the catalog refused: {data['error'].get('detail')}")
-        return RolesReply.model_validate(data)
+            await asyncio.sleep(self.backoff_s * attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _describe(exc: RpcError) -> str:
+    return f"{exc.status} {exc.code}: {exc.detail}"
