@@ -25,7 +25,7 @@ def build_sampler(settings: HardwareProbeSettings, host_id: str, nvml: NvmlReade
 def build_app(settings: HardwareProbeSettings, nvml: NvmlReader | None = None) -> Service:
     parts = build_parts("hardware-probe", settings)
     sampler = build_sampler(settings, parts.host_id, nvml)
-    handlers.register(parts.broker, sampler)
+    handlers.register(parts.rpc, sampler)
     return parts.service(tasks=[handlers.sample_task(parts.broker, sampler, settings.history)])
 
 

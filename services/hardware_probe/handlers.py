@@ -17,6 +17,7 @@ from contracts.subjects import fill
 from services.hardware_probe import domain
 from services.hardware_probe.sampler import Sampler
 from services.runtime.bus import publish_event
+from services.runtime.rpc import Rpc
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,13 @@ def sample_task(broker: NatsBroker, sampler: Sampler, history: int) -> Callable[
     return run
 
 
-def register(broker: NatsBroker, sampler: Sampler) -> None:
-    @broker.subscriber(fill(SampleRequest.SUBJECT, host=sampler.host_id), title="probe sample")
-    async def on_sample(request: SampleRequest) -> GpuSampled:
-        """Consumes rpc.probe.<host>.sample.v1; replies a fresh GpuSampled (not published). Read-only."""
+def register(rpc: Rpc, sampler: Sampler) -> None:
+    @rpc.handler(SampleRequest, subject=fill(SampleRequest.SUBJECT, host=sampler.host_id))
+    async def on_sample(req: SampleRequest) -> GpuSampled:
+        """Consumes rpc.probe.<host>.sample.v1; replies a fresh GpuSampled (not published). Read-only.
+
+        The subject names this host, and one probe runs per host, so the queue group named for the service
+        (`hardware-probe`) has one member; were a second probe started by mistake with the same host id, the two
+        would share requests rather than both answer (one reply is what a caller of `ask` reads anyway).
+        """
         return await sampler.sample()
