@@ -16,6 +16,7 @@ from contracts.catalog import RoleEntry, RolesReply, RolesRequest
 from contracts.envelope import Contract
 from contracts.hardware import HOSTS_BUCKET, GpuDevice, GpuSampled
 from contracts.provisioner import ProvisionCommand, ProvisionCompleted
+from contracts.rpc import RPC_HEADER, ErrorBody, ErrorReply, Frame
 
 MIB = 1024 * 1024
 
@@ -24,6 +25,7 @@ class Bus:
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any], float]] = []
         self.nc: Any = None
+        self.catalog_asks = 0
 
     async def start(self, url: str) -> Bus:
         self.nc = await nats.connect(url, connect_timeout=2)
@@ -81,14 +83,31 @@ class Bus:
         )  # fmt: skip
         await kv.put(host_id, sample.model_dump_json().encode())
 
-    async def serve_catalog(self, roles: list[RoleEntry], profile_set: str = "default") -> None:
-        """Answer rpc.catalog.roles.v1 as the catalog does."""
+    async def serve_catalog(
+        self,
+        roles: list[RoleEntry] | None = None,
+        profile_set: str = "default",
+        *,
+        error: ErrorBody | None = None,
+        silent: bool = False,
+    ) -> None:
+        """Answer rpc.catalog.roles.v1 as the catalog does, on the seam's wire format: the RolesReply, or (`error`)
+        header `Mf-Rpc: error` with an ErrorReply body, or (`silent`) nothing at all, like a catalog that hangs.
+        Every request it gets is counted in `catalog_asks`."""
 
         async def answer(msg: Any) -> None:
+            self.catalog_asks += 1
             RolesRequest.model_validate_json(msg.data or b"{}")
-            await msg.respond(RolesReply(profile_set=profile_set, roles=roles).model_dump_json().encode())
+            if silent:
+                return
+            if error is not None:
+                body = ErrorReply(error=error).model_dump_json().encode()
+                await self.nc.publish(msg.reply, body, headers={RPC_HEADER: Frame.ERROR.value})
+                return
+            await msg.respond(RolesReply(profile_set=profile_set, roles=roles or []).model_dump_json().encode())
 
         await self.nc.subscribe(RolesRequest.SUBJECT, queue="catalog", cb=answer)
+        await self.nc.flush()  # the server knows the subscription before anyone asks
 
 
 async def wait_for(predicate: Any, timeout_s: float = 20.0, what: str = "condition") -> None:

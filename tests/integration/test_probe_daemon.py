@@ -23,6 +23,7 @@ import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from contracts.hardware import HOSTS_BUCKET, GpuSampled, HostHeartbeat, SampleRequest
+from contracts.rpc import RPC_HEADER, ErrorReply
 from contracts.subjects import EVENTS_STREAM, fill
 from services.hardware_probe.app import build_app
 from services.hardware_probe.host_stats import HostStats
@@ -136,9 +137,13 @@ async def _follow_daemon(js: Any, nc: Any) -> None:
     beats = [HostHeartbeat.model_validate_json(m.data) for m in await events(js, HostHeartbeat.SUBJECT)]
     assert beats and all(b.host_id == "test-host" and b.has_gpu is False for b in beats)
 
-    reply = await nc.request(fill(SampleRequest.SUBJECT, host="test-host"), b"{}", timeout=5)
+    subject = fill(SampleRequest.SUBJECT, host="test-host")
+    reply = await nc.request(subject, b"{}", timeout=5)
     fresh = GpuSampled.model_validate_json(reply.data)
     assert fresh.host_id == "test-host" and fresh.event_id not in ids
+    refused = await nc.request(subject, b"not json", timeout=5)  # the seam's typed 422, not a silent timeout
+    assert refused.headers == {RPC_HEADER: "error"}
+    assert ErrorReply.model_validate_json(refused.data).error.status == 422
 
 
 async def test_daemon_outlives_its_ollama(
