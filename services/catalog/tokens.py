@@ -27,7 +27,7 @@ def expiry(now: datetime, expires_in_s: int | None, expires_at: datetime | None)
     if expires_in_s is not None:
         return now + timedelta(seconds=expires_in_s)
     if expires_at is not None and expires_at <= now:
-        raise CatalogError(422, f"expires_at: {expires_at.isoformat()} is not in the future")
+        raise CatalogError(422, f"expires_at: {expires_at.isoformat()} is not in the future", field="expires_at")
     return expires_at.astimezone(UTC) if expires_at is not None else None
 
 
@@ -67,5 +67,5 @@ def doc(token: TokenRecord, now: datetime) -> TokenDoc:
 def owned(token: TokenRecord | None, user_id: str, token_id: uuid.UUID) -> TokenRecord:
     """A token id under another user's path is as unknown as one that does not exist (no existence leak)."""
     if token is None or token.user_id != user_id:
-        raise CatalogError(404, f"token_id: user {user_id!r} has no token {token_id}")
+        raise CatalogError(404, f"token_id: user {user_id!r} has no token {token_id}", field="token_id")
     return token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contracts.hardware import GpuSampled, HostHeartbeat
 from services.hardware_probe import handlers
 from services.hardware_probe.host_stats import HostStats
 from services.hardware_probe.ollama_status import OllamaStatus
@@ -26,7 +27,9 @@ def build_app(settings: HardwareProbeSettings, nvml: NvmlReader | None = None) -
     parts = build_parts("hardware-probe", settings)
     sampler = build_sampler(settings, parts.host_id, nvml)
     handlers.register(parts.rpc, sampler)
-    return parts.service(tasks=[handlers.sample_task(parts.broker, sampler, settings.history)])
+    return parts.service(
+        tasks=[handlers.sample_task(parts.broker, sampler, settings.history)], publishes=[GpuSampled, HostHeartbeat]
+    )
 
 
 def local_host_id(settings: HardwareProbeSettings) -> str:

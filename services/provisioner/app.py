@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.provisioner import ProvisionProgress
+from contracts.envelope import Envelope
+from contracts.provisioner import ModelPulled, ProvisionCompleted, ProvisionFailed, ProvisionProgress, UpdateAvailable
 from services.provisioner import handlers
 from services.provisioner.catalog_client import CatalogClient
 from services.provisioner.hosts import HostDirectory
 from services.provisioner.hub import HubClient
-from services.provisioner.inventory_ops import InventoryOps
-from services.provisioner.operations import Jobs, Operations
+from services.provisioner.operations import InventoryOps, Jobs, Operations
 from services.provisioner.provisioning import Provisioner
 from services.provisioner.registry import OllamaRegistry
 from services.provisioner.settings import ProvisionerSettings
@@ -77,4 +77,11 @@ def build_app(settings: ProvisionerSettings) -> Service:
     handlers.register_updates(parts.rpc, checker)
     if settings.update_check:
         tasks.append(checker.run)
-    return parts.service(tasks=tasks)
+    published: list[type[Envelope]] = [
+        ProvisionProgress,
+        ModelPulled,
+        ProvisionFailed,
+        ProvisionCompleted,
+        UpdateAvailable,
+    ]
+    return parts.service(tasks=tasks, publishes=published)

@@ -341,7 +341,7 @@ class Rpc:
                 raise RpcError(504, f"no answer on {subject} within {timeout_s:g} s", code="timeout") from None
             reply_type: type[Rep] = type(request).REPLY  # type: ignore[assignment]
             if (msg.headers or {}).get(RPC_HEADER) == Frame.ERROR:
-                error = RpcError.from_body(ErrorReply.model_validate_json(msg.data).error)
+                error = _error_of(subject, msg.data)
                 span.set_status(Status(StatusCode.ERROR, error.code))
                 raise error
             try:
@@ -394,7 +394,10 @@ class Rpc:
                     control = msg.reply
                 elif frame == Frame.END:
                     finished = True
-                    end = StreamEnd.model_validate_json(msg.data)
+                    try:
+                        end = StreamEnd.model_validate_json(msg.data)
+                    except ValidationError as exc:
+                        raise RpcError(502, f"{subject}: a malformed end frame: {exc}"[:2000]) from None
                     span.set_attribute("rpc.stream.chunks", received)
                     if end.error is not None:
                         raise RpcError.from_body(end.error)
@@ -466,6 +469,14 @@ class Rpc:
 
 _CREDIT = {RPC_HEADER: Frame.CREDIT.value}
 _CANCEL = {RPC_HEADER: Frame.CANCEL.value}
+
+
+def _error_of(subject: str, data: bytes) -> RpcError:
+    """The typed error an error frame carries; a frame that is not an ErrorReply is the responder's fault (502)."""
+    try:
+        return RpcError.from_body(ErrorReply.model_validate_json(data).error)
+    except ValidationError as exc:
+        return RpcError(502, f"{subject}: a malformed error reply: {exc}"[:2000], code="upstream_failed")
 
 
 def _span_attributes(subject: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import nats
 import pytest
 from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -268,3 +269,20 @@ async def test_trace_context_crosses_ask_and_stream(nats_url: str) -> None:
     spans = {(s.name, s.context.trace_id) for s in exporter.get_finished_spans()}
     assert (f"{CountRequest.SUBJECT} process", trace_id) in spans
     assert (f"{EchoRequest.SUBJECT} send", trace_id) in spans
+
+
+async def test_a_malformed_error_frame_is_a_typed_502(nats_url: str) -> None:
+    async with replica(nats_url) as client:
+        nc = await nats.connect(nats_url)
+        try:
+
+            async def bad(msg: Msg) -> None:
+                await nc.publish(msg.reply, b"oops", headers={"Mf-Rpc": "error"})
+
+            await nc.subscribe(EchoRequest.SUBJECT, cb=bad)
+            await nc.flush()
+            with pytest.raises(RpcError) as caught:
+                await client.ask(EchoRequest(text="hi"))
+            assert (caught.value.status, caught.value.code) == (502, "upstream_failed")
+        finally:
+            await nc.close()

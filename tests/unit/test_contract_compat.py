@@ -45,11 +45,7 @@ def test_registry_holds_every_contract_class_of_the_package() -> None:
     found: set[type[Contract]] = set()
     for info in pkgutil.iter_modules(contracts.__path__):
         module = importlib.import_module(f"contracts.{info.name}")
-        found |= {
-            obj
-            for obj in vars(module).values()
-            if is_message(obj) and obj.__module__ == module.__name__
-        }
+        found |= {obj for obj in vars(module).values() if is_message(obj) and obj.__module__ == module.__name__}
     found -= {Contract}
     from contracts.envelope import Envelope
 

@@ -31,8 +31,8 @@ from contracts.provisioner import (
 )
 from contracts.rpc import RpcError
 from services.provisioner import domain
-from services.provisioner.inventory_ops import InventoryOps, entry
 from services.provisioner.ollama_backend import BackendError
+from services.provisioner.operations.inventory import InventoryOps, entry
 from services.provisioner.progress import Publish
 from services.provisioner.provisioning import Provisioner
 from services.provisioner.store import ProvisionerStore, ProvisionRequestRow
