@@ -30,11 +30,11 @@ async def catalog_fleet(
         yield client
 
 
-async def healthy_instances(nc: Any) -> set[str]:
-    """Instance ids of every catalog replica that answers its health subject within 0.3 s."""
+async def healthy_instances(nc: Any, service: str = "catalog") -> set[str]:
+    """Instance ids of every replica of `service` that answers its health subject within 0.3 s."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
-    await nc.publish("rpc.catalog.health.v1", b"{}", reply=inbox)
+    await nc.publish(f"rpc.{service}.health.v1", b"{}", reply=inbox)
     seen: set[str] = set()
     try:
         while True:

@@ -17,6 +17,7 @@ from contracts.hardware import GpuDevice, GpuSampled, OllamaLoadedModel
 from contracts.provisioner import ModelPulled
 from contracts.router import BackendCallCompleted, RouteRequest
 from contracts.vram import GIB
+from tests.harness.catalog import healthy_instances
 
 pytestmark = pytest.mark.integration
 
@@ -59,20 +60,7 @@ async def wait_replicas(nc: Any, n: int, timeout_s: float = 30.0) -> None:
     first one answers, so the harness cannot tell by itself)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        await nc.publish("rpc.router.health.v1", b"{}", reply=inbox)
-        seen: set[str] = set()
-        try:
-            while True:
-                reply = json.loads((await sub.next_msg(timeout=0.3)).data)
-                if reply.get("healthy"):
-                    seen.add(reply["instance_id"])
-        except nats.errors.TimeoutError:
-            pass
-        finally:
-            await sub.unsubscribe()
-        if len(seen) >= n:
+        if len(await healthy_instances(nc, "router")) >= n:
             return
     raise AssertionError(f"fewer than {n} router replicas became healthy within {timeout_s}s")
 
