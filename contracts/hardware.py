@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from contracts.envelope import Contract, Envelope, HostId
+from contracts.router import BackendKind
 from contracts.rpc import RpcRequest
 
 Text = Annotated[str, StringConstraints(max_length=1024)]
@@ -56,6 +57,36 @@ class OllamaLoadedModel(Contract):
     context_length: int | None = Field(default=None, ge=0)
 
 
+class BackendModel(Contract):
+    """A model a backend has: Ollama's /api/tags; for an OpenAI-compatible server, an entry of GET <base>/models."""
+
+    name: Text
+    size_bytes: int | None = Field(default=None, ge=0)
+    digest: Text | None = None
+
+
+class BackendLoadedModel(Contract):
+    """A model a backend serves now: Ollama's /api/ps; for an OpenAI-compatible server, an entry of its /models."""
+
+    name: Text
+    size_bytes: int | None = Field(default=None, ge=0)
+    size_vram_bytes: int | None = Field(default=None, ge=0)
+    context_length: int | None = Field(default=None, ge=0)
+    expires_at: datetime | None = None
+
+
+class BackendStatus(Contract):
+    """One inference backend on the host as its probe saw it: the host's Ollama or an OpenAI-compatible server."""
+
+    kind: BackendKind
+    base_url: Text = Field(description="Ollama's URL, or an OpenAI-compatible server's base URL ending in /v1")
+    reachable: bool
+    error: Text | None = None
+    version: Text | None = None
+    installed: list[BackendModel] = Field(default_factory=list)
+    loaded: list[BackendLoadedModel] = Field(default_factory=list)
+
+
 class GpuSampled(Envelope):
     SUBJECT = "evt.hardware.gpu.sampled.v1"
 
@@ -84,6 +115,11 @@ class GpuSampled(Envelope):
     ollama_models: list[OllamaLoadedModel] = Field(default_factory=list)
     interval_s: float | None = Field(default=None, gt=0)
     sample_ms: float | None = Field(default=None, ge=0, description="wall time the probe spent taking this sample")
+    backends: list[BackendStatus] = Field(
+        default_factory=list,
+        description="The host's inference backends (its Ollama first, then MODELFLEET_OPENAI_BACKENDS in order); "
+        "empty from a probe that predates the list",
+    )
 
     def gpu_free_bytes(self) -> int:
         """Free memory of the device with the most of it (0 without a GPU): where a model would be placed."""

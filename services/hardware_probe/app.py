@@ -6,6 +6,7 @@ from contracts.hardware import GpuSampled, HostHeartbeat
 from services.hardware_probe import handlers
 from services.hardware_probe.host_stats import HostStats
 from services.hardware_probe.ollama_status import OllamaStatus
+from services.hardware_probe.openai_backends import OpenAIBackends
 from services.hardware_probe.sampler import Sampler
 from services.hardware_probe.settings import HardwareProbeSettings
 from services.hardware_probe.torch_stats import TorchStats
@@ -20,6 +21,7 @@ def build_sampler(settings: HardwareProbeSettings, host_id: str, nvml: NvmlReade
         host_id, HostStats(settings.models_dir), nvml or NvmlReader(),
         OllamaStatus(settings.ollama_url, settings.ollama_timeout_s) if settings.ollama_url else None,
         TorchStats(settings.torch), settings.interval_s,
+        OpenAIBackends(settings.openai_backends, settings.openai_timeout_s) if settings.openai_backends else None,
     )  # fmt: skip
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from contracts.fit import fit_on_host
-from contracts.hardware import GpuSampled, HostHeartbeat
+from contracts.hardware import BackendStatus, GpuSampled, HostHeartbeat
 from contracts.model_ref import with_default_tag
 from contracts.provisioner import ModelPulled
 from contracts.router import BackendCallCompleted, BackendKind
@@ -54,8 +54,11 @@ class Advert:
 
 
 def adverts(sample: GpuSampled) -> list[Advert]:
-    """The backends a sample tells of. The one place to read the probe's advertisement from once it lists its
-    backends (an optional `backends` field on GpuSampled); until then the host's Ollama fields."""
+    """The backends a sample tells of: the probe's `backends` list (its Ollama with `/api/tags` and `/api/ps`, and the
+    OpenAI-compatible servers with what their `/models` lists), or, from a probe that predates that list, the host's
+    Ollama fields (loaded models only; installed ones then come from `model.pulled` alone)."""
+    if sample.backends:
+        return [_advert(b) for b in sample.backends]
     if not sample.ollama_url:
         return []
     loaded = {
@@ -63,6 +66,20 @@ def adverts(sample: GpuSampled) -> list[Advert]:
         for m in sample.ollama_models
     }
     return [Advert("ollama", sample.ollama_url.rstrip("/"), sample.ollama_reachable, loaded)]
+
+
+def _as_listed(name: str) -> str:
+    return name
+
+
+def _advert(b: BackendStatus) -> Advert:
+    # Ollama names get Ollama's default tag, as model refs resolve; an OpenAI id is matched exactly as listed.
+    name: Callable[[str], str] = with_default_tag if b.kind == "ollama" else _as_listed
+    loaded = {name(m.name): LoadedModel(m.size_vram_bytes or m.size_bytes or 0, m.context_length) for m in b.loaded}
+    # The installed list replaces what `model.pulled` told (a model deleted since is gone); an unreachable backend
+    # lists nothing, so None keeps what it last said (it is skipped anyway).
+    installed = {name(m.name): m.size_bytes for m in b.installed} if b.reachable else None
+    return Advert(b.kind, b.base_url.rstrip("/"), b.reachable, loaded, installed)
 
 
 @dataclass(eq=False, slots=True)

@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from contracts.hardware import GpuDevice, GpuSampled, HostHeartbeat, OllamaLoadedModel
+from contracts.hardware import (
+    BackendLoadedModel,
+    BackendModel,
+    BackendStatus,
+    GpuDevice,
+    GpuSampled,
+    HostHeartbeat,
+    OllamaLoadedModel,
+)
 from contracts.provisioner import ModelPulled
 from contracts.router import BackendCallCompleted
 from contracts.vram import GIB
@@ -241,3 +249,85 @@ def test_num_ctx_rule() -> None:
     assert domain.num_ctx({"num_ctx": 4096}, None, required_context=1024) == 4096  # never lowered
     assert domain.options_for({"temperature": 0.2}, 8192, ollama=True) == {"temperature": 0.2, "num_ctx": 8192}
     assert domain.options_for({"temperature": 0.2}, 8192, ollama=False) == {"temperature": 0.2}
+
+
+# --- the probe's advertisement (GpuSampled.backends) -----------------------------------------------------------------
+
+
+def ollama_at(host: str, *, installed: tuple[str, ...] = (), loaded: tuple[str, ...] = (), reachable: bool = True):
+    return BackendStatus(
+        kind="ollama", base_url=f"http://{host}:11434", reachable=reachable,
+        installed=[BackendModel(name=n, size_bytes=5 * GIB) for n in installed],
+        loaded=[BackendLoadedModel(name=n, size_bytes=5 * GIB, size_vram_bytes=4 * GIB, context_length=8192)
+                for n in loaded],
+    )  # fmt: skip
+
+
+def openai_at(host: str, *models: str, reachable: bool = True) -> BackendStatus:
+    return BackendStatus(
+        kind="openai", base_url=f"http://{host}:8080/v1/", reachable=reachable,
+        installed=[BackendModel(name=m) for m in models], loaded=[BackendLoadedModel(name=m) for m in models],
+    )  # fmt: skip
+
+
+def advertised(host: str, t: float, *backends: BackendStatus) -> GpuSampled:
+    """A sample from a probe that lists its backends (its Ollama fields say nothing here, to show they are unused)."""
+    return sample(host, t).model_copy(update={"backends": list(backends), "ollama_models": []})
+
+
+SMOLLM2 = target("smollm2", "openai")
+
+
+def test_advertised_backends_give_installed_and_loaded_models_without_any_pull() -> None:
+    fleet = Fleet()
+    fleet.observe_sample(advertised("a", T0, ollama_at("a", installed=("qwen3:8b", "llama3.2"), loaded=("llama3.2",))))
+    b = fleet.hosts["a"].backends["http://a:11434"]
+    assert b.installed == {"qwen3:8b": 5 * GIB, "llama3.2:latest": 4 * GIB}  # /api/tags; a loaded one at its VRAM
+    assert set(b.loaded) == {"llama3.2:latest"} and b.loaded["llama3.2:latest"].context_length == 8192
+    d = chosen(fleet)
+    assert [(p.backend.id, p.tier) for p in d.picks] == [("a http://a:11434", "fits")]
+
+
+def test_an_openai_backend_serving_smollm2_makes_an_openai_model_routable() -> None:
+    fleet = fleet_of("a")
+    assert decide(fleet, SMOLLM2, (), LeastBusy(), T0 + 1, num_ctx=2048).picks == []
+    fleet.observe_sample(advertised("a", T0 + 1, ollama_at("a"), openai_at("a", "smollm2")))
+    d = decide(fleet, SMOLLM2, (), LeastBusy(), T0 + 2, num_ctx=2048)
+    assert [(p.backend.kind, p.backend.base_url, p.model_name, p.tier) for p in d.picks] == [
+        ("openai", "http://a:8080/v1", "smollm2", "loaded")
+    ]
+    assert fleet.installed_by[("openai", "smollm2")].keys() == {"a http://a:8080/v1"}
+    # the id is matched as listed: an Ollama model of the same name is another model
+    assert decide(fleet, target("smollm2", "ollama"), (), LeastBusy(), T0 + 2, num_ctx=2048).picks == []
+
+
+def test_a_backend_missing_from_a_newer_sample_disappears() -> None:
+    fleet = Fleet()
+    fleet.observe_sample(advertised("a", T0, ollama_at("a"), openai_at("a", "smollm2")))
+    fleet.observe_sample(advertised("a", T0 + 5, ollama_at("a")))
+    assert set(fleet.hosts["a"].backends) == {"http://a:11434"}
+    assert ("openai", "smollm2") not in fleet.loaded_by and ("openai", "smollm2") not in fleet.installed_by
+    assert decide(fleet, SMOLLM2, (), LeastBusy(), T0 + 6, num_ctx=2048).picks == []
+    fleet.observe_sample(advertised("a", T0 + 2, ollama_at("a"), openai_at("a", "smollm2")))  # a replay: ignored
+    assert set(fleet.hosts["a"].backends) == {"http://a:11434"}
+
+
+def test_the_installed_list_replaces_what_was_pulled_and_a_later_pull_is_still_folded() -> None:
+    fleet = Fleet()
+    fleet.observe_pulled(pulled("a", "old:1b"))
+    fleet.observe_sample(advertised("a", T0, ollama_at("a", installed=("qwen3:8b",))))
+    b = fleet.hosts["a"].backends["http://a:11434"]
+    assert set(b.installed) == {"qwen3:8b"}  # old:1b is gone from /api/tags: deleted since it was pulled
+    fleet.observe_pulled(pulled("a", "phi4:14b", t=T0 + 1))
+    assert set(b.installed) == {"qwen3:8b", "phi4:14b"}  # known before the next sample lists it
+    fleet.observe_sample(advertised("a", T0 + 5, ollama_at("a", installed=("qwen3:8b", "phi4:14b"))))
+    assert set(b.installed) == {"qwen3:8b", "phi4:14b"} and ("ollama", "old:1b") not in fleet.installed_by
+
+
+def test_an_unreachable_advertised_backend_keeps_its_lists_and_is_skipped() -> None:
+    fleet = Fleet()
+    fleet.observe_sample(advertised("a", T0, openai_at("a", "smollm2")))
+    fleet.observe_sample(advertised("a", T0 + 1, openai_at("a", reachable=False)))
+    b = fleet.hosts["a"].backends["http://a:8080/v1"]
+    assert b.reachable is False and set(b.loaded) == {"smollm2"}
+    assert decide(fleet, SMOLLM2, (), LeastBusy(), T0 + 2, num_ctx=2048).picks == []
