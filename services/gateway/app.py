@@ -5,13 +5,26 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from contracts.provisioner import ProvisionCommand
+from contracts.router import BackendCallCompleted
 from contracts.rpc import RpcError
-from services.gateway import catalog_routes, handlers, hosts_routes, provision_routes, updates_routes
+from services.gateway import (
+    catalog_routes,
+    handlers,
+    hosts_routes,
+    openai_routes,
+    provision_routes,
+    route_routes,
+    updates_routes,
+)
+from services.gateway.backends import OllamaBackend, OpenAIBackend
 from services.gateway.bus_client import BusClient
+from services.gateway.call_reports import CallReporter
+from services.gateway.dataplane import DataPlane
 from services.gateway.errors import rpc_error_response
 from services.gateway.settings import GatewaySettings
 from services.runtime.bus import BusState, build_broker
@@ -29,10 +42,17 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         state,
         Rpc(broker, "gateway", tracer_provider),
         request_timeout_s=settings.request_timeout_s,
-        publishes=[ProvisionCommand],
+        publishes=[ProvisionCommand, BackendCallCompleted],
         retry_initial_s=settings.retry_initial_s,
         retry_max_s=settings.retry_max_s,
     )
+
+    timeout = httpx.Timeout(settings.backend_read_timeout_s, connect=settings.backend_connect_timeout_s)
+    http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=settings.backend_max_connections))
+    ollama_backend = OllamaBackend(timeout)
+    reporter = CallReporter(bus.publish)
+    plane = DataPlane(bus, {"ollama": ollama_backend, "openai": OpenAIBackend(http)}, reporter,
+                      route_timeout_s=settings.request_timeout_s)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,6 +60,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         try:
             yield
         finally:
+            await reporter.aclose()
+            await http.aclose()
+            await ollama_backend.aclose()
             await bus.stop()
             tracer_provider.shutdown()
 
@@ -51,6 +74,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.bus = bus
+    app.state.plane = plane
     # A service's typed error (or the seam's 503/504) answers with its own status: no route maps errors by hand.
     app.add_exception_handler(RpcError, rpc_error_response)
     app.include_router(handlers.router)
@@ -58,5 +82,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(catalog_routes.router)
     app.include_router(provision_routes.router)
     app.include_router(updates_routes.router)
+    app.include_router(openai_routes.router)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider, excluded_urls="healthz")
     return app

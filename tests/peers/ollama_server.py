@@ -6,7 +6,9 @@ The real `ollama` client is driven against it. Switches: `pull_step_s` (slow pul
 (a mid-stream `{"error": ...}` line after that fraction of a layer, HTTP 200), `pull_http_error`
 (the HTTP-status error channel), `publish_update(name)` (upstream publishes a new manifest for a model),
 `registry_digest_header` (send `Docker-Content-Digest`, or leave the client to hash the body), `registry_error`,
-`registry_delay_s`.
+`registry_delay_s`; for inference: `chat_word_delay_s` (a slow token stream), `chat_error` (an HTTP error on
+/api/chat and /api/embed). /api/chat and /api/embed record each request body (`chat_requests`, `embed_requests`, so a
+test reads the `options` sent) and count streams the client cut (`chat_aborted`).
 A pulled model's `/api/tags` digest is the sha256 of the manifest the registry serves for it, as in Ollama.
 Run standalone with `python -m tests.peers.ollama_server --port N`.
 """
@@ -107,6 +109,11 @@ class OllamaPeer:
         self.registry_error: tuple[int, str] | None = None
         self.registry_delay_s = 0.0  # a slow registry: each manifest answer waits this long
         self.registry_requests: list[tuple[str, str]] = []  # (path, Accept header) of each manifest request
+        self.chat_word_delay_s = 0.0
+        self.chat_error: tuple[int, str] | None = None
+        self.chat_requests: list[dict[str, Any]] = []
+        self.embed_requests: list[dict[str, Any]] = []
+        self.chat_aborted = 0
         self.calls: Counter[str] = Counter()
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _handler(self))
@@ -392,32 +399,50 @@ def _handler(peer: OllamaPeer) -> type[BaseHTTPRequestHandler]:
             })  # fmt: skip
 
         def _chat(self, body: dict[str, Any]) -> None:
+            peer.chat_requests.append(body)
+            if peer.chat_error is not None:
+                return self._send(peer.chat_error[0], {"error": peer.chat_error[1]})
             name = normalize(str(body.get("model", "")))
             if name not in peer.installed:
                 return self._not_found(name)
             peer.loaded.add(name)
             last = (body.get("messages") or [{}])[-1].get("content", "")
             text = f"echo: {last}"
+            prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
+            words = text.split(" ")
             base = {"model": name, "created_at": datetime.now(UTC).isoformat()}
+            # what Ollama's last line carries: the reason and the token counts (durations in ns)
+            totals = {"done": True, "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 0,
+                      "prompt_eval_count": prompt, "prompt_eval_duration": 1000, "eval_count": len(words),
+                      "eval_duration": 1000}  # fmt: skip
             if body.get("stream") is False:
-                return self._send(200, {
-                    **base, "message": {"role": "assistant", "content": text}, "done": True, "done_reason": "stop",
-                    "prompt_eval_count": len(str(last).split()), "eval_count": len(text.split()),
-                })  # fmt: skip
+                return self._send(200, {**base, "message": {"role": "assistant", "content": text}, **totals})
             self._stream_start()
-            for word in text.split(" "):
-                self._line({**base, "message": {"role": "assistant", "content": word + " "}, "done": False})
-            self._line({**base, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop"})
-            self._stream_end()
+            try:
+                for i, word in enumerate(words):
+                    if peer.chat_word_delay_s:
+                        time.sleep(peer.chat_word_delay_s)
+                    piece = word if i == len(words) - 1 else word + " "
+                    self._line({**base, "message": {"role": "assistant", "content": piece}, "done": False})
+                self._line({**base, "message": {"role": "assistant", "content": ""}, **totals})
+                self._stream_end()
+            except (BrokenPipeError, ConnectionResetError):
+                with peer.lock:
+                    peer.chat_aborted += 1
+                self.close_connection = True
 
         def _embed(self, body: dict[str, Any]) -> None:
+            peer.embed_requests.append(body)
+            if peer.chat_error is not None:
+                return self._send(peer.chat_error[0], {"error": peer.chat_error[1]})
             name = normalize(str(body.get("model", "")))
             if name not in peer.installed:
                 return self._not_found(name)
             inputs = body.get("input")
             texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
             vectors = [[b / 255 for b in hashlib.sha256(str(t).encode()).digest()[:8]] for t in texts]
-            self._send(200, {"model": name, "embeddings": vectors})
+            self._send(200, {"model": name, "embeddings": vectors, "total_duration": 1_000_000, "load_duration": 0,
+                             "prompt_eval_count": sum(len(str(t).split()) for t in texts)})  # fmt: skip
 
     return Handler
 

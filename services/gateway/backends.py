@@ -1,0 +1,224 @@
+"""The two backend callers behind /v1/ (Ollama through the `ollama` client, OpenAI-compatible through httpx), one
+interface, OpenAI-shaped output; every failure is a `BackendError` that says how the call ended."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import ollama
+
+from contracts.router import CallOutcome
+from services.gateway import openai_wire as wire
+
+
+class BackendError(Exception):
+    """A failed backend call: its outcome as the router counts it, the backend's HTTP status when it answered."""
+
+    def __init__(self, outcome: CallOutcome, message: str, status: int | None = None, retry_after: str | None = None):
+        super().__init__(message)
+        self.outcome: CallOutcome = outcome
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Worth the next backend: the backend is down, busy or broken, or lacks the model (a stale route).
+        Any other 4xx is the request's fault and would fail everywhere."""
+        return self.status is None or self.status >= 500 or self.status in (404, 408, 429)
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """One chat request, backend-independent: OpenAI messages, the route's merged options (Ollama's names)."""
+
+    client_model: str  # what the client asked for: every answer names it
+    messages: list[dict[str, Any]]
+    options: Mapping[str, Any]
+    include_usage: bool = False
+    passthrough: Mapping[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=wire.completion_id)
+    created: int = field(default_factory=wire.now)
+
+
+class Backend(Protocol):
+    """What the data plane needs of a backend kind; `base_url` and `model` name one backend and its model."""
+
+    async def complete(self, base_url: str, model: str, call: ChatCall) -> dict[str, Any]:
+        """The whole answer as an OpenAI chat completion."""
+        ...
+
+    def stream(self, base_url: str, model: str, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
+        """OpenAI chunks as the backend produces them; closing the iterator closes the backend request."""
+        ...
+
+    async def embed(self, base_url: str, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
+        """One vector per text, and the prompt tokens the backend counted."""
+        ...
+
+
+def _http_failure(exc: Exception) -> BackendError:
+    if isinstance(exc, httpx.ConnectError | ConnectionError):
+        return BackendError("connect_refused", f"cannot connect: {exc}")
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendError("timeout", f"timed out: {type(exc).__name__}")
+    return BackendError("error", f"{type(exc).__name__}: {exc}")
+
+
+def _status_failure(status: int, message: str, retry_after: str | None = None) -> BackendError:
+    return BackendError("rate_limited" if status == 429 else "error", message, status, retry_after)
+
+
+class OllamaBackend:
+    """Ollama's own API: /api/chat with `options.num_ctx` always sent (its /v1 cannot take it), /api/embed."""
+
+    def __init__(self, timeout: httpx.Timeout, max_hosts: int = 256):
+        self.timeout = timeout
+        self.max_hosts = max_hosts
+        self._clients: OrderedDict[str, ollama.AsyncClient] = OrderedDict()
+
+    def _client(self, base_url: str) -> ollama.AsyncClient:
+        # One client (one connection pool) per Ollama host, the least recently used dropped past `max_hosts`.
+        client = self._clients.get(base_url)
+        if client is None:
+            client = self._clients[base_url] = ollama.AsyncClient(host=base_url, timeout=self.timeout)
+            while len(self._clients) > self.max_hosts:
+                self._clients.popitem(last=False)
+        self._clients.move_to_end(base_url)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.close()  # type: ignore[no-untyped-call]
+        self._clients.clear()
+
+    async def complete(self, base_url: str, model: str, call: ChatCall) -> dict[str, Any]:
+        try:
+            got = await self._client(base_url).chat(
+                model=model, messages=wire.ollama_messages(call.messages), options=dict(call.options), stream=False
+            )
+        except ollama.ResponseError as exc:
+            raise _status_failure(exc.status_code, exc.error) from None
+        except (httpx.HTTPError, ConnectionError) as exc:
+            raise _http_failure(exc) from None
+        use = wire.usage(got.prompt_eval_count or 0, got.eval_count or 0)
+        return wire.completion(call.id, call.created, call.client_model, got.message.content or "",
+                               wire.finish_reason(got.done_reason), use)  # fmt: skip
+
+    async def stream(self, base_url: str, model: str, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
+        args = (call.id, call.created, call.client_model)
+        try:
+            parts = await self._client(base_url).chat(
+                model=model, messages=wire.ollama_messages(call.messages), options=dict(call.options), stream=True
+            )
+            first = True
+            async for part in parts:
+                if first:  # OpenAI's first chunk carries the role alone
+                    yield wire.chunk(*args, {"role": "assistant", "content": ""})
+                    first = False
+                if part.message.content:
+                    yield wire.chunk(*args, {"content": part.message.content})
+                if part.done:
+                    yield wire.chunk(*args, {}, wire.finish_reason(part.done_reason))
+                    if call.include_usage:
+                        yield wire.usage_chunk(*args, wire.usage(part.prompt_eval_count or 0, part.eval_count or 0))
+                    return
+        except ollama.ResponseError as exc:
+            raise _status_failure(exc.status_code, exc.error) from None
+        except (httpx.HTTPError, ConnectionError) as exc:
+            raise _http_failure(exc) from None
+        raise BackendError("error", "the Ollama stream ended without its final `done` line")
+
+    async def embed(self, base_url: str, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
+        try:
+            got = await self._client(base_url).embed(model=model, input=texts)
+        except ollama.ResponseError as exc:
+            raise _status_failure(exc.status_code, exc.error) from None
+        except (httpx.HTTPError, ConnectionError) as exc:
+            raise _http_failure(exc) from None
+        return [list(v) for v in got.embeddings], got.prompt_eval_count or 0
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible server (llama.cpp, vLLM, SGLang…) through the app's one httpx client; streams are
+    passed on chunk by chunk as they arrive, with `model` rewritten to what the client asked."""
+
+    def __init__(self, http: httpx.AsyncClient):
+        self.http = http
+
+    def _body(self, model: str, call: ChatCall, stream: bool) -> dict[str, Any]:
+        body = {**call.passthrough, **wire.openai_options(call.options), "model": model, "messages": call.messages,
+                "stream": stream}  # fmt: skip
+        if stream and call.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    @staticmethod
+    async def _refusal(response: httpx.Response) -> BackendError:
+        raw = (await response.aread()).decode(errors="replace")
+        try:
+            message = json.loads(raw)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = raw[:500] or response.reason_phrase
+        return _status_failure(response.status_code, str(message), response.headers.get("retry-after"))
+
+    async def complete(self, base_url: str, model: str, call: ChatCall) -> dict[str, Any]:
+        try:
+            response = await self.http.post(f"{base_url}/chat/completions", json=self._body(model, call, False))
+            if response.status_code >= 400:
+                raise await self._refusal(response)
+            doc: dict[str, Any] = response.json()
+        except httpx.HTTPError as exc:
+            raise _http_failure(exc) from None
+        except ValueError as exc:
+            raise BackendError("error", f"the backend's answer is not JSON: {exc}", response.status_code) from None
+        doc["model"] = call.client_model
+        return doc
+
+    async def stream(self, base_url: str, model: str, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
+        request = self.http.build_request("POST", f"{base_url}/chat/completions", json=self._body(model, call, True))
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _http_failure(exc) from None
+        try:
+            if response.status_code >= 400:
+                raise await self._refusal(response)
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, `event:` lines
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    item = json.loads(data)
+                except ValueError:
+                    raise BackendError("error", f"the backend sent a chunk that is not JSON: {data[:200]}") from None
+                if "error" in item:
+                    error = item["error"]
+                    message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+                    raise BackendError("error", message)
+                item["model"] = call.client_model
+                yield item
+        except httpx.HTTPError as exc:
+            raise _http_failure(exc) from None
+        finally:
+            await response.aclose()
+        raise BackendError("error", "the stream ended without `data: [DONE]`")
+
+    async def embed(self, base_url: str, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
+        try:
+            response = await self.http.post(f"{base_url}/embeddings", json={"model": model, "input": texts})
+            if response.status_code >= 400:
+                raise await self._refusal(response)
+            doc = response.json()
+        except httpx.HTTPError as exc:
+            raise _http_failure(exc) from None
+        except ValueError as exc:
+            raise BackendError("error", f"the backend's answer is not JSON: {exc}", response.status_code) from None
+        rows = sorted(doc.get("data") or [], key=lambda d: d.get("index", 0))
+        return [list(r["embedding"]) for r in rows], int((doc.get("usage") or {}).get("prompt_tokens") or 0)

@@ -1,0 +1,87 @@
+"""The gateway's per-backend in-flight counts and its `BackendCallCompleted` reports, published in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from contracts.envelope import Envelope
+from contracts.router import BackendCallCompleted, BackendRef, CallOutcome
+
+log = logging.getLogger(__name__)
+
+
+class CallReporter:
+    """Counts the calls open on each backend and reports each one's end to the routers (docs/router.md, in-flight
+    rule): best effort, never on the answer's path. Reports wait in a bounded queue drained by one task; when the
+    bus is slower than the calls, the newest reports are dropped (and counted) rather than held in memory."""
+
+    def __init__(
+        self, publish: Callable[[Envelope], Awaitable[None]], *, instance: str | None = None, max_pending: int = 1024
+    ):
+        self.publish = publish
+        self.instance = instance or f"gateway-{uuid.uuid4().hex[:12]}"
+        self.in_flight: Counter[tuple[str, str]] = Counter()
+        self.dropped = 0
+        self.failed = 0
+        self._queue: asyncio.Queue[BackendCallCompleted] = asyncio.Queue(max_pending)
+        self._drainer: asyncio.Task[None] | None = None
+
+    def started(self, backend: BackendRef) -> None:
+        self.in_flight[(backend.host_id, backend.base_url)] += 1
+
+    def abandoned(self, backend: BackendRef) -> None:
+        """A call the client gave up on: it no longer counts as open, and it says nothing about the backend."""
+        key = (backend.host_id, backend.base_url)
+        self.in_flight[key] = max(0, self.in_flight[key] - 1)
+
+    def finished(
+        self,
+        backend: BackendRef,
+        model: str,
+        outcome: CallOutcome,
+        *,
+        latency_ms: float,
+        ttft_ms: float | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        key = (backend.host_id, backend.base_url)
+        self.in_flight[key] = max(0, self.in_flight[key] - 1)
+        report = BackendCallCompleted(
+            producer="gateway", host_id=backend.host_id, backend_url=backend.base_url, kind=backend.kind,
+            model=model, outcome=outcome, status_code=status_code, latency_ms=round(max(latency_ms, 0.0), 3),
+            ttft_ms=None if ttft_ms is None else round(max(ttft_ms, 0.0), 3), gateway_instance=self.instance,
+            in_flight=self.in_flight[key],
+        )  # fmt: skip
+        try:
+            self._queue.put_nowait(report)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            return
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="gateway-call-reports")
+
+    async def _drain(self) -> None:
+        while True:
+            report = await self._queue.get()
+            try:
+                await self.publish(report)
+            except Exception as exc:  # NATS down or slow: a lost report only delays passive health
+                self.failed += 1
+                log.debug("call report not published: %s", exc)
+
+    async def aclose(self, flush_s: float = 1.0) -> None:
+        """Give queued reports up to `flush_s` to go out, then stop."""
+        if self._drainer is None:
+            return
+        try:
+            async with asyncio.timeout(flush_s):
+                while not self._queue.empty():  # noqa: ASYNC110 - a bounded flush at shutdown only
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            pass
+        self._drainer.cancel()
+        await asyncio.gather(self._drainer, return_exceptions=True)
