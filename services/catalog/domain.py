@@ -95,6 +95,8 @@ class CatalogView:
 def model_ref_of(model: ModelDoc) -> tuple[str, str]:
     """What to run for a library model, and with which provider."""
     s = model.sources
+    if model.provider == "openai":  # served by an OpenAI-compatible backend under the id it lists
+        return model.id, "openai"
     if model.provider == "ollama" and s.ollama:
         return s.ollama, "ollama"
     if model.provider == "local" and s.local_path:
@@ -137,7 +139,11 @@ def _reply(
     system_prompt: str = "",
 ) -> ResolveReply:
     model = view.find_model(name)
-    if model is not None:
+    if provider == "openai":
+        # The id an OpenAI-compatible backend lists, used as written: it need not parse as a model reference. A
+        # library model of that name still lends its defaults and fallbacks.
+        ref, default_provider = name.strip(), "openai"
+    elif model is not None:
         ref, default_provider = model_ref_of(model) if name.lower() == model.id.lower() else (name, model.provider)
     else:
         try:
@@ -242,6 +248,8 @@ def role_entries(view: CatalogView, set_name: str | None) -> tuple[str, list[Rol
 
 
 def _entry_ref(view: CatalogView, entry: RoleModelDoc) -> str:
+    if entry.provider == "openai":
+        return entry.name
     model = view.find_model(entry.name)
     return model_ref_of(model)[0] if model is not None and entry.name.lower() == model.id.lower() else entry.name
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -17,7 +18,9 @@ from contracts.model_ref import ModelRefError, parse_model_ref
 from contracts.parameters import ALIASES, ParameterError, validate_parameters
 
 #: Providers the fleet can serve; a manifest entry naming another is skipped with a warning.
-SUPPORTED_PROVIDERS = ("ollama", "huggingface", "local")
+SUPPORTED_PROVIDERS = ("ollama", "huggingface", "local", "openai")
+#: An `openai` entry's name is the id an OpenAI-compatible backend lists in /v1/models, not a model reference.
+OPENAI_ID_MAX = 256
 FORMATS = ("json", "toml", "models.txt")
 _ENTRY_FIELDS = {"name", "provider", "auto_download", "parameters", "description"}
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -127,10 +130,15 @@ def _json_entry(filename: str, key: str, entry: Any, warnings: list[str]) -> Rol
             f"(supported: {', '.join(SUPPORTED_PROVIDERS)}); entry {name!r} skipped"
         )
         return None
-    try:
-        parse_model_ref(name)
-    except ModelRefError as exc:
-        raise ManifestError(filename, f"key {key}", "name", str(exc)) from exc
+    if provider == "openai":
+        problem = openai_id_problem(name.strip())
+        if problem:
+            raise ManifestError(filename, f"key {key}", "name", problem)
+    else:
+        try:
+            parse_model_ref(name)
+        except ModelRefError as exc:
+            raise ManifestError(filename, f"key {key}", "name", str(exc)) from exc
     auto = entry.get("auto_download", True)
     if not isinstance(auto, bool):
         raise ManifestError(filename, f"key {key}", "auto_download", f"must be true or false, got {auto!r}")
@@ -146,6 +154,17 @@ def _json_entry(filename: str, key: str, entry: Any, warnings: list[str]) -> Rol
     return RoleModelDoc(
         name=name.strip(), provider=provider, auto_download=auto, parameters=parameters, description=description
     )
+
+
+def openai_id_problem(name: str) -> str | None:
+    """Why `name` cannot be an OpenAI-compatible model id (any 1 to 256 characters without whitespace or control
+    characters: servers list paths, repo ids, aliases), or None."""
+    if not 1 <= len(name) <= OPENAI_ID_MAX:
+        return f"an OpenAI model id is 1 to {OPENAI_ID_MAX} characters, got {len(name)}"
+    bad = next((c for c in name if c.isspace() or unicodedata.category(c).startswith("C")), None)
+    if bad is not None:
+        return f"an OpenAI model id has no whitespace or control characters, got {bad!r} in {name!r}"
+    return None
 
 
 def export_json(sets: list[ProfileSetDoc]) -> str:

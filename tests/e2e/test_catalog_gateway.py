@@ -113,7 +113,7 @@ async def test_library_import_export_and_default_over_http(fleet):
         "/api/v1/catalog/import", params={"filename": path.name}, content=path.read_bytes(), headers=admin
     )
     assert imported.status_code == 200, imported.text
-    assert imported.json()["profile_sets"] == ["default", "laptop"] and "openai" in imported.json()["warnings"][0]
+    assert imported.json()["profile_sets"] == ["default", "laptop"] and "anthropic" in imported.json()["warnings"][0]
     bad = FIXTURES / "bad" / "top_p_out_of_range.json"
     refused = await fleet.post("/api/v1/catalog/import", params={"filename": bad.name}, content=bad.read_bytes(),
                                headers=admin)  # fmt: skip

@@ -57,7 +57,7 @@ async def test_each_format_imports_and_each_bad_file_changes_nothing(
         multi_warnings = (await rpc(nc, ImportRequest.SUBJECT, importing(FIXTURES / "llm_models_multi.json")))[
             "warnings"
         ]
-        assert any("'openai'" in w for w in multi_warnings)
+        assert any("'anthropic'" in w for w in multi_warnings)
 
         before = await snapshot(database_url)
         assert len(before["models"]) >= 30 + 2 + 5 and len(before["profile_sets"]) == 2

@@ -236,3 +236,24 @@ def test_library_filters():
     view.models["x"] = ModelDoc(id="x", display_name="x", quantizations=[QuantizationDoc(name="Q8_0", size_bytes=1)])
     view.sets["s"] = ProfileSetDoc(name="s", models={"general": RoleModelDoc(name="x")})
     assert "x" in ids(max_size_bytes=1)
+
+
+def test_an_openai_entry_resolves_to_the_id_as_its_backend_lists_it():
+    view = library_view()
+    path = "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    view.sets[view.active_set] = ProfileSetDoc(name=view.active_set, models={
+        "coding": RoleModelDoc(name=path, provider="openai", parameters={"temperature": 0.2}),
+        "general": RoleModelDoc(name="qwen3-8b", provider="openai"),  # a library Ollama model's id, served by vLLM
+    })  # fmt: skip
+    coding = domain.resolve(view, ResolveRequest(role="coding"))
+    assert (coding.model_ref, coding.provider, coding.parameters["temperature"]) == (path, "openai", 0.2)
+    general = domain.resolve(view, ResolveRequest(role="general"))
+    assert (general.model_ref, general.provider) == ("qwen3-8b", "openai")  # not the library's Ollama name
+    entries = {e.role: (e.model_ref, e.provider) for e in domain.role_entries(view, None)[1]}
+    assert entries == {"coding": (path, "openai"), "general": ("qwen3-8b", "openai")}
+    view.models["smollm2"] = ModelDoc(
+        id="smollm2", display_name="SmolLM2", provider="openai",
+        sources=ModelSources(hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct"),
+    )  # fmt: skip
+    got = domain.resolve(view.index(), ResolveRequest(model="smollm2"))
+    assert (got.model_ref, got.provider) == ("smollm2", "openai")

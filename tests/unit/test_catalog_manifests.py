@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,36 @@ def test_json_manifest_shorthand_and_object_entries():
 def test_unsupported_provider_is_skipped_with_a_warning_naming_it():
     plan = manifests.parse(*load("llm_models_multi.json"))
     laptop = next(s for s in plan.sets if s.name == "laptop")
-    assert set(laptop.models) == {"general", "coding"}
+    assert set(laptop.models) == {"general", "coding", "summarization"}
+    assert (laptop.models["summarization"].name, laptop.models["summarization"].provider) == ("gpt-4o-mini", "openai")
     assert len(plan.warnings) == 1
-    assert "openai" in plan.warnings[0] and "profiles.laptop.models.summarization" in plan.warnings[0]
-    assert "gpt-4o-mini" in plan.warnings[0]
+    assert "'anthropic'" in plan.warnings[0] and "profiles.laptop.models.vision" in plan.warnings[0]
+    assert "claude-3-5-haiku" in plan.warnings[0] and "openai" in plan.warnings[0]  # the supported list names it
+
+
+def test_openai_entries_name_the_id_their_backend_lists():
+    path = "/models/SmolLM2-135M-Instruct.Q4_1.gguf"  # llama-cpp-python's id without an alias: no model reference
+    content = json.dumps({"profiles": {"default": {"models": {
+        "coding": {"name": "smollm2", "provider": "openai"},
+        "general": {"name": path, "provider": "openai", "parameters": {"temperature": 0.2}},
+    }}}})  # fmt: skip
+    plan = manifests.parse("m.json", content)
+    models = plan.sets[0].models
+    assert (models["coding"].name, models["coding"].provider) == ("smollm2", "openai")
+    assert (models["general"].name, models["general"].parameters) == (path, {"temperature": 0.2})
+    assert plan.warnings == []
+    assert manifests.parse("m.json", manifests.export_json(plan.sets)).sets == plan.sets
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("smol lm2", "whitespace"), ("a\x07b", "control"), ("x" * 257, "1 to 256 characters")],
+)
+def test_a_bad_openai_id_is_refused_naming_the_key(name: str, why: str):
+    content = json.dumps({"profiles": {"default": {"models": {"coding": {"name": name, "provider": "openai"}}}}})
+    with pytest.raises(ManifestError, match=why) as info:
+        manifests.parse("m.json", content)
+    assert info.value.field == "name" and info.value.where == "key profiles.default.models.coding"
 
 
 def test_toml_presets_and_performance_profiles():
