@@ -202,3 +202,42 @@ async def test_models_and_embeddings(fleet, peer):
     assert floats == pytest.approx(list(struct.unpack("<8f", base64.b64decode(
         base64.b64encode(struct.pack("<8f", *got.data[0].embedding))))), rel=1e-6)  # fmt: skip
     assert r.headers["x-modelfleet-backend"] == f"b-live {peer.url}"
+
+
+async def test_a_role_served_by_a_real_llama_cpp_server(fleet):
+    """A manifest role `{"name": <id>, "provider": "openai"}` answered by llama-cpp-python's server on SmolLM2 through
+    the gateway; the server sends no usage chunk, so the gateway adds it."""
+    from contracts.hardware import BackendLoadedModel, BackendStatus
+    from tests.harness.llama_server import llama_server
+
+    with llama_server() as (base_url, model_id):
+        manifest = {"profiles": {"default": {"models": {"coding": {"name": model_id, "provider": "openai"}}}}}
+        async with httpx.AsyncClient(base_url=fleet["url"], timeout=30) as http:
+            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            imported = await http.post("/api/v1/catalog/import", params={"filename": "m.json"},
+                                       content=json.dumps(manifest), headers=admin)  # fmt: skip
+            assert imported.status_code == 200, imported.text
+        engine = sample("c-llama", "http://127.0.0.1:9", ()).model_copy(update={"backends": [
+            BackendStatus(kind="openai", base_url=base_url, reachable=True, loaded=[BackendLoadedModel(name=model_id)])
+        ]})  # fmt: skip
+        await publish(fleet["nc"].jetstream(), engine)
+        client: openai.AsyncOpenAI = fleet["client"]
+        deadline = time.monotonic() + 20
+        while True:
+            raw = await until_routed(client, "coding")
+            if raw.headers["x-modelfleet-backend"] == f"c-llama {base_url}" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert raw.headers["x-modelfleet-backend"] == f"c-llama {base_url}"
+        done = await client.chat.completions.create(
+            model="coding", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=8
+        )
+        assert done.model == "coding" and done.choices[0].message.content
+        stream = await client.chat.completions.create(
+            model="coding", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+        chunks = [c async for c in stream]
+        assert chunks[0].choices[0].delta.role == "assistant" and {c.model for c in chunks} == {"coding"}
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
