@@ -18,7 +18,6 @@ from services.gateway import (
     hosts_routes,
     openai_routes,
     provision_routes,
-    route_routes,
     updates_routes,
 )
 from services.gateway.backends import OllamaBackend, OpenAIBackend
