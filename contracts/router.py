@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
@@ -124,3 +125,58 @@ class LlmRecovered(Envelope):
 
     host_id: Name
     backend_url: Annotated[str, StringConstraints(max_length=2048)]
+    # Added with the data plane (optional, so the major version holds):
+    role: Name | None = None
+    hosts: list[Name] = Field(default_factory=list, description="Hosts whose backends serve the role again.")
+
+
+class BackendChecked(Envelope):
+    """A router's active check of one backend (Ollama `GET /api/version`, OpenAI-compatible `GET <base>/models`):
+    every router replica folds it into the backend's circuit, as it folds the gateways' call reports."""
+
+    SUBJECT = "evt.router.backend.checked.v1"
+
+    host_id: HostId
+    backend_url: Url
+    kind: BackendKind = "ollama"
+    outcome: CallOutcome
+    status_code: int | None = Field(default=None, description="The backend's HTTP status, when it answered.")
+    latency_ms: float = Field(ge=0)
+
+
+class BackendState(Contract):
+    """One backend as the router's fleet view holds it."""
+
+    host_id: HostId
+    kind: BackendKind
+    base_url: Url
+    healthy: bool = Field(description="A route may choose it now: host alive, reachable, circuit closed.")
+    host_alive: bool
+    reachable: bool
+    circuit: Code = Field(description="`closed`, `open` (cooling down) or `half_open` (a trial call may go).")
+    open_until: datetime | None = None
+    in_flight: int = 0
+    latency_ewma_ms: float | None = None
+    recent_failures: int = 0
+    last_check_at: datetime | None = None
+    last_check_outcome: CallOutcome | None = None
+    loaded: list[Name] = Field(default_factory=list)
+    installed: list[Name] = Field(default_factory=list)
+
+
+class RoleState(Contract):
+    role: Name
+    state: Code = Field(description="`healthy`, `degraded` or `unserved` (never had a healthy backend here).")
+    hosts: list[Name] = Field(default_factory=list)
+
+
+class BackendsReply(Contract):
+    backends: list[BackendState] = Field(default_factory=list)
+    stale: bool = Field(default=False, description="Every host's view is stale: routing fails open.")
+    roles: list[RoleState] = Field(default_factory=list)
+
+
+class BackendsRequest(RpcRequest[BackendsReply]):
+    """Every backend the router knows, with its health, and the watched roles' state."""
+
+    SUBJECT = "rpc.router.backends.v1"

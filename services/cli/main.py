@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import catalog_cmds, hardware_cmds, provision_cmds, token_cmds, updates_cmds
+from services.cli import catalog_cmds, hardware_cmds, provision_cmds, route_cmds, token_cmds, updates_cmds
 from services.cli import diagnose as diagnose_cmd
 from services.cli import status as status_cmd
 from services.cli import up as up_cmd
@@ -20,6 +20,8 @@ app.command("status")(status_cmd.status)
 app.command("hardware")(hardware_cmds.hardware)
 app.command("fit")(hardware_cmds.fit)
 app.command("diagnose")(diagnose_cmd.diagnose)
+app.command("route")(route_cmds.route)
+app.command("backends")(route_cmds.backends)
 provision_cmds.register(app)
 app.add_typer(catalog_cmds.models_app, name="models")
 app.add_typer(catalog_cmds.profiles_app, name="profiles")

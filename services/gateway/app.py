@@ -18,6 +18,7 @@ from services.gateway import (
     hosts_routes,
     openai_routes,
     provision_routes,
+    route_routes,
     updates_routes,
 )
 from services.gateway.backends import OllamaBackend, OpenAIBackend
@@ -81,6 +82,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(catalog_routes.router)
     app.include_router(provision_routes.router)
     app.include_router(updates_routes.router)
+    app.include_router(route_routes.router)
     app.include_router(openai_routes.router)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider, excluded_urls="healthz")
     return app

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from contracts.router import BackendChecked, LlmDegraded, LlmRecovered
 from services.router import handlers
 from services.router.fleet import Fleet, HealthRules
+from services.router.health import RoleStates
+from services.router.monitor import Checker, RoleWatch
 from services.router.operations import Router
 from services.router.settings import RouterSettings
 from services.router.strategies import Latency, LeastBusy, Strategy, Weighted
@@ -38,6 +41,7 @@ def build_app(settings: RouterSettings) -> Service:
     fleet = build_fleet(settings)
     per_role, default = build_strategies(settings)
     router = Router(fleet, parts.rpc, settings, per_role, default)
-    handlers.register(parts.rpc, parts.streams, fleet, router, settings.replay_s)
-    # Degraded/recovered transitions are not built yet: the router publishes nothing so far.
-    return parts.service(publishes=[])
+    watch = RoleWatch(fleet, parts.rpc, parts.broker, settings, RoleStates())
+    checker = Checker(fleet, parts.broker, settings)
+    handlers.register(parts.rpc, parts.streams, fleet, router, watch, settings.replay_s)
+    return parts.service(tasks=[checker.run, watch.run], publishes=[BackendChecked, LlmDegraded, LlmRecovered])

@@ -11,7 +11,7 @@ from contracts.fit import fit_on_host
 from contracts.hardware import BackendStatus, GpuSampled, HostHeartbeat
 from contracts.model_ref import with_default_tag
 from contracts.provisioner import ModelPulled
-from contracts.router import BackendCallCompleted, BackendKind
+from contracts.router import BackendCallCompleted, BackendChecked, BackendKind
 from contracts.vram import EstimateSettings, FitClass
 
 #: Index key of a model on a kind of backend: ("ollama", "qwen3:8b") or ("openai", "smollm2").
@@ -132,6 +132,8 @@ class Backend:
     #: The sum of every report and the oldest report's time: while that one is fresh, so are all (the hot path).
     busy_sum: int = 0
     busy_oldest: float = math.inf
+    #: The latest active check folded: (when, outcome).
+    last_check: tuple[float, str] | None = None
 
     def report_in_flight(self, gateway: str, count: int, at: float) -> None:
         held = self.in_flight_by_gateway.get(gateway)
@@ -160,6 +162,14 @@ class Backend:
 
     def recent_failures(self, now: float, window_s: float) -> int:
         return sum(1 for t in self.failures if t >= now - window_s)
+
+    def healthy(self, now: float, fail_open: bool = False) -> bool:
+        """A closed circuit on a live, reachable host: half-open is not healthy until a success closes it."""
+        return (
+            not self.tripped
+            and self.open_until <= now
+            and (fail_open or (self.reachable and self.host.deadline >= now))
+        )
 
 
 class Fleet:
@@ -268,17 +278,35 @@ class Fleet:
         if event.outcome == "ok":
             sample = event.ttft_ms if event.ttft_ms is not None else event.latency_ms
             b.ewma_ms = sample if b.ewma_ms is None else rules.ewma_alpha * sample + (1 - rules.ewma_alpha) * b.ewma_ms
-            if at >= b.open_until:  # a success while open is a call that started before the trip
-                b.failures.clear()
-                b.tripped = False
+            self._succeeded(b, at)
             return
         if event.outcome == "error" and event.status_code is not None and event.status_code < 500:
             return  # the request's own fault (400, 404...): says nothing about the backend
+        self._failed(b, at, event.outcome)
+
+    def observe_check(self, event: BackendChecked) -> None:
+        """An active check: the same circuit rules as a call, except that any non-2xx answer counts (a check asks
+        nothing a backend could refuse), and its latency is not inference latency (no EWMA)."""
+        b = self.backend(self.host(event.host_id), event.kind, event.backend_url)
+        at = event.occurred_at.timestamp()
+        b.last_check = (at, event.outcome)
+        if event.outcome == "ok":
+            self._succeeded(b, at)
+        else:
+            self._failed(b, at, event.outcome)
+
+    def _succeeded(self, b: Backend, at: float) -> None:
+        if at >= b.open_until:  # a success while open is a call that started before the trip: the cooldown holds
+            b.failures.clear()
+            b.tripped = False
+
+    def _failed(self, b: Backend, at: float, outcome: str) -> None:
+        rules = self.rules
         b.failures.append(at)
         while b.failures and b.failures[0] < at - rules.window_s:
             b.failures.popleft()
         half_open_trial = b.tripped and at >= b.open_until
-        if event.outcome in TRIPPING or len(b.failures) >= rules.allowed_fails or half_open_trial:
+        if outcome in TRIPPING or len(b.failures) >= rules.allowed_fails or half_open_trial:
             b.open_until = max(b.open_until, at + rules.cooldown_s)
             b.tripped = True
 

@@ -10,9 +10,20 @@ from faststream.nats import ConsumerConfig, DeliverPolicy, NatsRouter
 from contracts.catalog import CatalogChanged, ProfileChanged
 from contracts.hardware import GpuSampled, HostHeartbeat
 from contracts.provisioner import ModelPulled
-from contracts.router import BackendCallCompleted, RouteReply, RouteRequest
+from contracts.router import (
+    BackendCallCompleted,
+    BackendChecked,
+    BackendsReply,
+    BackendsRequest,
+    LlmDegraded,
+    LlmRecovered,
+    RouteReply,
+    RouteRequest,
+)
 from contracts.subjects import EVENTS_STREAM
 from services.router.fleet import Fleet
+from services.router.health import RoleStates
+from services.router.monitor import RoleWatch
 from services.router.operations import Router
 from services.runtime.bus import jstream
 from services.runtime.rpc import Rpc
@@ -22,7 +33,7 @@ def _config(since: datetime | None = None) -> ConsumerConfig:
     return ConsumerConfig(ack_wait=10, opt_start_time=since) if since else ConsumerConfig(ack_wait=10)
 
 
-def register(rpc: Rpc, streams: NatsRouter, fleet: Fleet, router: Router, replay_s: float) -> None:
+def register(rpc: Rpc, streams: NatsRouter, fleet: Fleet, router: Router, watch: RoleWatch, replay_s: float) -> None:
     # Samples, beats and call reports from the recent past rebuild a fresh replica's view; every pull ever made
     # tells what is installed where.
     # No durable anywhere: every replica reads the streams itself, in stream order (docs/foundation.md).
@@ -62,13 +73,43 @@ def register(rpc: Rpc, streams: NatsRouter, fleet: Fleet, router: Router, replay
     async def on_catalog_changed(event: CatalogChanged) -> None:
         """Consumes evt.catalog.entries.changed.v1: drops cached resolutions. Idempotent."""
         router.invalidate()
+        watch.invalidate()
 
     @streams.subscriber(
         ProfileChanged.SUBJECT, stream=events, deliver_policy=DeliverPolicy.NEW, config=_config(), ack_policy=ack
     )
     async def on_profile_changed(event: ProfileChanged) -> None:
-        """Consumes evt.catalog.profile.changed.v1: drops cached resolutions. Idempotent."""
+        """Consumes evt.catalog.profile.changed.v1: drops cached resolutions, re-reads the watched roles. Idempotent."""
         router.invalidate()
+        watch.invalidate()
+
+    @streams.subscriber(
+        BackendChecked.SUBJECT, stream=events, deliver_policy=recent, config=_config(since), ack_policy=ack
+    )
+    async def on_checked(event: BackendChecked) -> None:
+        """Consumes evt.router.backend.checked.v1 (any replica's active check) into the backend's circuit, in
+        stream order like call reports; JetStream keeps one result per backend and slot."""
+        fleet.observe_check(event)
+
+    states: RoleStates = watch.states
+    every = DeliverPolicy.ALL  # transitions are rare; all of them tell each role's last published state
+
+    @streams.subscriber(LlmDegraded.SUBJECT, stream=events, deliver_policy=every, config=_config(), ack_policy=ack)
+    async def on_degraded(event: LlmDegraded) -> None:
+        """Consumes evt.router.llm.degraded.v1 (this or another replica's): the role's published state. Idempotent."""
+        if event.role:
+            states.fold(event.role, "degraded", event.event_id)
+
+    @streams.subscriber(LlmRecovered.SUBJECT, stream=events, deliver_policy=every, config=_config(), ack_policy=ack)
+    async def on_recovered(event: LlmRecovered) -> None:
+        """Consumes evt.router.llm.recovered.v1: the role's published state. Idempotent."""
+        if event.role:
+            states.fold(event.role, "recovered", event.event_id)
+
+    @rpc.handler(BackendsRequest)
+    async def on_backends(req: BackendsRequest) -> BackendsReply:
+        """Consumes rpc.router.backends.v1; replies every known backend's state and the watched roles'. Read-only."""
+        return router.backends(watch)
 
     @rpc.handler(RouteRequest)
     async def on_route(req: RouteRequest) -> RouteReply:

@@ -6,17 +6,32 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from contracts.catalog import ModelInfoRequest, ResolveReply, ResolveRequest
 from contracts.parameters import ParameterError, validate_parameters
-from contracts.router import BackendRef, RouteCandidate, RouteReason, RouteReply, RouteRequest
+from contracts.router import (
+    BackendRef,
+    BackendsReply,
+    BackendState,
+    RoleState,
+    RouteCandidate,
+    RouteReason,
+    RouteReply,
+    RouteRequest,
+)
 from contracts.rpc import RpcError
 from services.router import domain
 from services.router.domain import Pick, Target
-from services.router.fleet import Fleet
+from services.router.fleet import Backend, Fleet
+from services.router.health import role_health
 from services.router.settings import RouterSettings
 from services.router.strategies import Strategy
 from services.runtime.rpc import Rpc
+
+if TYPE_CHECKING:
+    from services.router.monitor import RoleWatch
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +123,24 @@ class Router:
             ),
         )
 
+    def backends(self, watch: RoleWatch) -> BackendsReply:
+        """Every backend of the view with its health, and each watched role's state (for `GET /api/v1/backends`)."""
+        now = self.clock()
+        stale = self.fleet.stale(now)
+        rows = [
+            _state(b, now, stale, self.fleet)
+            for h in sorted(self.fleet.hosts.values(), key=lambda h: h.host_id)
+            for b in sorted(h.backends.values(), key=lambda b: b.id)
+        ]
+        roles = []
+        for role, (_, targets) in sorted(watch.roles.items()):
+            health = role_health(self.fleet, targets, now)
+            hosts = health.healthy or health.candidates
+            roles.append(
+                RoleState(role=role, state=watch.states.state(role), hosts=sorted({b.host.host_id for b in hosts}))
+            )
+        return BackendsReply(backends=rows, stale=stale, roles=roles)
+
     async def _resolve(self, req: RouteRequest, role: str | None) -> Resolution:
         if role is not None:
             key: tuple[str, str, str | None] = ("role", role, req.user_id)
@@ -174,3 +207,21 @@ def _no_backend(req: RouteRequest, role: str | None, resolved: ResolveReply) -> 
         f"closed circuit{chain}"
     )
     return RpcError(503, detail, code="no_backend", field=field)
+
+
+def _at(t: float | None) -> datetime | None:
+    return datetime.fromtimestamp(t, UTC) if t else None
+
+
+def _state(b: Backend, now: float, stale: bool, fleet: Fleet) -> BackendState:
+    rules = fleet.rules
+    return BackendState(
+        host_id=b.host.host_id, kind=b.kind, base_url=b.base_url, healthy=b.healthy(now, stale),
+        host_alive=b.host.deadline >= now, reachable=b.reachable, circuit=b.circuit(now),
+        open_until=_at(b.open_until) if b.open_until > now else None, in_flight=b.busy(now, rules.in_flight_ttl_s),
+        latency_ewma_ms=None if b.ewma_ms is None else round(b.ewma_ms, 3),
+        recent_failures=b.recent_failures(now, rules.window_s),
+        last_check_at=_at(b.last_check[0]) if b.last_check else None,
+        last_check_outcome=b.last_check[1] if b.last_check else None,
+        loaded=sorted(b.loaded), installed=sorted(b.installed),
+    )  # fmt: skip

@@ -40,3 +40,9 @@ class RouterSettings(RuntimeSettings):
     chain_limit: int = Field(default=4, ge=0, le=64)
     #: how far back a starting replica reads samples, heartbeats and call reports to rebuild its view
     replay_s: float = Field(default=120.0, gt=0)
+    #: active checks: every backend each interval (Ollama GET /api/version, OpenAI-compatible GET <base>/models)
+    check_interval_s: float = Field(default=2.0, gt=0)
+    check_timeout_s: float = Field(default=1.0, gt=0)
+    check_concurrency: int = Field(default=64, ge=1)
+    #: how often the watched roles (the active profile set's) are asked of the catalog again, besides on changes
+    roles_refresh_s: float = Field(default=30.0, gt=0)

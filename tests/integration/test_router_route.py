@@ -20,6 +20,9 @@ from contracts.vram import GIB
 from tests.harness.catalog import healthy_instances
 
 pytestmark = pytest.mark.integration
+#: The hosts here are names that resolve nowhere: active checks (tests/integration/test_router_health.py) would cool
+#: every backend down, so they run once a day.
+NO_CHECKS = {"MODELFLEET_ROUTER_CHECK_INTERVAL_S": "86400"}
 
 
 def sample(host: str, loaded: tuple[str, ...] = ()) -> GpuSampled:
@@ -74,7 +77,7 @@ async def test_events_steer_the_route_and_every_replica_decides_the_same(
 ):
     env = service_env(database_url=database_url)
     await start_service("catalog", env)
-    router_env = service_env(MODELFLEET_ROUTER_COOLDOWN_S="30")
+    router_env = service_env(MODELFLEET_ROUTER_COOLDOWN_S="30", **NO_CHECKS)
     replicas = [await start_service("router", router_env), await start_service("router", router_env)]
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
@@ -137,7 +140,7 @@ async def test_events_steer_the_route_and_every_replica_decides_the_same(
 async def test_a_model_by_name_and_its_fallback(nats_url, database_url, service_env, start_service):
     """A model asked by name that no host serves routes to its fallback model (flagged `fallback`)."""
     await start_service("catalog", service_env(database_url=database_url))
-    await start_service("router", service_env())
+    await start_service("router", service_env(**NO_CHECKS))
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     try:

@@ -1,0 +1,60 @@
+"""`modelfleet route` and `modelfleet backends`: the router's decision and its view of the backends, via the gateway."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from services.cli.client import call
+from services.cli.render import data_table
+
+
+def route(
+    role: str | None = typer.Option(None, "--role", help="A role of the active profile set (`coding`)."),
+    model: str | None = typer.Option(None, "--model", help="A model reference instead of a role."),
+    profile: str | None = typer.Option(None, "--profile", help="A profile id instead of a role."),
+    user: str | None = typer.Option(None, "--user", help="Whose overrides apply (default: the token's user)."),
+    prompt_tokens: int | None = typer.Option(None, "--prompt-tokens", help="Estimated prompt size."),
+    as_json: bool = typer.Option(False, "--json", help="Print the router's reply as JSON."),
+) -> None:
+    """Where a request would go now (backend, model name, options, fallback chain, reason); nothing is sent."""
+    body = {"role": role, "model": model, "profile_id": profile, "user": user, "prompt_tokens": prompt_tokens}
+    reply = call("POST", "/api/v1/route", json={k: v for k, v in body.items() if v is not None}).json()
+    if as_json:
+        typer.echo(json.dumps(reply, indent=2))
+        return
+    out = Console()
+    b, reason = reply["backend"], reply.get("reason") or {}
+    out.print(f"{b['host_id']} {b['kind']} {b['base_url']}  model {reply['model_name']}", markup=False)
+    out.print(f"reason: {reason.get('detail', '')}", markup=False)
+    out.print(f"options: {json.dumps(reply['options'], sort_keys=True)}", markup=False)
+    rows = [(c["backend"]["host_id"], c["backend"]["base_url"], c["model_name"]) for c in reply["fallback_chain"]]
+    if rows:
+        out.print(data_table("fallback chain", ("host", "backend", "model"), rows, keep_whole=("backend", "model")))
+
+
+def _row(b: dict[str, Any]) -> tuple[object, ...]:
+    state = "healthy" if b["healthy"] else ("host silent" if not b["host_alive"] else b["circuit"])
+    latency = "-" if b["latency_ewma_ms"] is None else f"{b['latency_ewma_ms']:.0f} ms"
+    check = b["last_check_outcome"] or "-"
+    return (b["host_id"], b["kind"], b["base_url"], state, b["circuit"], b["in_flight"], latency,
+            b["recent_failures"], check, ", ".join(b["loaded"]) or "-", len(b["installed"]))  # fmt: skip
+
+
+def backends(as_json: bool = typer.Option(False, "--json", help="Print the backends as JSON.")) -> None:
+    """Every backend the router knows: state, circuit, in-flight, latency, failures, models; the roles' health."""
+    reply = call("GET", "/api/v1/backends").json()
+    if as_json:
+        typer.echo(json.dumps(reply, indent=2))
+        return
+    out = Console()
+    cols = ("host", "kind", "base URL", "state", "circuit", "in flight", "latency", "failures", "last check",
+            "loaded", "installed")  # fmt: skip
+    title = "backends" + (" (every view stale: routing fails open)" if reply["stale"] else "")
+    out.print(data_table(title, cols, [_row(b) for b in reply["backends"]], keep_whole=("base URL",)))
+    if reply["roles"]:
+        roles = [(r["role"], r["state"], ", ".join(r["hosts"]) or "-") for r in reply["roles"]]
+        out.print(data_table("roles", ("role", "state", "hosts"), roles, keep_whole=("role",)))
