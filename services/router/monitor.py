@@ -68,7 +68,9 @@ class Checker:
     async def run(self) -> None:
         interval = self.settings.check_interval_s
         limit = asyncio.Semaphore(self.settings.check_concurrency)
-        async with httpx.AsyncClient(timeout=self.settings.check_timeout_s) as client:
+        # A new connection each check: a kept-alive one can outlive the listener and hide a refusal.
+        no_keepalive = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=self.settings.check_timeout_s, limits=no_keepalive) as client:
             while True:
                 # aligned to wall-clock slots, so replicas check at the same moments and share slot ids
                 await asyncio.sleep(interval - self.clock() % interval)

@@ -1,0 +1,155 @@
+"""Active checks and role transitions with real NATS, a catalog, two router replicas and the Ollama peer as the
+backend: one llm.degraded when it stops, one llm.recovered when it answers again; 429 and refusals cool down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Thread
+from typing import Any
+
+import nats
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from contracts.hardware import GpuDevice, GpuSampled, OllamaLoadedModel
+from contracts.router import BackendsRequest
+from contracts.subjects import EVENTS_STREAM
+from contracts.vram import GIB
+from tests.harness.catalog import healthy_instances
+from tests.integration.test_router_route import publish, route
+from tests.peers.ollama_server import OllamaPeer
+
+pytestmark = pytest.mark.integration
+
+
+def sample(host: str, url: str, loaded: str = "qwen3-coder:30b") -> GpuSampled:
+    return GpuSampled(
+        producer="hardware-probe", host=host, host_id=host, has_gpu=True,
+        gpus=[GpuDevice(index=0, name="gpu", uuid=f"GPU-{host}", memory_total_bytes=80 * GIB,
+                        memory_free_bytes=60 * GIB, memory_used_bytes=20 * GIB)],
+        cpu_logical_cores=16, memory_total_bytes=128 * GIB, memory_available_bytes=100 * GIB,
+        ollama_url=url, ollama_reachable=True, interval_s=60,
+        ollama_models=[OllamaLoadedModel(name=loaded, size_bytes=18 * GIB, context_length=65536)],
+    )  # fmt: skip
+
+
+async def role_state(nc: Any, role: str) -> str | None:
+    reply = json.loads((await nc.request(BackendsRequest.SUBJECT, b"{}", timeout=5)).data)
+    return next((r["state"] for r in reply.get("roles", []) if r["role"] == role), None)
+
+
+async def until(probe: Any, timeout_s: float) -> float:
+    """Seconds until `probe()` is true (bounded)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if await probe():
+            return time.monotonic() - start
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s}s")
+
+
+async def transitions(js: Any, role: str) -> list[str]:
+    """Every llm.degraded / llm.recovered for `role` on the EVENTS stream, in order (the stream, not core NATS:
+    a duplicate JetStream dropped never counts)."""
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=5.0)
+    sub = await js.pull_subscribe("evt.router.llm.>", stream=EVENTS_STREAM, config=config)
+    got: list[str] = []
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(100, timeout=0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                break
+            got += [m.subject.split(".")[3] for m in msgs if json.loads(m.data).get("role") == role]
+    finally:
+        await sub.unsubscribe()
+    return got
+
+
+async def test_one_degraded_then_one_recovered_across_two_replicas(nats_url, database_url, service_env, start_service):
+    peer = OllamaPeer().start()
+    port = int(peer.url.rsplit(":", 1)[1])
+    await start_service("catalog", service_env(database_url=database_url))
+    env = service_env(MODELFLEET_ROUTER_COOLDOWN_S="2")
+    await start_service("router", env)
+    await start_service("router", env)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        await until(lambda: _n(nc, 2), 30)
+        await publish(js, sample("h1", peer.url))
+        await until(lambda: _is(nc, "coding", "healthy"), 30)
+        peer.stop()
+        took = await until(lambda: _is(nc, "coding", "degraded"), 10)
+        print(f"degraded seen {took:.2f}s after the backend stopped")
+        await asyncio.sleep(3)  # both replicas keep evaluating: still one event
+        assert await transitions(js, "coding") == ["degraded"]
+        assert (await route(nc, role="coding"))["error"]["code"] == "no_backend"
+        peer = OllamaPeer(port=port).start()
+        took = await until(lambda: _is(nc, "coding", "healthy"), 15)
+        print(f"recovered seen {took:.2f}s after the backend restarted")
+        await asyncio.sleep(3)
+        assert await transitions(js, "coding") == ["degraded", "recovered"]
+        assert (await route(nc, role="coding"))["backend"]["host_id"] == "h1"
+    finally:
+        peer.stop()
+        await nc.close()
+
+
+class _Status(BaseHTTPRequestHandler):
+    status = 429
+
+    def do_GET(self) -> None:
+        self.send_response(type(self).status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_429_and_refusing_backends_are_skipped_during_the_cooldown(
+    nats_url, database_url, service_env, start_service
+):
+    handler = type("Limited", (_Status,), {"status": 429})
+    limited = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    Thread(target=limited.serve_forever, daemon=True).start()
+    peer = OllamaPeer().start()
+    await start_service("catalog", service_env(database_url=database_url))
+    await start_service("router", service_env(MODELFLEET_ROUTER_COOLDOWN_S="3"))
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    try:
+        # ties go by backend id: "a-…" and "b-…" would be chosen before "c-ok" while healthy
+        await publish(js, sample("a-429", f"http://127.0.0.1:{limited.server_address[1]}"),
+                      sample("b-refused", "http://127.0.0.1:9"), sample("c-ok", peer.url))  # fmt: skip
+
+        async def on(host: str) -> bool:
+            got = await route(nc, role="coding")
+            return bool(got.get("backend") and got["backend"]["host_id"] == host)
+
+        await until(lambda: on("c-ok"), 15)
+        for _ in range(10):  # held for several cooldowns: every check trips them again
+            assert await on("c-ok")
+            await asyncio.sleep(0.5)
+        handler.status = 200  # the rate limit lifts: back after the cooldown and a successful check
+        await until(lambda: on("a-429"), 15)
+    finally:
+        limited.shutdown()
+        peer.stop()
+        await nc.close()
+
+
+async def _n(nc: Any, n: int) -> bool:
+    return len(await healthy_instances(nc, "router")) >= n
+
+
+async def _is(nc: Any, role: str, state: str) -> bool:
+    try:
+        return await role_state(nc, role) == state
+    except Exception:
+        return False
