@@ -1,0 +1,66 @@
+"""POST /api/v1/route and GET /api/v1/backends through the gateway and the CLI (JSON and tables), with a catalog,
+a router and the Ollama peer as the one backend, each a separate process."""
+
+from __future__ import annotations
+
+import json
+
+import nats
+import pytest
+from typer.testing import CliRunner
+
+from services.cli.main import app as cli
+from tests.harness.catalog import bearer, catalog_fleet
+from tests.harness.cli import ADMIN_TOKEN
+from tests.integration.test_router_health import sample, until
+from tests.integration.test_router_route import publish
+from tests.peers.ollama_server import OllamaPeer
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_route_and_backends_over_http_and_the_cli(
+    nats_url, database_url, service_env, start_service, start_gateway, monkeypatch
+):
+    peer = OllamaPeer().start()
+    try:
+        async with catalog_fleet(database_url, service_env, start_service, start_gateway) as http:
+            await start_service("router", service_env())
+            nc = await nats.connect(nats_url)
+            await publish(nc.jetstream(), sample("h1", peer.url))
+            await nc.close()
+            admin = bearer(ADMIN_TOKEN)
+
+            async def routed() -> bool:
+                return (await http.post("/api/v1/route", json={"role": "coding"}, headers=admin)).status_code == 200
+
+            await until(routed, 20)
+            got = (
+                await http.post("/api/v1/route", json={"role": "coding", "prompt_tokens": 70000}, headers=admin)
+            ).json()
+            assert got["backend"] == {"host_id": "h1", "kind": "ollama", "base_url": peer.url}
+            assert got["model_name"] == "qwen3-coder:30b" and got["options"]["num_ctx"] == 70000
+            assert (await http.post("/api/v1/route", json={"role": "coding"})).status_code == 401
+            none = await http.post("/api/v1/route", json={"role": "vision"}, headers=admin)
+            assert none.status_code == 503 and none.json()["code"] == "no_backend"
+            listed = (await http.get("/api/v1/backends", headers=admin)).json()
+            b = next(b for b in listed["backends"] if b["host_id"] == "h1")
+            assert b["healthy"] and b["circuit"] == "closed" and "qwen3-coder:30b" in b["loaded"]
+
+            monkeypatch.setenv("MODELFLEET_URL", str(http.base_url).rstrip("/"))
+            monkeypatch.setenv("MODELFLEET_TOKEN", ADMIN_TOKEN)
+            monkeypatch.setenv("COLUMNS", "250")  # a table wide enough for every column
+            runner = CliRunner()
+            shown = runner.invoke(cli, ["route", "--role", "coding", "--json"])
+            assert shown.exit_code == 0, shown.output
+            assert json.loads(shown.output)["backend"]["base_url"] == peer.url
+            table = runner.invoke(cli, ["route", "--role", "coding"])
+            assert table.exit_code == 0 and "qwen3-coder:30b" in table.output and "h1" in table.output
+            backends = runner.invoke(cli, ["backends", "--json"])
+            assert backends.exit_code == 0 and peer.url in {
+                b["base_url"] for b in json.loads(backends.output)["backends"]
+            }
+            rows = runner.invoke(cli, ["backends"])
+            assert rows.exit_code == 0 and "h1" in rows.output and "healthy" in rows.output
+    finally:
+        peer.stop()
