@@ -1,5 +1,6 @@
 """The OpenAI-compatible /v1/ of the gateway, driven by the official `openai` client: catalog, router and gateway
-processes, real NATS and PostgreSQL, the project's Ollama peer as the backend (and a port nobody listens on)."""
+processes, real NATS and PostgreSQL, the project's Ollama peer as the backend (and one that fails),
+a real llama.cpp server."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from contracts.envelope import Envelope
 from contracts.hardware import GpuDevice, GpuSampled, OllamaLoadedModel
 from contracts.router import BackendCallCompleted
 from contracts.vram import GIB
-from services.runtime.embedded import free_port
 from tests.harness.cli import ADMIN_TOKEN
 from tests.peers.ollama_server import OllamaPeer
 
@@ -60,13 +60,17 @@ async def fleet(
     nats_url, database_url, service_env, start_service, start_gateway, peer
 ) -> AsyncIterator[dict[str, Any]]:
     """Catalog, router and gateway processes; `b-live` serves every model from the peer, `a-dead` advertises
-    `general` at a port nobody listens on (and sorts first, so the route picks it)."""
+    `general` from a peer whose chats fail with a 500 (and sorts first, so the route picks it)."""
     env = service_env(database_url=database_url, MODELFLEET_ADMIN_TOKEN=ADMIN_TOKEN)
     await start_service("catalog", env)
     await start_service("router", service_env())
     url = await start_gateway(env)
     nc = await nats.connect(nats_url)
-    dead = f"http://127.0.0.1:{free_port()}"
+    # `a-dead` passes the router's active checks (it answers /api/version) but fails every chat with a 500
+    broken = OllamaPeer().start()
+    broken.install(GENERAL)
+    broken.chat_error = (500, "model runner crashed")
+    dead = broken.url
     live = sample("b-live", peer.url, (CODER, GENERAL, EMBEDDER))
     await publish(nc.jetstream(), sample("a-dead", dead, (GENERAL,)), live)
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=ADMIN_TOKEN, max_retries=0, timeout=30)
@@ -75,6 +79,7 @@ async def fleet(
     finally:
         await client.close()
         await nc.close()
+        broken.stop()
 
 
 async def until_routed(client: openai.AsyncOpenAI, model: str, timeout_s: float = 20.0) -> Any:
@@ -138,11 +143,11 @@ async def test_chat_non_streamed_and_streamed_through_the_official_client(fleet,
     assert not any("usage" in json.loads(line[6:]) for line in lines[:-1])  # not asked for, not sent
 
 
-async def test_a_backend_that_refuses_connections_falls_back_before_the_first_byte(fleet, peer):
+async def test_a_failing_backend_falls_back_before_the_first_byte(fleet, peer):
     nc = fleet["nc"]
     reports = await nc.subscribe(BackendCallCompleted.SUBJECT)
     raw = await until_routed(fleet["client"], "general")
-    # `a-dead` was chosen (it sorts first among equals) and refused; the chain's next entry answered
+    # `a-dead` was chosen (it sorts first among equals) and failed; the chain's next entry answered
     assert raw.headers["x-modelfleet-backend"] == f"b-live {peer.url}"
     assert "retried=1" in raw.headers["x-modelfleet-route-reason"]
     assert raw.parse().choices[0].message.content == "echo: ping"
@@ -152,7 +157,7 @@ async def test_a_backend_that_refuses_connections_falls_back_before_the_first_by
         report = BackendCallCompleted.model_validate_json((await reports.next_msg(timeout=10)).data)
         seen[report.host_id] = report.outcome
         assert report.gateway_instance and report.in_flight is not None and report.latency_ms >= 0
-    assert seen == {"a-dead": "connect_refused", "b-live": "ok"}
+    assert seen == {"a-dead": "error", "b-live": "ok"}
 
 
 async def test_errors_are_openai_shaped(fleet):
@@ -217,9 +222,10 @@ async def test_a_role_served_by_a_real_llama_cpp_server(fleet):
             imported = await http.post("/api/v1/catalog/import", params={"filename": "m.json"},
                                        content=json.dumps(manifest), headers=admin)  # fmt: skip
             assert imported.status_code == 200, imported.text
-        engine = sample("c-llama", "http://127.0.0.1:9", ()).model_copy(update={"backends": [
-            BackendStatus(kind="openai", base_url=base_url, reachable=True, loaded=[BackendLoadedModel(name=model_id)])
-        ]})  # fmt: skip
+        served = BackendStatus(kind="openai", base_url=base_url, reachable=True,
+                               loaded=[BackendLoadedModel(name=model_id)])  # fmt: skip
+        update = {"ollama_url": None, "ollama_reachable": False, "backends": [served]}
+        engine = sample("c-llama", "", ()).model_copy(update=update)
         await publish(fleet["nc"].jetstream(), engine)
         client: openai.AsyncOpenAI = fleet["client"]
         deadline = time.monotonic() + 20
