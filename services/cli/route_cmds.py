@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from services.cli.client import call
+from services.cli.client import call, client, err
 from services.cli.render import data_table
 
 
@@ -58,3 +58,36 @@ def backends(as_json: bool = typer.Option(False, "--json", help="Print the backe
     if reply["roles"]:
         roles = [(r["role"], r["state"], ", ".join(r["hosts"]) or "-") for r in reply["roles"]]
         out.print(data_table("roles", ("role", "state", "hosts"), roles, keep_whole=("role",)))
+
+
+def chat(
+    prompt: str = typer.Argument(..., help="The user message."),
+    role: str | None = typer.Option(None, "--role", help="A role (`coding`); or give --model."),
+    model: str | None = typer.Option(None, "--model", help="A profile id or model name instead of a role."),
+    as_json: bool = typer.Option(False, "--json", help="No streaming: print the final response object."),
+) -> None:
+    """Send one message through the gateway's /v1/chat/completions and stream the answer's tokens."""
+    if not (role or model):
+        raise typer.BadParameter("give --role or --model")
+    body: dict[str, Any] = {
+        "model": f"role:{role}" if role else model,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    if as_json:
+        typer.echo(json.dumps(call("POST", "/v1/chat/completions", json=body, timeout_s=600).json(), indent=2))
+        return
+    with client(600) as c, c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as reply:
+        if reply.status_code != 200:
+            reply.read()
+            err.print(f"[red]chat failed with {reply.status_code}[/red]: {reply.text}", markup=True)
+            raise typer.Exit(1)
+        for line in reply.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            doc = json.loads(line.removeprefix("data: "))
+            if "error" in doc:  # the stream ended with an OpenAI-shaped error event
+                err.print(f"[red]{doc['error'].get('message', doc['error'])}[/red]")
+                raise typer.Exit(1)
+            for choice in doc.get("choices", []):
+                typer.echo((choice.get("delta") or {}).get("content") or "", nl=False)
+    typer.echo()

@@ -23,6 +23,7 @@ async def test_route_and_backends_over_http_and_the_cli(
     nats_url, database_url, service_env, start_service, start_gateway, monkeypatch
 ):
     peer = OllamaPeer().start()
+    peer.install("qwen3-coder:30b")  # so that /api/chat answers for it
     try:
         async with catalog_fleet(database_url, service_env, start_service, start_gateway) as http:
             await start_service("router", service_env())
@@ -62,5 +63,9 @@ async def test_route_and_backends_over_http_and_the_cli(
             }
             rows = runner.invoke(cli, ["backends"])
             assert rows.exit_code == 0 and "h1" in rows.output and "healthy" in rows.output
+            said = runner.invoke(cli, ["chat", "--role", "coding", "say hi"])
+            assert said.exit_code == 0 and said.output.strip(), said.output  # streamed tokens from the peer
+            whole = runner.invoke(cli, ["chat", "--role", "coding", "say hi", "--json"])
+            assert whole.exit_code == 0 and json.loads(whole.output)["object"] == "chat.completion", whole.output
     finally:
         peer.stop()
