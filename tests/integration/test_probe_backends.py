@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +22,7 @@ from services.router.strategies import LeastBusy
 from services.runtime.embedded import free_port
 from services.runtime.nvml import NvmlReader
 from tests.harness.llama_server import llama_server
+from tests.harness.waiting import eventually
 from tests.peers.ollama_server import OllamaPeer, library_model
 
 pytestmark = pytest.mark.integration
@@ -125,20 +124,6 @@ async def test_dead_and_silent_servers_are_listed_unreachable_and_the_sample_sti
     assert sample.sample_ms is not None and sample.sample_ms < 4 * timeout_s * 1000
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout_s: float = 20.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            got = await check()
-            if got:
-                return got
-        except Exception as exc:  # not there yet
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
 async def test_the_daemon_advertises_the_servers_named_in_its_setting(
     ollama_peer: OllamaPeer, llama: tuple[str, str], silent_port: int,
     service_env: Callable[..., dict[str, str]], start_service: Callable[..., Any], nats_url: str,
@@ -162,7 +147,7 @@ async def test_the_daemon_advertises_the_servers_named_in_its_setting(
                 seen.append(str(sample.event_id))
             return sample if len(seen) >= 2 else None
 
-        sample = await eventually(two_samples, what="two samples from the daemon")
+        sample = await eventually(two_samples, timeout_s=20.0, what="two samples from the daemon")
     finally:
         await nc.close()
     assert [(b.kind, b.base_url, b.reachable) for b in sample.backends] == [

@@ -6,7 +6,6 @@ same Service in-process with an NVML stand-in injected at services.runtime.nvml.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -35,25 +34,12 @@ from services.runtime.embedded import free_port
 from services.runtime.nvml import NvmlReader
 from tests.harness.nvml_stand_in import GIB, stand_in, two_gpus
 from tests.harness.processes import ROOT
+from tests.harness.waiting import eventually
 from tests.peers.ollama_server import OllamaPeer
 
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout_s: float = 15.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            got = await check()
-            if got:
-                return got
-        except Exception as exc:  # not there yet
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 async def events(js: Any, subject: str, since_seq: int = 0) -> list[Any]:

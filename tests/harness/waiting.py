@@ -1,0 +1,25 @@
+"""Bounded waits on a condition, shared by tests that wait for something a process publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout_s: float = 15.0, what: str = "") -> T:
+    """The first truthy result of `check()`, polled every 50 ms; an exception counts as not there yet."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            got = await check()
+            if got:
+                return got
+        except Exception as exc:  # not there yet
+            last = exc
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
