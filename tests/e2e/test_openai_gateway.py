@@ -224,7 +224,9 @@ async def test_a_role_served_by_a_real_llama_cpp_server(fleet):
             assert imported.status_code == 200, imported.text
         served = BackendStatus(kind="openai", base_url=base_url, reachable=True,
                                loaded=[BackendLoadedModel(name=model_id)])  # fmt: skip
-        engine = sample("c-llama", base_url, ()).model_copy(update={"backends": [served]})
+        # a host with no Ollama at all: only the OpenAI-compatible server it advertises
+        update = {"ollama_url": None, "ollama_reachable": False, "backends": [served]}
+        engine = sample("c-llama", "", ()).model_copy(update=update)
         await publish(fleet["nc"].jetstream(), engine)
         client: openai.AsyncOpenAI = fleet["client"]
         deadline = time.monotonic() + 20
