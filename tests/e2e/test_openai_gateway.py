@@ -17,11 +17,11 @@ import nats
 import openai
 import pytest
 
-from contracts.envelope import Envelope
-from contracts.hardware import GpuDevice, GpuSampled, OllamaLoadedModel
+from contracts.hardware import GpuSampled
 from contracts.router import BackendCallCompleted
 from contracts.vram import GIB
 from tests.harness.cli import ADMIN_TOKEN
+from tests.harness.fleet_events import gpu_sample, publish
 from tests.peers.ollama_server import OllamaPeer
 
 pytestmark = pytest.mark.e2e
@@ -29,22 +29,6 @@ pytestmark = pytest.mark.e2e
 CODER = "qwen3-coder:30b"  # the default set's `coding` model (num_ctx 65536, temperature 0.2)
 GENERAL = "qwen3:30b-a3b"  # the default set's `general` model
 EMBEDDER = "nomic-embed-text-v2-moe:latest"  # the default set's `embedding` model
-
-
-def sample(host: str, url: str, loaded: tuple[str, ...]) -> GpuSampled:
-    return GpuSampled(
-        producer="hardware-probe", host=host, host_id=host, has_gpu=True,
-        gpus=[GpuDevice(index=0, name="gpu", uuid=f"GPU-{host}", memory_total_bytes=80 * GIB,
-                        memory_free_bytes=60 * GIB, memory_used_bytes=20 * GIB)],
-        cpu_logical_cores=16, memory_total_bytes=128 * GIB, memory_available_bytes=100 * GIB,
-        ollama_url=url, ollama_reachable=True, interval_s=60,
-        ollama_models=[OllamaLoadedModel(name=n, size_bytes=GIB, context_length=8192) for n in loaded],
-    )  # fmt: skip
-
-
-async def publish(js: Any, *events: Envelope) -> None:
-    for e in events:
-        await js.publish(e.SUBJECT, e.model_dump_json().encode(), headers={"Nats-Msg-Id": str(e.event_id)})
 
 
 @pytest.fixture
@@ -94,6 +78,10 @@ async def until_routed(client: openai.AsyncOpenAI, model: str, timeout_s: float 
             if exc.status_code != 503 or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
+
+
+def sample(host: str, url: str, loaded: tuple[str, ...]) -> GpuSampled:
+    return gpu_sample(host, url, loaded, size_bytes=GIB, context_length=8192)
 
 
 async def test_chat_non_streamed_and_streamed_through_the_official_client(fleet, peer):

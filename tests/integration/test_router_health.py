@@ -14,26 +14,13 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from contracts.hardware import GpuDevice, GpuSampled, OllamaLoadedModel
 from contracts.router import BackendsRequest
 from contracts.subjects import EVENTS_STREAM
-from contracts.vram import GIB
 from tests.harness.catalog import healthy_instances
-from tests.integration.test_router_route import publish, route
+from tests.harness.fleet_events import gpu_sample, publish, route
 from tests.peers.ollama_server import OllamaPeer
 
 pytestmark = pytest.mark.integration
-
-
-def sample(host: str, url: str, loaded: str = "qwen3-coder:30b") -> GpuSampled:
-    return GpuSampled(
-        producer="hardware-probe", host=host, host_id=host, has_gpu=True,
-        gpus=[GpuDevice(index=0, name="gpu", uuid=f"GPU-{host}", memory_total_bytes=80 * GIB,
-                        memory_free_bytes=60 * GIB, memory_used_bytes=20 * GIB)],
-        cpu_logical_cores=16, memory_total_bytes=128 * GIB, memory_available_bytes=100 * GIB,
-        ollama_url=url, ollama_reachable=True, interval_s=60,
-        ollama_models=[OllamaLoadedModel(name=loaded, size_bytes=18 * GIB, context_length=65536)],
-    )  # fmt: skip
 
 
 async def role_state(nc: Any, role: str) -> str | None:
@@ -80,7 +67,7 @@ async def test_one_degraded_then_one_recovered_across_two_replicas(nats_url, dat
     js = nc.jetstream()
     try:
         await until(lambda: _n(nc, 2), 30)
-        await publish(js, sample("h1", peer.url))
+        await publish(js, gpu_sample("h1", peer.url, ["qwen3-coder:30b"]))
         await until(lambda: _is(nc, "coding", "healthy"), 30)
         peer.stop()
         took = await until(lambda: _is(nc, "coding", "degraded"), 10)
@@ -125,8 +112,10 @@ async def test_429_and_refusing_backends_are_skipped_during_the_cooldown(
     js = nc.jetstream()
     try:
         # ties go by backend id: "a-…" and "b-…" would be chosen before "c-ok" while healthy
-        await publish(js, sample("a-429", f"http://127.0.0.1:{limited.server_address[1]}"),
-                      sample("b-refused", "http://127.0.0.1:9"), sample("c-ok", peer.url))  # fmt: skip
+        coder = ["qwen3-coder:30b"]
+        limited_url = f"http://127.0.0.1:{limited.server_address[1]}"
+        await publish(js, gpu_sample("a-429", limited_url, coder), gpu_sample("b-refused", "http://127.0.0.1:9", coder),
+                      gpu_sample("c-ok", peer.url, coder))  # fmt: skip
 
         async def on(host: str) -> bool:
             got = await route(nc, role="coding")

@@ -12,12 +12,12 @@ from typing import Any
 import nats
 import pytest
 
-from contracts.envelope import Envelope
-from contracts.hardware import GpuDevice, GpuSampled, OllamaLoadedModel
+from contracts.hardware import GpuSampled
 from contracts.provisioner import ModelPulled
 from contracts.router import BackendCallCompleted, RouteRequest
 from contracts.vram import GIB
 from tests.harness.catalog import healthy_instances
+from tests.harness.fleet_events import gpu_sample, publish, route
 
 pytestmark = pytest.mark.integration
 #: The hosts here are names that resolve nowhere: active checks (tests/integration/test_router_health.py) would cool
@@ -26,24 +26,7 @@ NO_CHECKS = {"MODELFLEET_ROUTER_CHECK_INTERVAL_S": "86400"}
 
 
 def sample(host: str, loaded: tuple[str, ...] = ()) -> GpuSampled:
-    return GpuSampled(
-        producer="hardware-probe", host=host, host_id=host, has_gpu=True,
-        gpus=[GpuDevice(index=0, name="gpu", uuid=f"GPU-{host}", memory_total_bytes=80 * GIB,
-                        memory_free_bytes=60 * GIB, memory_used_bytes=20 * GIB)],
-        cpu_logical_cores=16, memory_total_bytes=128 * GIB, memory_available_bytes=100 * GIB,
-        ollama_url=f"http://{host}.test:11434", ollama_reachable=True, interval_s=60,
-        ollama_models=[OllamaLoadedModel(name=n, size_bytes=18 * GIB, context_length=40960) for n in loaded],
-    )  # fmt: skip
-
-
-async def publish(js: Any, *events: Envelope) -> None:
-    for e in events:
-        await js.publish(e.SUBJECT, e.model_dump_json().encode(), headers={"Nats-Msg-Id": str(e.event_id)})
-
-
-async def route(nc: Any, **body: Any) -> dict[str, Any]:
-    msg = await nc.request(RouteRequest.SUBJECT, RouteRequest(**body).model_dump_json().encode(), timeout=10)
-    return dict(json.loads(msg.data))
+    return gpu_sample(host, f"http://{host}.test:11434", loaded, context_length=40960)
 
 
 async def route_until(nc: Any, want: Any, timeout_s: float = 20.0, **body: Any) -> dict[str, Any]:
