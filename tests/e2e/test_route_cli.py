@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from services.cli.main import app as cli
 from tests.harness.catalog import bearer, catalog_fleet
 from tests.harness.cli import ADMIN_TOKEN
-from tests.integration.test_router_health import sample, until
-from tests.integration.test_router_route import publish
+from tests.harness.fleet_events import gpu_sample, publish
+from tests.harness.waiting import until
 from tests.peers.ollama_server import OllamaPeer
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +28,7 @@ async def test_route_and_backends_over_http_and_the_cli(
         async with catalog_fleet(database_url, service_env, start_service, start_gateway) as http:
             await start_service("router", service_env())
             nc = await nats.connect(nats_url)
-            await publish(nc.jetstream(), sample("h1", peer.url))
+            await publish(nc.jetstream(), gpu_sample("h1", peer.url, ["qwen3-coder:30b"]))
             await nc.close()
             admin = bearer(ADMIN_TOKEN)
 

@@ -23,3 +23,13 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout_s: float 
             last = exc
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+async def until(probe: Callable[[], Awaitable[object]], timeout_s: float) -> float:
+    """Seconds until `probe()` is true, polled every 100 ms (bounded): for tests that report how long it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if await probe():
+            return time.monotonic() - start
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s}s")

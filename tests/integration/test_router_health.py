@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
 from typing import Any
@@ -18,6 +17,7 @@ from contracts.router import BackendsRequest
 from contracts.subjects import EVENTS_STREAM
 from tests.harness.catalog import healthy_instances
 from tests.harness.fleet_events import gpu_sample, publish, route
+from tests.harness.waiting import until
 from tests.peers.ollama_server import OllamaPeer
 
 pytestmark = pytest.mark.integration
@@ -26,16 +26,6 @@ pytestmark = pytest.mark.integration
 async def role_state(nc: Any, role: str) -> str | None:
     reply = json.loads((await nc.request(BackendsRequest.SUBJECT, b"{}", timeout=5)).data)
     return next((r["state"] for r in reply.get("roles", []) if r["role"] == role), None)
-
-
-async def until(probe: Any, timeout_s: float) -> float:
-    """Seconds until `probe()` is true (bounded)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if await probe():
-            return time.monotonic() - start
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {timeout_s}s")
 
 
 async def transitions(js: Any, role: str) -> list[str]:
