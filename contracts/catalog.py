@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
 from contracts.envelope import Contract, Envelope
+from contracts.fallback import FallbackSpec
 from contracts.rpc import RpcRequest
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -63,6 +64,9 @@ class RoleEntry(Contract):
     provider: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     auto_download: bool = True
     parameters: dict[str, Any] = Field(default_factory=dict)
+    fallback: FallbackSpec | None = Field(
+        default=None, description="What the inference fallback loads for this role (None: the role's own GGUF)."
+    )
 
 
 class RolesReply(Contract):
@@ -421,6 +425,7 @@ class RoleModelDoc(Contract):
     auto_download: bool = True
     parameters: dict[str, Any] = Field(default_factory=dict)
     description: Text = ""
+    fallback: FallbackSpec | None = None
 
 
 class ProfileSetDoc(Contract):

@@ -241,7 +241,7 @@ def role_entries(view: CatalogView, set_name: str | None) -> tuple[str, list[Rol
         )
     entries = [
         RoleEntry(role=role, model_ref=_entry_ref(view, e), provider=e.provider, auto_download=e.auto_download,
-                  parameters=e.parameters)
+                  parameters=e.parameters, fallback=e.fallback)
         for role, e in profile_set.models.items()
     ]  # fmt: skip
     return name, entries

@@ -14,6 +14,7 @@ import tomli_w
 from pydantic import ValidationError
 
 from contracts.catalog import ModelDoc, ModelSources, ProfileSetDoc, QuantizationDoc, RoleModelDoc
+from contracts.fallback import FallbackSpec
 from contracts.model_ref import ModelRefError, parse_model_ref
 from contracts.parameters import ALIASES, ParameterError, validate_parameters
 
@@ -22,7 +23,7 @@ SUPPORTED_PROVIDERS = ("ollama", "huggingface", "local", "openai")
 #: An `openai` entry's name is the id an OpenAI-compatible backend lists in /v1/models, not a model reference.
 OPENAI_ID_MAX = 256
 FORMATS = ("json", "toml", "models.txt")
-_ENTRY_FIELDS = {"name", "provider", "auto_download", "parameters", "description"}
+_ENTRY_FIELDS = {"name", "provider", "auto_download", "parameters", "description", "fallback"}
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PRESET_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {  # field -> (types, required)
     "weights": (str, True),
@@ -149,11 +150,50 @@ def _json_entry(filename: str, key: str, entry: Any, warnings: list[str]) -> Rol
         parameters = validate_parameters(entry.get("parameters") or {})
     except ParameterError as exc:
         raise ManifestError(filename, f"key {key}.parameters", exc.field, str(exc)) from exc
+    fallback = _fallback(filename, key, entry.get("fallback"))
     for unknown in sorted(set(entry) - _ENTRY_FIELDS):
         warnings.append(f"{filename}: {key}: unknown field {unknown!r} ignored")
     return RoleModelDoc(
-        name=name.strip(), provider=provider, auto_download=auto, parameters=parameters, description=description
+        name=name.strip(),
+        provider=provider,
+        auto_download=auto,
+        parameters=parameters,
+        description=description,
+        fallback=fallback,
     )
+
+
+def _fallback(filename: str, key: str, value: Any) -> FallbackSpec | None:
+    """A role's `fallback` object: `{"path": "/abs/m.gguf"}` or `{"repo": "org/name", "revision": "<commit|tag>"}`."""
+    if value is None:
+        return None
+    where = f"key {key}.fallback"
+    if not isinstance(value, dict):
+        raise ManifestError(
+            filename, where, "fallback", f'must be an object {{"path": ...}} or {{"repo": ..., "revision": ...}}, '
+            f"got {value!r}"[:300],
+        )  # fmt: skip
+    unknown = sorted(set(value) - set(FallbackSpec.model_fields))
+    if unknown:
+        raise ManifestError(
+            filename, where, f"fallback.{unknown[0]}", f"unknown field (known: {', '.join(FallbackSpec.model_fields)})"
+        )
+    try:
+        spec = FallbackSpec.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        loc = ".".join(map(str, first["loc"]))
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ManifestError(filename, where, f"fallback.{loc}" if loc else "fallback", message) from exc
+    if spec.path is not None and not PurePosixPath(spec.path).is_absolute() and not _is_windows_absolute(spec.path):
+        raise ManifestError(
+            filename, where, "fallback.path", f"must be an absolute path on the fallback's host, got {spec.path!r}"
+        )
+    return spec
+
+
+def _is_windows_absolute(path: str) -> bool:
+    return bool(re.match(r"^[A-Za-z]:[\\/]", path))
 
 
 def openai_id_problem(name: str) -> str | None:
@@ -172,7 +212,8 @@ def export_json(sets: list[ProfileSetDoc]) -> str:
     for s in sets:
         models: dict[str, Any] = {}
         for role, e in s.models.items():
-            if e.provider == "ollama" and e.auto_download and not e.parameters and not e.description:
+            plain = not e.parameters and not e.description and e.fallback is None
+            if e.provider == "ollama" and e.auto_download and plain:
                 models[role] = e.name
                 continue
             obj: dict[str, Any] = {"name": e.name, "provider": e.provider, "auto_download": e.auto_download}
@@ -180,6 +221,8 @@ def export_json(sets: list[ProfileSetDoc]) -> str:
                 obj["parameters"] = e.parameters
             if e.description:
                 obj["description"] = e.description
+            if e.fallback is not None:
+                obj["fallback"] = e.fallback.model_dump(mode="json", exclude_none=True)
             models[role] = obj
         profiles[s.name] = {"models": models}
     return json.dumps({"profiles": profiles}, indent=2) + "\n"
