@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -155,3 +158,53 @@ async def test_the_daemon_advertises_the_servers_named_in_its_setting(
     ]  # fmt: skip
     assert [m.name for m in sample.backends[1].loaded] == [model_id]
     assert {m.name for m in sample.backends[0].installed} == {"llama3.2:1b", "qwen3:8b"}
+
+
+class _Listing(http.server.BaseHTTPRequestHandler):
+    """`GET /v1/models` as an OpenAI-compatible server lists; while `hold` is set it accepts and answers nothing
+    (llama-cpp-python's server while it generates), and once `hold` is cleared it answers again."""
+
+    hold = threading.Event()
+    released = threading.Event()
+
+    def do_GET(self) -> None:
+        if self.hold.is_set():
+            self.released.wait(10)
+        body = json.dumps({"object": "list", "data": [{"id": "smollm2", "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_a_server_that_listed_once_and_then_does_not_answer_in_time_is_busy_with_its_last_listing(
+    tmp_path: Path,
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Listing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    backends = OpenAIBackends([base_url], timeout_s=0.3)
+    try:
+        [first] = await backends.read()
+        assert (first.reachable, first.error, [m.name for m in first.loaded]) == (True, None, ["smollm2"])
+        _Listing.hold.set()
+        [busy] = await backends.read()
+        assert busy.reachable and [m.name for m in busy.loaded] == ["smollm2"]
+        assert busy.error and busy.error.startswith("busy:") and "last listing kept" in busy.error
+        _Listing.released.set()
+        _Listing.hold.clear()
+        [again] = await backends.read()
+        assert (again.reachable, again.error) == (True, None)
+        server.shutdown()
+        server.server_close()
+        [down] = await backends.read()  # refused now: down, and the listing is forgotten
+        assert not down.reachable and down.loaded == []
+        assert "Connect" in str(down.error)
+    finally:
+        _Listing.released.set()
+        server.shutdown()
+        await backends.close()
