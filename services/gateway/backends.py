@@ -143,6 +143,13 @@ class OllamaBackend:
         return [list(v) for v in got.embeddings], got.prompt_eval_count or 0
 
 
+#: A stream that says `[DONE]` before any choice finished was cut short by the backend, not completed.
+_CUT_SHORT = (
+    "the backend ended its stream before any finish_reason (cut short; llama-cpp-python's server does this to a "
+    "stream whenever another request arrives unless it runs with `--interrupt_requests False`)"
+)
+
+
 class OpenAIBackend:
     """An OpenAI-compatible server (llama.cpp, vLLM, SGLang…) through the app's one httpx client; streams are
     passed on chunk by chunk as they arrive, with `model` rewritten to what the client asked."""
@@ -188,11 +195,14 @@ class OpenAIBackend:
         try:
             if response.status_code >= 400:
                 raise await self._refusal(response)
+            finished = False
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
                     continue  # blank separators, comments, `event:` lines
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    if not finished:
+                        raise BackendError("error", _CUT_SHORT)
                     return
                 try:
                     item = json.loads(data)
@@ -203,6 +213,7 @@ class OpenAIBackend:
                     message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
                     raise BackendError("error", message)
                 item["model"] = call.client_model
+                finished = finished or any(c.get("finish_reason") for c in item.get("choices") or ())
                 yield item
         except httpx.HTTPError as exc:
             raise _http_failure(exc) from None

@@ -36,14 +36,17 @@ def llama_server(
     n_ctx: int = 2048,
     timeout_s: float = 60.0,
     log: Path | None = None,
+    interrupt_requests: bool = False,
 ) -> Iterator[tuple[str, str]]:
     """`python -m llama_cpp.server` on a free loopback port; yields (base URL ending in `/v1`, model id it lists).
-    Ready once `/v1/models` answers; killed by its PID on exit."""
+    Ready once `/v1/models` answers; killed by its PID on exit. `interrupt_requests` is the server's own default
+    (True) when asked for: any new request, a health check included, then cuts the stream being served short."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(model or smollm2_gguf()), "--model_alias", alias,
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
         "--n_threads", str(min(4, os.cpu_count() or 1)), "--verbose", "false",
+        "--interrupt_requests", str(interrupt_requests).lower(),
     ]  # fmt: skip
     out = log.open("ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
