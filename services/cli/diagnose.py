@@ -1,6 +1,9 @@
-"""`modelfleet diagnose` (and `python -m scripts.diagnose_gpu`): versions, per-device memory, OOM risk, remediation.
+"""`modelfleet diagnose` (and `python -m scripts.diagnose_gpu`): versions, per-device memory, OOM risk, remediation,
+and the path each role's fallback slot would take on this host.
 
-Collection (torch, NVML, package metadata) is kept apart from `assess`, which is pure and decides the risk.
+Collection (torch, NVML, package metadata) is kept apart from `assess`, which is pure and decides the risk. The
+fallback section comes from `python -m services.inference_fallback.devices` in a child process: the CLI imports no
+service, and the child reads the same MODELFLEET_FALLBACK_* settings the fallback service would.
 """
 
 from __future__ import annotations
@@ -8,15 +11,19 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import platform
+import subprocess
 import sys
 from dataclasses import dataclass
 from enum import IntEnum
 from types import ModuleType
 from typing import Any
 
+import httpx
 import typer
 
+from services.cli.client import client
 from services.runtime.nvml import NvmlReader
 
 GIB = 1 << 30
@@ -173,13 +180,43 @@ def report(
     return body
 
 
+def fallback_roles(timeout_s: float = 3.0) -> tuple[dict[str, Any], str | None]:
+    """Each role of the active profile set with its `fallback` entry, from the gateway; ({}, why) when unreachable."""
+    try:
+        with client(timeout_s) as c:
+            response = c.get("/api/v1/models")
+        response.raise_for_status()
+        models = response.json()["active"]["models"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        return {}, f"roles not listed: the gateway's GET /api/v1/models failed: {exc}"
+    return {role: entry.get("fallback") for role, entry in models.items()}, None
+
+
+def fallback_section(roles: dict[str, Any], timeout_s: float = 120.0) -> dict[str, Any]:
+    """Which path (unsloth_cuda, torch_cuda, torch_cpu) a fallback slot takes here, per source kind and per role."""
+    argv = [sys.executable, "-m", "services.inference_fallback.devices", "--roles-json", json.dumps(roles)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"{' '.join(argv[:3])} did not answer: {exc}"}
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"{' '.join(argv[:3])} failed ({done.returncode}): {tail}"}
+    section: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return section
+
+
 def diagnose(
     all_devices: bool = typer.Option(False, "--all-devices", help="Every visible GPU, not only the current one."),
     no_cuda: bool = typer.Option(False, "--no-cuda", help="Skip GPU inspection (report versions only)."),
     min_free_gib: float = typer.Option(2.0, "--min-free-gib", min=0, help="Critical below this much free memory."),
     min_free_ratio: float = typer.Option(0.1, "--min-free-ratio", min=0, max=1, help="Critical below this free share."),
+    no_roles: bool = typer.Option(False, "--no-roles", help="Do not ask the gateway for the roles' fallback entries."),
 ) -> None:
-    """Print a JSON report of Python/torch/CUDA/unsloth versions and each GPU's memory; exit 1 when critical."""
+    """Print a JSON report of Python/torch/CUDA/unsloth versions, each GPU's memory and the fallback's path per role;
+    exit 1 when critical."""
     body = report(all_devices=all_devices, no_cuda=no_cuda, thresholds=Thresholds(min_free_gib, min_free_ratio))
+    roles, why = ({}, "--no-roles") if no_roles else fallback_roles()
+    body["fallback"] = {**fallback_section(roles), "roles_error": why}
     typer.echo(json.dumps(body, indent=2))
     raise typer.Exit(1 if body["risk"] == "critical" else 0)
