@@ -26,6 +26,10 @@ class BackendRef(Contract):
     host_id: HostId
     kind: BackendKind
     base_url: Url = Field(description="Ollama: `http://host:11434`; OpenAI-compatible: ends in `/v1`.")
+    # Added with the concurrency limits (optional, so the major version holds):
+    max_in_flight: int | None = Field(
+        default=None, ge=1, description="Calls this backend takes at once; a gateway never has more open on it."
+    )
 
 
 class RouteCandidate(Contract):
@@ -156,6 +160,7 @@ class BackendState(Contract):
     circuit: Code = Field(description="`closed`, `open` (cooling down) or `half_open` (a trial call may go).")
     open_until: datetime | None = None
     in_flight: int = 0
+    max_in_flight: int | None = Field(default=None, description="Its concurrency limit (at it, routes skip it).")
     latency_ewma_ms: float | None = None
     recent_failures: int = 0
     last_check_at: datetime | None = None

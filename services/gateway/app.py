@@ -52,7 +52,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     ollama_backend = OllamaBackend(timeout)
     reporter = CallReporter(bus.publish)
     plane = DataPlane(bus, {"ollama": ollama_backend, "openai": OpenAIBackend(http)}, reporter,
-                      route_timeout_s=settings.request_timeout_s)  # fmt: skip
+                      route_timeout_s=settings.request_timeout_s,
+                      busy_retry_after_s=settings.busy_retry_after_s)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -30,6 +30,10 @@ class CallReporter:
         self._queue: asyncio.Queue[BackendCallCompleted] = asyncio.Queue(max_pending)
         self._drainer: asyncio.Task[None] | None = None
 
+    def open_calls(self, backend: BackendRef) -> int:
+        """Calls this gateway has open on `backend` now (exact: counted here, not reported)."""
+        return self.in_flight[(backend.host_id, backend.base_url)]
+
     def started(self, backend: BackendRef) -> None:
         self.in_flight[(backend.host_id, backend.base_url)] += 1
 

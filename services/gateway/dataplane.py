@@ -58,12 +58,14 @@ class DataPlane:
         reporter: CallReporter,
         *,
         route_timeout_s: float,
+        busy_retry_after_s: int = 1,
         clock: Callable[[], float] = time.perf_counter,
     ):
         self.bus = bus
         self.backends = backends
         self.reporter = reporter
         self.route_timeout_s = route_timeout_s
+        self.busy_retry_after_s = busy_retry_after_s
         self.clock = clock
         self._not_roles: dict[str, float] = {}
 
@@ -141,6 +143,13 @@ class DataPlane:
                     (target, BackendError("error", f"no caller for backends of kind {target.backend.kind}"))
                 )
                 continue
+            limit = target.backend.max_in_flight
+            if limit is not None and self.reporter.open_calls(target.backend) >= limit:
+                # This gateway's own count is exact (the router's lags by a report): never a call over the limit.
+                # Nothing was sent, so nothing is reported; the next entry of the chain may have room.
+                busy = f"at its concurrency limit ({limit} calls in flight from this gateway)"
+                failures.append((target, BackendError("rate_limited", busy, retry_after=str(self.busy_retry_after_s))))
+                continue
             self.reporter.started(target.backend)
             started = self.clock()
             try:
@@ -163,7 +172,7 @@ class DataPlane:
             if report_success:
                 self.reporter.finished(target.backend, target.model_name, "ok", latency_ms=spent)
             return Served(value, target, tries, backend_ms, spent)
-        raise _exhausted(reply, failures)
+        raise _exhausted(reply, failures, str(self.busy_retry_after_s))
 
     async def _rest(
         self, stream: AsyncIterator[dict[str, Any]], target: RouteCandidate, started: float, ttft_ms: float
@@ -191,14 +200,17 @@ async def _close(stream: AsyncIterator[dict[str, Any]]) -> None:
         await aclose()
 
 
-def _exhausted(reply: RouteReply, failures: list[tuple[RouteCandidate, BackendError]]) -> NoBackendAnswered:
+def _exhausted(
+    reply: RouteReply, failures: list[tuple[RouteCandidate, BackendError]], default_retry_after: str
+) -> NoBackendAnswered:
     if reply.role:
         what, field = f"role {reply.role!r}", "role"
     else:
         what, field = f"model {reply.model_ref!r}", "model"
     tried = "; ".join(f"{t.backend.host_id} {t.backend.base_url} ({t.model_name}): {e}" for t, e in failures)
     if failures and all(e.outcome == "rate_limited" for _, e in failures):
-        retry_after = max((e.retry_after or "1" for _, e in failures), key=lambda v: float(v) if v.isdigit() else 1)
+        hints = (e.retry_after or default_retry_after for _, e in failures)
+        retry_after = max(hints, key=lambda v: float(v) if v.isdigit() else 1)
         return NoBackendAnswered(429, f"{what}: every backend is at its limit: {tried}", code="rate_limited",
                                  field=field, retry_after=retry_after)  # fmt: skip
     return NoBackendAnswered(503, f"{what}: no backend answered: {tried}", code="no_backend", field=field)

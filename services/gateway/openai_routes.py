@@ -28,7 +28,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         401: "No valid bearer token (`authentication_error`)",
         404: "Unknown role or profile (`code` `not_found`, `param` names the field)",
         422: "Invalid request (`param` names the first field at fault)",
-        429: "Every backend of the chain answered 429 (`Retry-After` set)",
+        429: "Every backend of the chain is at its concurrency limit or answered 429 (`code` `rate_limited`, "
+        "`Retry-After` set)",
         503: "No backend serves the role, or every backend of the chain failed (`code` `no_backend`, naming the role)",
         504: "The router or catalog did not answer in time (`code` `timeout`)",
     }.items()
@@ -57,6 +58,8 @@ class OpenAIRoute(APIRoute):
                 return openai_error(exc.status, str(exc.detail), exc.code, exc.field, headers)
             except RpcError as exc:
                 headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+                if exc.status == 429:  # the router's `rate_limited`: every backend is at its concurrency limit
+                    headers = {"Retry-After": str(plane_of(request).busy_retry_after_s)}
                 return openai_error(exc.status, str(exc.detail), exc.code, exc.field, headers)
             except RequestValidationError as exc:
                 first = exc.errors()[0] if exc.errors() else {}

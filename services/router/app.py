@@ -31,7 +31,8 @@ def build_fleet(settings: RouterSettings) -> Fleet:
         HealthRules(
             allowed_fails=settings.allowed_fails, cooldown_s=settings.cooldown_s, window_s=settings.failure_window_s,
             ewma_alpha=settings.ewma_alpha, in_flight_ttl_s=settings.in_flight_ttl_s,
-            missed_beats=settings.missed_beats,
+            missed_beats=settings.missed_beats, max_in_flight=settings.max_in_flight,
+            limits={k.rstrip("/"): v for k, v in settings.max_in_flight_by_backend.items()},
         )
     )  # fmt: skip
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from contracts.model_ref import ModelRefError, parse_model_ref
@@ -54,11 +54,13 @@ class Pick(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """`picks[0]` is the choice, the rest its fallback chain, in order; empty when nothing serves any model."""
+    """`picks[0]` is the choice, the rest its fallback chain, in order; empty when nothing serves any model.
+    `saturated`: usable backends skipped because they are at their concurrency limit (by backend id)."""
 
     picks: list[Pick]
     strategy: str
     fail_open: bool
+    saturated: dict[str, Backend] = field(default_factory=dict)
 
 
 def decide(
@@ -73,26 +75,37 @@ def decide(
 ) -> Decision:
     """The backend for `primary` and up to `chain_limit` next candidates: the model's own candidates by tier, then
     those of each fallback model. Backends with an open circuit are skipped; so are dead hosts, unless every
-    host's view is stale (then liveness is not checked: fail open). Cost: the candidates of the models asked,
+    host's view is stale (then liveness is not checked: fail open); so are backends at their concurrency limit
+    (kept in `saturated`, so that the caller can tell "busy" from "none"). Cost: the candidates of the models asked,
     never a scan of the fleet, and a tier is looked at only while the chain is not yet full."""
     fail_open = fleet.stale(now)
     want = 1 + chain_limit
     picks: list[Pick] = []
+    saturated: dict[str, Backend] = {}
     for t in (primary, *fallbacks):
-        _candidates(fleet, t, strategy, now, num_ctx, want - len(picks), fail_open, picks)
+        _candidates(fleet, t, strategy, now, num_ctx, want - len(picks), fail_open, picks, saturated)
         if len(picks) >= want:
             break
-    return Decision(picks, strategy.name, fail_open)
+    return Decision(picks, strategy.name, fail_open, saturated)
 
 
 def _candidates(
-    fleet: Fleet, t: Target, strategy: Strategy, now: float, num_ctx: int, k: int, fail_open: bool, out: list[Pick]
+    fleet: Fleet,
+    t: Target,
+    strategy: Strategy,
+    now: float,
+    num_ctx: int,
+    k: int,
+    fail_open: bool,
+    out: list[Pick],
+    saturated: dict[str, Backend],
 ) -> None:
     if k <= 0:
         return
     names = dict(t.keys)
     taken = {(p.backend.id, p.model_name) for p in out}
     goal = len(out) + k
+    ttl = fleet.rules.in_flight_ttl_s
     # The hot loop: plain attribute reads, no calls, for the tens of backends that have a model loaded.
     closed: list[Backend] = []
     half: list[Backend] = []
@@ -101,6 +114,9 @@ def _candidates(
             if b.open_until > now or not (fail_open or (b.reachable and b.host.deadline >= now)):
                 continue
             if taken and (b.id, key[1]) in taken:
+                continue
+            if b.busy_sum >= b.limit and b.saturated(now, ttl):
+                saturated[b.id] = b
                 continue
             (half if b.tripped else closed).append(b)
     _take(strategy, closed, half, now, k, "loaded", names, t.model_ref, out)
@@ -114,6 +130,9 @@ def _candidates(
             if name in b.loaded or b.open_until > now or not (fail_open or (b.reachable and b.host.deadline >= now)):
                 continue
             if taken and (b.id, name) in taken:
+                continue
+            if b.busy_sum >= b.limit and b.saturated(now, ttl):
+                saturated[b.id] = b
                 continue
             size = b.installed.get(name)
             tier = fits if size and b.host.fits(size, num_ctx) else rest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from contracts.fit import fit_on_host
@@ -33,6 +33,12 @@ class HealthRules:
     ewma_alpha: float = 0.3
     in_flight_ttl_s: float = 30.0
     missed_beats: int = 3
+    #: calls in flight a backend takes, across every gateway; `limits` names backends (base URL or host id) apart
+    max_in_flight: int = 64
+    limits: Mapping[str, int] = field(default_factory=dict)
+
+    def limit_for(self, host_id: str, base_url: str) -> int:
+        return self.limits.get(base_url, self.limits.get(host_id, self.max_in_flight))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +140,8 @@ class Backend:
     busy_oldest: float = math.inf
     #: The latest active check folded: (when, outcome).
     last_check: tuple[float, str] | None = None
+    #: Calls in flight this backend takes (summed over the gateways); at it, routes skip the backend.
+    limit: int = 64
 
     def report_in_flight(self, gateway: str, count: int, at: float) -> None:
         held = self.in_flight_by_gateway.get(gateway)
@@ -156,6 +164,10 @@ class Backend:
                 del self.in_flight_by_gateway[gateway]
             self._sum_reports()
         return self.busy_sum
+
+    def saturated(self, now: float, ttl_s: float) -> bool:
+        """At its concurrency limit: the cheap sum first, the aging check only when the sum says so."""
+        return self.busy_sum >= self.limit and self.busy(now, ttl_s) >= self.limit
 
     def circuit(self, now: float) -> str:
         return "open" if self.open_until > now else "half_open" if self.tripped else "closed"
@@ -205,6 +217,7 @@ class Fleet:
         got = host.backends.get(url)
         if got is None:
             got = host.backends[url] = Backend(host, kind, url, f"{host.host_id} {url}")
+            got.limit = self.rules.limit_for(host.host_id, url)
             if kind == "ollama":
                 self._set_installed(got, dict(host.pulled))
         return got

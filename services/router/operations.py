@@ -92,11 +92,17 @@ class Router:
             default=self.settings.default_num_ctx,
         )  # fmt: skip
         strategy = self.strategy_for(role)
-        decision = domain.decide(
-            self.fleet, got.primary, got.fallbacks, strategy, self.clock(), num_ctx=ctx,
-            chain_limit=self.settings.chain_limit,
-        )  # fmt: skip
+
+        def decide() -> domain.Decision:
+            return domain.decide(
+                self.fleet, got.primary, got.fallbacks, strategy, self.clock(), num_ctx=ctx,
+                chain_limit=self.settings.chain_limit,
+            )  # fmt: skip
+
+        decision = decide()
         if not decision.picks:
+            if decision.saturated:
+                raise _busy(req, role, resolved, decision, self.settings.in_flight_ttl_s, self.clock())
             raise _no_backend(req, role, resolved)
         first = decision.picks[0]
         kinds = {p.backend.kind for p in decision.picks}
@@ -189,17 +195,33 @@ class Router:
 def _backend(p: Pick) -> BackendRef:
     """Unvalidated construction: every value comes from a contract the fold validated (the hot path)."""
     b = p.backend
-    return BackendRef.model_construct(host_id=b.host.host_id, kind=b.kind, base_url=b.base_url)
+    return BackendRef.model_construct(host_id=b.host.host_id, kind=b.kind, base_url=b.base_url, max_in_flight=b.limit)
+
+
+def _subject(req: RouteRequest, role: str | None) -> tuple[str, str]:
+    """How an error names what was asked, and the request field it was asked by."""
+    if role:
+        return f"role {role!r}", "role"
+    if req.profile_id:
+        return f"profile {req.profile_id}", "profile_id"
+    return f"model {req.model!r}", "model"
+
+
+def _busy(
+    req: RouteRequest, role: str | None, resolved: ResolveReply, decision: domain.Decision, ttl_s: float, now: float
+) -> RpcError:
+    """Every usable backend is at its concurrency limit: a 429 the gateway answers with `Retry-After`."""
+    what, field = _subject(req, role)
+    full = "; ".join(
+        f"{b.host.host_id} {b.base_url} ({b.busy(now, ttl_s)} of {b.limit})"
+        for b in sorted(decision.saturated.values(), key=lambda b: b.id)
+    )
+    detail = f"every backend of {what} ({resolved.model_ref}) is at its concurrency limit, calls in flight: {full}"
+    return RpcError(429, detail, code="rate_limited", field=field)
 
 
 def _no_backend(req: RouteRequest, role: str | None, resolved: ResolveReply) -> RpcError:
-    what, field = (
-        (f"role {role!r}", "role")
-        if role
-        else (f"profile {req.profile_id}", "profile_id")
-        if req.profile_id
-        else (f"model {req.model!r}", "model")
-    )
+    what, field = _subject(req, role)
     chain = f" nor its fallbacks ({', '.join(resolved.fallback_chain)})" if resolved.fallback_chain else ""
     served = "" if resolved.provider in ("ollama", "openai") else f" (provider {resolved.provider!r}: no HTTP backend)"
     detail = (
@@ -219,6 +241,7 @@ def _state(b: Backend, now: float, stale: bool, fleet: Fleet) -> BackendState:
         host_id=b.host.host_id, kind=b.kind, base_url=b.base_url, healthy=b.healthy(now, stale),
         host_alive=b.host.deadline >= now, reachable=b.reachable, circuit=b.circuit(now),
         open_until=_at(b.open_until) if b.open_until > now else None, in_flight=b.busy(now, rules.in_flight_ttl_s),
+        max_in_flight=b.limit,
         latency_ewma_ms=None if b.ewma_ms is None else round(b.ewma_ms, 3),
         recent_failures=b.recent_failures(now, rules.window_s),
         last_check_at=_at(b.last_check[0]) if b.last_check else None,

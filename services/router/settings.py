@@ -1,6 +1,6 @@
 """Settings of the router service (env prefix MODELFLEET_ROUTER_)."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -27,6 +27,11 @@ class RouterSettings(RuntimeSettings):
     allowed_fails: int = Field(default=3, ge=1)
     cooldown_s: float = Field(default=5.0, gt=0)
     failure_window_s: float = Field(default=60.0, gt=0)
+    #: calls in flight one backend takes, across every gateway: at it, routes skip the backend, and when every usable
+    #: backend of a request is at it the route is a 429 `rate_limited`; each gateway also keeps its own calls under it
+    max_in_flight: int = Field(default=64, ge=1)
+    #: backend base URL or host id -> its own limit, as JSON: MODELFLEET_ROUTER_MAX_IN_FLIGHT_BY_BACKEND='{"gpu-01": 4}'
+    max_in_flight_by_backend: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     #: a gateway's in-flight report counts for this long (a gateway that died stops counting)
     in_flight_ttl_s: float = Field(default=30.0, gt=0)
     #: a host is dead after this many missed heartbeats

@@ -39,7 +39,7 @@ async def test_route_and_backends_over_http_and_the_cli(
             got = (
                 await http.post("/api/v1/route", json={"role": "coding", "prompt_tokens": 70000}, headers=admin)
             ).json()
-            assert got["backend"] == {"host_id": "h1", "kind": "ollama", "base_url": peer.url}
+            assert got["backend"] == {"host_id": "h1", "kind": "ollama", "base_url": peer.url, "max_in_flight": 64}
             assert got["model_name"] == "qwen3-coder:30b" and got["options"]["num_ctx"] == 70000
             assert (await http.post("/api/v1/route", json={"role": "coding"})).status_code == 401
             none = await http.post("/api/v1/route", json={"role": "vision"}, headers=admin)

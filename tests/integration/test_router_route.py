@@ -76,7 +76,8 @@ async def test_events_steer_the_route_and_every_replica_decides_the_same(
                         size_bytes=18 * GIB),
         )  # fmt: skip
         first = await route_until(nc, on_host("h1"), role="general", options={"temperature": 1.5})
-        assert first["backend"] == {"host_id": "h1", "kind": "ollama", "base_url": "http://h1.test:11434"}
+        assert first["backend"] == {"host_id": "h1", "kind": "ollama", "base_url": "http://h1.test:11434",
+                                    "max_in_flight": 64}  # fmt: skip
         assert first["backend_url"] == "http://h1.test:11434" and first["model_ref"] == "qwen3:30b-a3b"
         assert (first["model_name"], first["provider"], first["role"]) == ("qwen3:30b-a3b", "ollama", "general")
         assert first["options"]["num_ctx"] == 40960 and first["options"]["temperature"] == 1.5

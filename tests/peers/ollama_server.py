@@ -7,8 +7,11 @@ The real `ollama` client is driven against it. Switches: `pull_step_s` (slow pul
 (the HTTP-status error channel), `publish_update(name)` (upstream publishes a new manifest for a model),
 `registry_digest_header` (send `Docker-Content-Digest`, or leave the client to hash the body), `registry_error`,
 `registry_delay_s`; for inference: `chat_word_delay_s` (a slow token stream), `chat_error` (an HTTP error on
-/api/chat and /api/embed). /api/chat and /api/embed record each request body (`chat_requests`, `embed_requests`, so a
-test reads the `options` sent) and count streams the client cut (`chat_aborted`).
+/api/chat and /api/embed), `chat_gate` (a streamed chat sends its first word, then holds until the gate is set: a
+backend busy mid-answer). /api/chat and /api/embed record each request body (`chat_requests`, `embed_requests`, so a
+test reads the `options` sent), count the streams in progress (`chat_streaming`) and the streams the client cut
+(`chat_aborted`): a write that fails, or, while held, the client's side of the connection closing (as Ollama's Go
+server cancels a request's context when its connection closes).
 A pulled model's `/api/tags` digest is the sha256 of the manifest the registry serves for it, as in Ollama.
 Run standalone with `python -m tests.peers.ollama_server --port N`.
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import select
+import socket
 import threading
 import time
 from collections import Counter
@@ -114,6 +119,9 @@ class OllamaPeer:
         self.chat_requests: list[dict[str, Any]] = []
         self.embed_requests: list[dict[str, Any]] = []
         self.chat_aborted = 0
+        self.chat_gate: threading.Event | None = None
+        self.chat_gate_timeout_s = 60.0
+        self.chat_streaming = 0
         self.calls: Counter[str] = Counter()
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), _handler(self))
@@ -418,10 +426,15 @@ def _handler(peer: OllamaPeer) -> type[BaseHTTPRequestHandler]:
             if body.get("stream") is False:
                 return self._send(200, {**base, "message": {"role": "assistant", "content": text}, **totals})
             self._stream_start()
+            gate = peer.chat_gate
+            with peer.lock:
+                peer.chat_streaming += 1
             try:
                 for i, word in enumerate(words):
                     if peer.chat_word_delay_s:
                         time.sleep(peer.chat_word_delay_s)
+                    if i == 1 and gate is not None and not self._hold(gate):
+                        raise ConnectionResetError("the client closed the connection while the answer was held")
                     piece = word if i == len(words) - 1 else word + " "
                     self._line({**base, "message": {"role": "assistant", "content": piece}, "done": False})
                 self._line({**base, "message": {"role": "assistant", "content": ""}, **totals})
@@ -430,6 +443,24 @@ def _handler(peer: OllamaPeer) -> type[BaseHTTPRequestHandler]:
                 with peer.lock:
                     peer.chat_aborted += 1
                 self.close_connection = True
+            finally:
+                with peer.lock:
+                    peer.chat_streaming -= 1
+
+        def _hold(self, gate: threading.Event) -> bool:
+            """Wait for the gate (bounded); False when the client closed its side of the connection meanwhile."""
+            deadline = time.monotonic() + peer.chat_gate_timeout_s
+            while not gate.wait(0.02):
+                if time.monotonic() > deadline:
+                    return True
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                if readable:
+                    try:
+                        if not self.connection.recv(1, socket.MSG_PEEK):
+                            return False  # EOF: the client hung up
+                    except OSError:
+                        return False
+            return True
 
         def _embed(self, body: dict[str, Any]) -> None:
             peer.embed_requests.append(body)
