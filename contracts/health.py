@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from contracts.envelope import Contract, HostId, ServiceName
+from contracts.fallback import SlotInfo
 from contracts.rpc import RpcRequest
 
 #: Every service of the fleet, by its bus name; `python -m services.<name with _>` runs it.
@@ -31,6 +32,8 @@ class HealthReply(Contract):
     database: DependencyState
     detail: Annotated[str, StringConstraints(max_length=2000)] = ""
     invalid_requests: int = Field(default=0, ge=0, description="Requests refused as undecodable or invalid (422).")
+    # Added with the inference fallback (optional, so the major version holds):
+    slots: list[SlotInfo] | None = Field(default=None, description="The fallback's slots; None for other services.")
 
 
 class HealthRequest(RpcRequest[HealthReply]):

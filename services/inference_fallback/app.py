@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
-from services.inference_fallback import handlers
-from services.inference_fallback.domain import DegradedBackends
+from typing import Any
+
+from contracts.envelope import Envelope
+from contracts.fallback import FallbackAdvertised, SlotEvicted, SlotLoaded
+from services.inference_fallback import handlers, loader
+from services.inference_fallback.operations import FallbackOps, HostMemory
 from services.inference_fallback.settings import InferenceFallbackSettings
+from services.inference_fallback.slots import SlotLimits, SlotManager
+from services.inference_fallback.sources import SourceFinder
+from services.runtime.bus import publish_event
 from services.runtime.parts import build_parts
 from services.runtime.service import Service
 
 
 def build_app(settings: InferenceFallbackSettings) -> Service:
     parts = build_parts("inference-fallback", settings)
-    handlers.register(parts.streams, DegradedBackends())
-    return parts.service()
+
+    async def publish(event: Envelope) -> None:
+        await publish_event(parts.broker, event)
+
+    memory = HostMemory(settings)
+    limits = SlotLimits(
+        offload_threshold=settings.offload_threshold,
+        max_seq_length=settings.max_seq_length,
+        concurrency=settings.concurrency_per_slot,
+        queue_timeout_s=settings.queue_timeout_s,
+        idle_expiry_s=settings.idle_expiry_s,
+    )
+    manager = SlotManager(limits, memory.get, loader.load, publish, producer="inference-fallback",
+                          host_id=parts.host_id)  # fmt: skip
+    finder = SourceFinder(settings.resolved_models_dir(), settings.ollama_models)
+    ops = FallbackOps(settings, parts.rpc, manager, finder, memory, publish, parts.host_id)
+    handlers.register(parts.streams, parts.rpc, ops)
+    service = parts.service(
+        tasks=[ops.advertise_forever, ops.expire_forever, ops.close_on_cancel],
+        publishes=[SlotLoaded, SlotEvicted, FallbackAdvertised],
+    )
+    ops.instance_id = service.instance_id
+
+    def health() -> dict[str, Any]:
+        return {"slots": manager.infos()}
+
+    service.health_extra = health
+    return service

@@ -1,27 +1,45 @@
-"""Fallback bus handlers: track which Ollama backends the router reports degraded."""
+"""Fallback handlers: the streamed generate, the slots scatter-gather, and the router's role events."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 from faststream import AckPolicy
 from faststream.nats import DeliverPolicy, NatsRouter
 
+from contracts.fallback import GenerateChunk, GenerateEnd, GenerateRequest, SlotsReply, SlotsRequest
 from contracts.router import LlmDegraded, LlmRecovered
 from contracts.subjects import EVENTS_STREAM
-from services.inference_fallback.domain import DegradedBackends
+from services.inference_fallback.operations import FallbackOps
 from services.runtime.bus import jstream
+from services.runtime.rpc import Rpc
 
 
-def register(streams: NatsRouter, state: DegradedBackends) -> None:
+def register(streams: NatsRouter, rpc: Rpc, ops: FallbackOps) -> None:
+    @rpc.stream_handler(GenerateRequest)
+    async def generate(req: GenerateRequest) -> AsyncIterator[GenerateChunk | GenerateEnd]:
+        """Consumes rpc.fallback.generate.v1 (queue group: one replica answers); streams GenerateChunk deltas, then
+        GenerateEnd. Not idempotent (sampling); the caller's cancel stops the generation."""
+        async for item in ops.generate(req):
+            yield item
+
+    @rpc.handler(SlotsRequest, queue=None)
+    async def slots(req: SlotsRequest) -> SlotsReply:
+        """Consumes rpc.fallback.slots.v1; every replica replies SlotsReply. Read-only, so idempotent."""
+        return await ops.slots_reply()
+
     @streams.subscriber(
         LlmDegraded.SUBJECT, stream=jstream(EVENTS_STREAM), deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.ACK
     )
     async def on_degraded(event: LlmDegraded) -> None:
-        """Consumes evt.router.llm.degraded.v1; idempotent (keyed by backend URL)."""
-        state.degraded(event)
+        """Consumes evt.router.llm.degraded.v1: warms the named role's slot (emits evt.fallback.slot.loaded.v1);
+        idempotent (a second event for the role finds the slot loaded or loading)."""
+        ops.on_degraded(event)
 
     @streams.subscriber(
         LlmRecovered.SUBJECT, stream=jstream(EVENTS_STREAM), deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.ACK
     )
     async def on_recovered(event: LlmRecovered) -> None:
-        """Consumes evt.router.llm.recovered.v1; idempotent (keyed by backend URL)."""
-        state.recovered(event)
+        """Consumes evt.router.llm.recovered.v1: starts the role's idle expiry (evt.fallback.slot.evicted.v1 later);
+        idempotent (keyed by role)."""
+        ops.on_recovered(event)

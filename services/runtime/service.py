@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from faststream.nats import NatsBroker
 from opentelemetry.sdk.trace import TracerProvider
@@ -64,6 +65,8 @@ class Service:
         self.instance_id = uuid.uuid4().hex[:12]
         self.started_at = time.monotonic()
         self.ready = asyncio.Event()
+        #: Optional fields a service adds to its health reply (the fallback: its slots); called on each request.
+        self.health_extra: Callable[[], dict[str, Any]] | None = None
         self._retry = (retry_initial_s, retry_max_s)
         self._running: list[asyncio.Task[None]] = []
         self._register_health()
@@ -88,6 +91,7 @@ class Service:
             database=db,
             detail="; ".join(problems),
             invalid_requests=sum(self.rpc.stats.invalid.values()),
+            **(self.health_extra() if self.health_extra is not None else {}),
         )
 
     def _register_health(self) -> None:

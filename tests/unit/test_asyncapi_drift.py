@@ -79,9 +79,6 @@ def sent_addresses(document: dict[str, object]) -> set[str]:
 #: Facts the design names whose producers are not built yet (router transitions and the gateway's call reports:
 #: issue 9; fallback: issue 10): no code publishes them, so no document may claim one does.
 PLANNED = {
-    "evt.fallback.slot.loaded.v1",
-    "evt.fallback.slot.evicted.v1",
-    "evt.fallback.advertised.v1",
     "evt.fallback.adapter.updated.v1",
 }
 

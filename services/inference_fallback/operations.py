@@ -1,0 +1,206 @@
+"""The fallback's use cases: generate from a role's slot, warm and release slots on the router's role events,
+answer and advertise what this replica holds, and learn the active roles (and their `fallback` entries) from the
+catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from contracts.catalog import RoleEntry, RolesRequest
+from contracts.envelope import Envelope
+from contracts.fallback import FallbackAdvertised, GenerateChunk, GenerateEnd, GenerateRequest, SlotsReply
+from contracts.router import LlmDegraded, LlmRecovered
+from contracts.rpc import RpcError
+from services.inference_fallback import domain
+from services.inference_fallback.devices import DevicePlan, choose_path
+from services.inference_fallback.generate import Generation, prompt_ids
+from services.inference_fallback.settings import InferenceFallbackSettings
+from services.inference_fallback.slots import SlotManager
+from services.inference_fallback.sources import Source, SourceError, SourceFinder
+from services.runtime.rpc import Rpc
+
+log = logging.getLogger(__name__)
+PRODUCER = "inference-fallback"
+
+
+class HostMemory:
+    """This host's device plan and slot budget, measured once on first use (choosing imports torch: in a thread)."""
+
+    def __init__(self, settings: InferenceFallbackSettings) -> None:
+        self.settings = settings
+        self._measured: tuple[DevicePlan, int] | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> tuple[DevicePlan, int]:
+        async with self._lock:
+            if self._measured is None:
+                self._measured = await asyncio.to_thread(self._measure)
+            return self._measured
+
+    def _measure(self) -> tuple[DevicePlan, int]:
+        s = self.settings
+        plan = choose_path(dtype=s.dtype, allow_cuda=s.allow_cuda)
+        if s.memory_budget_bytes is not None:
+            return plan, s.memory_budget_bytes
+        if plan.cuda:
+            import torch
+
+            total = torch.cuda.mem_get_info(0)[1]
+        else:
+            import psutil
+
+            total = psutil.virtual_memory().total
+        budget = int(total * s.memory_fraction)
+        log.info("slot path %s (%s); memory budget %d bytes (%g of %d)", plan.path, plan.reason, budget,
+                 s.memory_fraction, total)  # fmt: skip
+        return plan, budget
+
+
+class FallbackOps:
+    def __init__(
+        self,
+        settings: InferenceFallbackSettings,
+        rpc: Rpc,
+        manager: SlotManager,
+        finder: SourceFinder,
+        memory: HostMemory,
+        publish: Callable[[Envelope], Awaitable[None]],
+        host_id: str,
+    ) -> None:
+        self.settings, self.rpc, self.manager, self.finder = settings, rpc, manager, finder
+        self.memory, self.publish, self.host_id = memory, publish, host_id
+        self.instance_id = "unset"
+        self.roles: dict[str, RoleEntry] = {}
+        self.roles_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- sources -----------------------------------------------------------------------------------------------
+
+    async def refresh_roles(self) -> None:
+        """The active profile set's roles, from the catalog; on failure the last answer is kept."""
+        try:
+            reply = await self.rpc.ask(RolesRequest(), timeout_s=self.settings.catalog_timeout_s)
+        except RpcError as exc:
+            log.warning("rpc.catalog.roles.v1 failed (%s); keeping %d known roles", exc, len(self.roles))
+            return
+        self.roles = {r.role: r for r in reply.roles}
+        self.roles_at = time.monotonic()
+
+    async def source_for(self, role: str | None, model_ref: str) -> Source:
+        """A role's source by its catalog entry (its `fallback`, else its own GGUF); a request without a role, or
+        for a role the catalog does not know, by `model_ref`."""
+        if role is not None and role not in self.roles and time.monotonic() - self.roles_at > 1.0:
+            await self.refresh_roles()
+        entry = self.roles.get(role) if role is not None else None
+        if entry is None:
+            return await asyncio.to_thread(self.finder.find, model_ref)
+        return await asyncio.to_thread(self.finder.find, entry.model_ref, entry.provider, entry.fallback)
+
+    async def sources(self) -> dict[str, str]:
+        """role -> the source its slot would load, for every active role that has one on this host."""
+        out: dict[str, str] = {}
+        for role, entry in self.roles.items():
+            with contextlib.suppress(SourceError):
+                out[role] = (await self.source_for(role, entry.model_ref)).description[:4096]
+        return out
+
+    # --- generation --------------------------------------------------------------------------------------------
+
+    async def generate(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk | GenerateEnd]:
+        if req.adapter is not None:
+            raise RpcError(501, "adapter: LoRA adapters are not served yet (planned)", code="not_implemented",
+                           field="adapter")  # fmt: skip
+        sampling = domain.sampling(req.options, req.max_tokens)
+        key = req.role or req.model_ref
+        slot = await self.manager.ensure(key, await self.source_for(req.role, req.model_ref))
+        async with self.manager.use(slot):
+            loaded = slot.loaded
+            assert loaded is not None  # use() refuses an evicted slot
+            ids = await asyncio.to_thread(prompt_ids, loaded, req.messages, slot.max_seq_length)
+            generation = Generation(loaded, ids, sampling, slot.max_seq_length)
+            first = True
+            async with contextlib.aclosing(generation.deltas()) as deltas:
+                async for text, tokens in deltas:
+                    yield GenerateChunk(
+                        text=text, tokens=tokens, host_id=self.host_id if first else None, slot=key if first else None
+                    )
+                    first = False
+            o = generation.outcome
+            yield GenerateEnd(
+                host_id=self.host_id, slot=key, model=slot.source.description[:256], prompt_tokens=o.prompt_tokens,
+                completion_tokens=o.completion_tokens, finish_reason=o.finish_reason, path=slot.plan.path,
+            )  # fmt: skip
+
+    # --- the router's role events ------------------------------------------------------------------------------
+
+    def on_degraded(self, event: LlmDegraded) -> None:
+        role = self.manager.health.degraded(event, time.monotonic())
+        if role is not None:
+            self._spawn(self.warm(role, event))
+
+    def on_recovered(self, event: LlmRecovered) -> None:
+        self.manager.health.recovered(event, time.monotonic())
+
+    async def warm(self, role: str, event: LlmDegraded) -> None:
+        """Load the role's slot now, so the first request after the outage does not wait for it."""
+        try:
+            entry = self.roles.get(role)
+            if entry is None:
+                await self.refresh_roles()
+                entry = self.roles.get(role)
+            if entry is None:
+                log.warning("llm.degraded names role %r, which the catalog does not list: no slot warmed", role)
+                return
+            await self.manager.ensure(role, await self.source_for(role, entry.model_ref))
+        except RpcError as exc:
+            log.warning("warming the slot of %r failed: %s", role, exc)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- what this replica holds -------------------------------------------------------------------------------
+
+    async def slots_reply(self) -> SlotsReply:
+        plan, budget = await self.memory.get()
+        return SlotsReply(
+            host_id=self.host_id, instance_id=self.instance_id, device=plan.device, memory_budget_bytes=budget,
+            memory_used_bytes=self.manager.used_bytes(), slots=self.manager.infos(), sources=await self.sources(),
+        )  # fmt: skip
+
+    async def advertise_forever(self) -> None:
+        """evt.fallback.advertised.v1 every `advertise_interval_s`: alive, slots, budget, each role's source."""
+        interval = self.settings.advertise_interval_s
+        await self.memory.get()
+        while True:
+            await self.refresh_roles()
+            reply = await self.slots_reply()
+            await self.publish(FallbackAdvertised(
+                producer=PRODUCER, host=self.host_id, instance_id=self.instance_id, device=reply.device,
+                memory_budget_bytes=reply.memory_budget_bytes, memory_used_bytes=reply.memory_used_bytes,
+                slots=reply.slots, sources=reply.sources, interval_s=interval,
+            ))  # fmt: skip
+            await asyncio.sleep(interval)
+
+    async def expire_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.expiry_check_s)
+            await self.manager.expire_idle()
+
+    async def close_on_cancel(self) -> None:
+        """A service task that only waits: when the service stops, warming tasks and slots go with it."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.manager.close()
