@@ -33,6 +33,7 @@ from services.inference_fallback.app import build_app
 from services.inference_fallback.settings import InferenceFallbackSettings
 from services.runtime.bus import ensure_streams, publish_event
 from services.runtime.rpc import Rpc
+from tests.harness.llama_server import smollm2_gguf
 from tests.harness.provision_bus import Bus
 from tests.harness.tiny_llama import build_tiny_llama
 from tests.harness.waiting import eventually
@@ -86,10 +87,11 @@ class Fallback:
         await self.nc.close()
         await self.bus.close()
 
-    async def generate(self, **fields: Any) -> tuple[list[GenerateChunk], GenerateEnd]:
+    async def generate(self, timeout_s: float = 30, **fields: Any) -> tuple[list[GenerateChunk], GenerateEnd]:
         chunks: list[GenerateChunk] = []
         end: GenerateEnd | None = None
-        async for item in self.rpc.stream(GenerateRequest(**{"model_ref": "qwen3:8b", "messages": HELLO, **fields})):
+        request = GenerateRequest(**{"model_ref": "qwen3:8b", "messages": HELLO, **fields})
+        async for item in self.rpc.stream(request, timeout_s=timeout_s):
             if isinstance(item, GenerateEnd):
                 end = item
             else:
@@ -244,3 +246,25 @@ async def test_slots_health_and_advertisement(fallback, tiny: Path) -> None:
     ad = await fb.seen(FallbackAdvertised.SUBJECT, instance_id=reply.instance_id)
     advertised = FallbackAdvertised.model_validate({k: v for k, v in ad[-1].items() if k != "subject"})
     assert advertised.sources == {"coding": f"path {tiny}"} and advertised.interval_s == 0.3
+
+
+async def test_a_roles_own_gguf_from_the_ollama_store_answers_with_real_text(fallback, tmp_path: Path) -> None:
+    """SmolLM2-135M's GGUF as this host's Ollama holds it (manifest -> blob), de-quantized by transformers."""
+    gguf = smollm2_gguf()
+    store = tmp_path / "ollama"
+    (store / "blobs").mkdir(parents=True)
+    digest = "d" * 64  # the store is read by name; the blob is a link to the packaged GGUF
+    (store / "blobs" / f"sha256-{digest}").symlink_to(gguf)
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / "smollm2" / "135m"
+    manifest.parent.mkdir(parents=True)
+    layer = {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}", "size": 1}
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [layer]}))
+    catalog = [RoleEntry(role="general", model_ref="smollm2:135m", provider="ollama")]
+    fb = await fallback(catalog, ollama_models=store)
+    question = [ChatMessage(role="user", content="What is the capital of France?")]
+    chunks, end = await fb.generate(role="general", model_ref="smollm2:135m", messages=question, max_tokens=24,
+                                    options={"temperature": 0}, timeout_s=240)  # fmt: skip
+    assert "Paris" in text(chunks), text(chunks)
+    assert end.model == f"gguf {store / 'blobs' / f'sha256-{digest}'} (ollama smollm2:135m)"
+    assert end.finish_reason in ("stop", "length") and end.prompt_tokens > 10
+    assert (await fb.slots()).sources == {"general": end.model}
