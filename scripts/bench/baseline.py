@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from nats.aio.client import Client as NatsClient
 
@@ -41,6 +44,17 @@ def stop(*procs: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """A timed loop without this process's garbage collector stepping in (collected once before)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def pct(samples: list[float], q: float) -> float:

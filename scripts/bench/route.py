@@ -8,7 +8,8 @@
   the worst case beside it: a model installed everywhere and loaded nowhere, so every installed copy is weighed.
 - `route_p50_ms`: a router process answering `rpc.router.route.v1` (its catalog resolution cached) to sequential
   requests from this process, next to `raw_p50_ms`, a bare nats-py echo in another process, in the same run
-  (goal route <= 1.5 x raw).
+  (goal route <= 1.5 x raw), the two interleaved in alternating order.
+Both timed loops run with this process's garbage collector off (collected just before).
 The last line is one JSON object with the figures.
 """
 
@@ -33,7 +34,7 @@ from contracts.hardware import GpuDevice, GpuSampled, OllamaLoadedModel
 from contracts.provisioner import ModelPulled
 from contracts.router import BackendCallCompleted, RouteRequest
 from contracts.vram import GIB
-from scripts.bench.baseline import ECHO_SUBJECT, pct, start_echo, stop, wait_healthy
+from scripts.bench.baseline import ECHO_SUBJECT, no_gc, pct, start_echo, stop, wait_healthy
 from services.router.domain import Target, decide, target
 from services.router.fleet import Fleet
 from services.router.strategies import Latency, LeastBusy, Strategy, Weighted
@@ -100,7 +101,8 @@ def bench_decide(n_hosts: int, n_models: int, n: int) -> dict[str, float]:
     strategies: list[Strategy] = [LeastBusy(), Latency(), Weighted({"host-0001": 4.0})]
     warm = [target(m, "ollama") for m in models]
     time_decisions(fleet, warm, strategies, now, 2000, rng)
-    samples = time_decisions(fleet, warm, strategies, now, n, rng)
+    with no_gc():
+        samples = time_decisions(fleet, warm, strategies, now, n, rng)
     cold_name = "bench-cold:q4"
     at = datetime.fromtimestamp(now, UTC)
     for h in fleet.hosts:
@@ -110,7 +112,8 @@ def bench_decide(n_hosts: int, n_models: int, n: int) -> dict[str, float]:
         ))  # fmt: skip
     cold = [target(cold_name, "ollama")]
     time_decisions(fleet, cold, strategies, now, 100, rng)  # the per-host fit cache fills here
-    cold_samples = time_decisions(fleet, cold, strategies, now, max(200, n // 20), rng)
+    with no_gc():
+        cold_samples = time_decisions(fleet, cold, strategies, now, max(200, n // 20), rng)
     return {
         "hosts": n_hosts, "models_per_host": n_models, "decisions": n,
         "decide_p50_us": round(pct(samples, 0.5), 2), "decide_p99_us": round(pct(samples, 0.99), 2),
@@ -159,16 +162,25 @@ async def bench_round_trips(hosts: int, n: int) -> dict[str, float]:
             await nc.request(RouteRequest.SUBJECT, body, timeout=5)
             await nc.request(ECHO_SUBJECT, body, timeout=5)
         routed, raw = [], []
-        for _ in range(n):  # interleaved, so both see the same machine
-            t0 = time.perf_counter()
-            msg = await nc.request(RouteRequest.SUBJECT, body, timeout=5)
-            t1 = time.perf_counter()
-            await nc.request(ECHO_SUBJECT, body, timeout=5)
-            t2 = time.perf_counter()
-            if msg.headers:
-                raise RuntimeError(f"route failed: {msg.data[:300]!r}")
-            routed.append((t1 - t0) * 1000)
-            raw.append((t2 - t1) * 1000)
+        with no_gc():
+            for i in range(n):  # interleaved, in alternating order, so both see the same machine
+                t0 = time.perf_counter()
+                if i % 2:
+                    await nc.request(ECHO_SUBJECT, body, timeout=5)
+                    t1 = time.perf_counter()
+                    msg = await nc.request(RouteRequest.SUBJECT, body, timeout=5)
+                    t2 = time.perf_counter()
+                    routed.append((t2 - t1) * 1000)
+                    raw.append((t1 - t0) * 1000)
+                else:
+                    msg = await nc.request(RouteRequest.SUBJECT, body, timeout=5)
+                    t1 = time.perf_counter()
+                    await nc.request(ECHO_SUBJECT, body, timeout=5)
+                    t2 = time.perf_counter()
+                    routed.append((t1 - t0) * 1000)
+                    raw.append((t2 - t1) * 1000)
+                if msg.headers:
+                    raise RuntimeError(f"route failed: {msg.data[:300]!r}")
         return {
             "route_hosts": hosts, "requests": n, "route_p50_ms": round(pct(routed, 0.5), 4),
             "route_p99_ms": round(pct(routed, 0.99), 4), "raw_p50_ms": round(pct(raw, 0.5), 4),
