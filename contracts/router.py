@@ -83,6 +83,11 @@ class RouteRequest(RpcRequest[RouteReply]):
     prompt_tokens: int | None = Field(default=None, ge=0, description="The caller's estimate of the prompt.")
     required_context: int | None = Field(default=None, ge=1, description="Tokens of context the request needs.")
     options: dict[str, Any] = Field(default_factory=dict, description="Request options, highest precedence.")
+    # Added with provisioning on demand (optional, so the major version holds):
+    provision_wait_s: float | None = Field(
+        default=None, ge=0, le=3600, description="How long the caller waits for an auto_download role's model to be "
+        "pulled (the router's `provision_wait_s` when None or larger); 0 starts the pull and answers at once.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _one_target(self) -> RouteRequest:

@@ -53,7 +53,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     reporter = CallReporter(bus.publish)
     plane = DataPlane(bus, {"ollama": ollama_backend, "openai": OpenAIBackend(http)}, reporter,
                       route_timeout_s=settings.request_timeout_s,
-                      busy_retry_after_s=settings.busy_retry_after_s)  # fmt: skip
+                      busy_retry_after_s=settings.busy_retry_after_s,
+                      provision_wait_s=settings.provision_wait_s)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -59,6 +59,7 @@ class DataPlane:
         *,
         route_timeout_s: float,
         busy_retry_after_s: int = 1,
+        provision_wait_s: float = 0.0,
         clock: Callable[[], float] = time.perf_counter,
     ):
         self.bus = bus
@@ -66,6 +67,7 @@ class DataPlane:
         self.reporter = reporter
         self.route_timeout_s = route_timeout_s
         self.busy_retry_after_s = busy_retry_after_s
+        self.provision_wait_s = provision_wait_s
         self.clock = clock
         self._not_roles: dict[str, float] = {}
 
@@ -74,7 +76,8 @@ class DataPlane:
     ) -> RouteReply:
         """`model` is `role:<name>`, a profile id, a role or a model name. A bare name is asked as a role first; when
         the catalog knows no such role it is a model name (remembered a few seconds, so the next ask goes straight)."""
-        common: dict[str, Any] = {"user_id": user_id, "options": dict(options or {}), "prompt_tokens": prompt_tokens}
+        common: dict[str, Any] = {"user_id": user_id, "options": dict(options or {}), "prompt_tokens": prompt_tokens,
+                                  "provision_wait_s": self.provision_wait_s}  # fmt: skip
         name = model.strip()
         if name.startswith("role:"):
             return await self._ask(RouteRequest(role=name, **common))
@@ -95,7 +98,8 @@ class DataPlane:
         return await self._ask(RouteRequest(model=name, **common))
 
     async def _ask(self, request: RouteRequest) -> RouteReply:
-        return await self.bus.ask(request, timeout_s=self.route_timeout_s)
+        # The router may hold the answer while an auto_download role's model is pulled (bounded by what we ask).
+        return await self.bus.ask(request, timeout_s=self.route_timeout_s + self.provision_wait_s)
 
     async def complete(self, reply: RouteReply, call: ChatCall) -> Served[dict[str, Any]]:
         return await self._first_answer(reply, lambda b, t: b.complete(t.backend.base_url, t.model_name, call))

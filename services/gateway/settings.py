@@ -18,6 +18,10 @@ class GatewaySettings(RuntimeSettings):
         default=300.0, gt=0, le=3600, description="Longest silence of a backend between two bytes of its answer."
     )
     backend_max_connections: int = Field(default=512, ge=1, description="Open connections to backends, all told.")
+    provision_wait_s: float = Field(
+        default=60.0, ge=0, le=3600, description="How long a request waits for an auto_download role's model to be "
+        "pulled (the router's own bound applies too); the route ask's timeout grows by as much.",
+    )  # fmt: skip
     busy_retry_after_s: int = Field(
         default=1, ge=1, le=3600, description="`Retry-After` of a 429 when every backend is at its concurrency limit."
     )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from contracts.envelope import Envelope
+from contracts.provisioner import ProvisionCommand
 from contracts.router import BackendChecked, LlmDegraded, LlmRecovered
 from services.router import handlers
 from services.router.fleet import Fleet, HealthRules
 from services.router.health import RoleStates
 from services.router.monitor import Checker, RoleWatch
 from services.router.operations import Router
+from services.router.provisioning import OnDemand
 from services.router.settings import RouterSettings
 from services.router.strategies import Latency, LeastBusy, Strategy, Weighted
+from services.runtime.bus import publish_event
 from services.runtime.parts import build_parts
 from services.runtime.service import Service
 
@@ -41,8 +45,17 @@ def build_app(settings: RouterSettings) -> Service:
     parts = build_parts("router", settings)
     fleet = build_fleet(settings)
     per_role, default = build_strategies(settings)
-    router = Router(fleet, parts.rpc, settings, per_role, default)
+    broker = parts.broker
+
+    async def publish(command: Envelope) -> None:
+        await publish_event(broker, command)
+
+    on_demand = OnDemand(fleet, parts.rpc, publish, settings)
+    router = Router(fleet, parts.rpc, settings, per_role, default, on_demand=on_demand)
     watch = RoleWatch(fleet, parts.rpc, parts.broker, settings, RoleStates())
     checker = Checker(fleet, parts.broker, settings)
-    handlers.register(parts.rpc, parts.streams, fleet, router, watch, settings.replay_s)
-    return parts.service(tasks=[checker.run, watch.run], publishes=[BackendChecked, LlmDegraded, LlmRecovered])
+    handlers.register(parts.rpc, parts.streams, fleet, router, watch, settings.replay_s, on_demand,
+                      settings.route_concurrency)  # fmt: skip
+    return parts.service(
+        tasks=[checker.run, watch.run], publishes=[BackendChecked, LlmDegraded, LlmRecovered, ProvisionCommand]
+    )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from contracts.model_ref import ModelRefError, parse_model_ref
-from services.router.fleet import Backend, Fleet, ModelKey
+from services.router.fleet import Backend, Fleet, Host, ModelKey
 from services.router.strategies import Strategy
 
 #: num_ctx sent to Ollama when neither the resolved parameters nor the catalog's model entry give one (Ollama's
@@ -193,3 +193,21 @@ def describe(decision: Decision, resolved_ref: str) -> str:
     if decision.fail_open:
         text += "; every host's view is stale, liveness not checked (fail open)"
     return text
+
+
+def provision_host(fleet: Fleet, now: float, size_bytes: int | None, num_ctx: int) -> Host | None:
+    """Where to pull a model no live backend has: a live host with a reachable Ollama whose circuit is not open; those
+    the estimate says it fits first (every host when the size is unknown), then the most free GPU memory, then RAM;
+    ties by host id, so every replica picks the same host."""
+
+    def key(h: Host) -> tuple[bool, int, int, str]:
+        fits = size_bytes is None or h.fits(size_bytes, num_ctx)
+        return not fits, -sum(h.gpus_free), -h.ram_available, h.host_id
+
+    hosts = [
+        h
+        for h in fleet.hosts.values()
+        if h.deadline >= now
+        and any(b.kind == "ollama" and b.reachable and b.open_until <= now for b in h.backends.values())
+    ]
+    return min(hosts, key=key) if hosts else None

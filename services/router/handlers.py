@@ -9,7 +9,7 @@ from faststream.nats import ConsumerConfig, DeliverPolicy, NatsRouter
 
 from contracts.catalog import CatalogChanged, ProfileChanged
 from contracts.hardware import GpuSampled, HostHeartbeat
-from contracts.provisioner import ModelPulled
+from contracts.provisioner import ModelPulled, ProvisionCompleted, ProvisionFailed
 from contracts.router import (
     BackendCallCompleted,
     BackendChecked,
@@ -25,6 +25,7 @@ from services.router.fleet import Fleet
 from services.router.health import RoleStates
 from services.router.monitor import RoleWatch
 from services.router.operations import Router
+from services.router.provisioning import OnDemand
 from services.runtime.bus import jstream
 from services.runtime.rpc import Rpc
 
@@ -33,7 +34,16 @@ def _config(since: datetime | None = None) -> ConsumerConfig:
     return ConsumerConfig(ack_wait=10, opt_start_time=since) if since else ConsumerConfig(ack_wait=10)
 
 
-def register(rpc: Rpc, streams: NatsRouter, fleet: Fleet, router: Router, watch: RoleWatch, replay_s: float) -> None:
+def register(
+    rpc: Rpc,
+    streams: NatsRouter,
+    fleet: Fleet,
+    router: Router,
+    watch: RoleWatch,
+    replay_s: float,
+    on_demand: OnDemand | None = None,
+    route_concurrency: int = 64,
+) -> None:
     # Samples, beats and call reports from the recent past rebuild a fresh replica's view; every pull ever made
     # tells what is installed where.
     # No durable anywhere: every replica reads the streams itself, in stream order (docs/foundation.md).
@@ -56,8 +66,28 @@ def register(rpc: Rpc, streams: NatsRouter, fleet: Fleet, router: Router, watch:
         ModelPulled.SUBJECT, stream=events, deliver_policy=DeliverPolicy.ALL, config=_config(), ack_policy=ack
     )
     async def on_pulled(event: ModelPulled) -> None:
-        """Consumes evt.provisioner.model.pulled.v1: the model is installed on the host's Ollama; idempotent."""
+        """Consumes evt.provisioner.model.pulled.v1: the model is installed on the host's Ollama (routes waiting for
+        an on-demand pull look again); idempotent."""
         fleet.observe_pulled(event)
+        if on_demand is not None:
+            on_demand.pulled(event)
+
+    if on_demand is not None:
+        news = DeliverPolicy.NEW  # only pulls this replica may be waiting for
+
+        @streams.subscriber(
+            ProvisionFailed.SUBJECT, stream=events, deliver_policy=news, config=_config(), ack_policy=ack
+        )
+        async def on_provision_failed(event: ProvisionFailed) -> None:
+            """Consumes evt.provisioner.failed.v1: a failed on-demand pull ends its waits (503). Idempotent."""
+            on_demand.failed(event)
+
+        @streams.subscriber(
+            ProvisionCompleted.SUBJECT, stream=events, deliver_policy=news, config=_config(), ack_policy=ack
+        )
+        async def on_provision_completed(event: ProvisionCompleted) -> None:
+            """Consumes evt.provisioner.request.completed.v1: a pull that pulled nothing ends its waits."""
+            on_demand.completed(event)
 
     @streams.subscriber(
         BackendCallCompleted.SUBJECT, stream=events, deliver_policy=recent, config=_config(since), ack_policy=ack
@@ -111,7 +141,7 @@ def register(rpc: Rpc, streams: NatsRouter, fleet: Fleet, router: Router, watch:
         """Consumes rpc.router.backends.v1; replies every known backend's state and the watched roles'. Read-only."""
         return router.backends(watch)
 
-    @rpc.handler(RouteRequest)
+    @rpc.handler(RouteRequest, concurrency=route_concurrency)
     async def on_route(req: RouteRequest) -> RouteReply:
         """Consumes rpc.router.route.v1; replies RouteReply (backend, model name, options, fallback chain, reason).
         Errors: the catalog's own (404 unknown role), 422 bad options, 503 `no_backend`. Read-only."""

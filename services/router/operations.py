@@ -26,12 +26,14 @@ from services.router import domain
 from services.router.domain import Pick, Target
 from services.router.fleet import Backend, Fleet
 from services.router.health import role_health
+from services.router.provisioning import nowhere_installed
 from services.router.settings import RouterSettings
 from services.router.strategies import Strategy
 from services.runtime.rpc import Rpc
 
 if TYPE_CHECKING:
     from services.router.monitor import RoleWatch
+    from services.router.provisioning import OnDemand
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,10 @@ class Router:
         strategies: Mapping[str, Strategy],
         default: Strategy,
         clock: Callable[[], float] = time.time,
+        on_demand: OnDemand | None = None,
     ) -> None:
         self.fleet = fleet
+        self.on_demand = on_demand
         self.rpc = rpc
         self.settings = settings
         self.strategies = strategies
@@ -75,6 +79,8 @@ class Router:
         """A catalog change: the next request of every kind asks the catalog again."""
         self._resolutions.clear()
         self._contexts.clear()
+        if self.on_demand is not None:
+            self.on_demand.invalidate()
 
     async def route(self, req: RouteRequest) -> RouteReply:
         role = req.role.removeprefix("role:") if req.role else None
@@ -103,7 +109,18 @@ class Router:
         if not decision.picks:
             if decision.saturated:
                 raise _busy(req, role, resolved, decision, self.settings.in_flight_ttl_s, self.clock())
-            raise _no_backend(req, role, resolved)
+            if (
+                role
+                and self.on_demand is not None
+                and resolved.provider == "ollama"
+                and nowhere_installed(self.fleet, got.primary, self.clock())
+            ):
+                wait = self.settings.provision_wait_s
+                if req.provision_wait_s is not None:
+                    wait = min(wait, req.provision_wait_s)
+                decision = await self.on_demand.provide(role, resolved.model_ref, decide, wait, ctx)
+            else:
+                raise _no_backend(req, role, resolved)
         first = decision.picks[0]
         kinds = {p.backend.kind for p in decision.picks}
         return RouteReply(

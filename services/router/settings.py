@@ -32,6 +32,12 @@ class RouterSettings(RuntimeSettings):
     max_in_flight: int = Field(default=64, ge=1)
     #: backend base URL or host id -> its own limit, as JSON: MODELFLEET_ROUTER_MAX_IN_FLIGHT_BY_BACKEND='{"gpu-01": 4}'
     max_in_flight_by_backend: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    #: a role whose Ollama model no live backend has and whose entry says auto_download is pulled onto the best host;
+    #: its route requests wait this long at most (a RouteRequest's `provision_wait_s` may ask for less)
+    provision_wait_s: float = Field(default=60.0, ge=0, le=3600)
+    #: route requests one replica works on at once; requests waiting for an on-demand pull count, so this is well
+    #: above what deciding needs (a decision takes microseconds)
+    route_concurrency: int = Field(default=1024, ge=1)
     #: a gateway's in-flight report counts for this long (a gateway that died stops counting)
     in_flight_ttl_s: float = Field(default=30.0, gt=0)
     #: a host is dead after this many missed heartbeats

@@ -6,12 +6,13 @@ The real `ollama` client is driven against it. Switches: `pull_step_s` (slow pul
 (a mid-stream `{"error": ...}` line after that fraction of a layer, HTTP 200), `pull_http_error`
 (the HTTP-status error channel), `publish_update(name)` (upstream publishes a new manifest for a model),
 `registry_digest_header` (send `Docker-Content-Digest`, or leave the client to hash the body), `registry_error`,
-`registry_delay_s`; for inference: `chat_word_delay_s` (a slow token stream), `chat_error` (an HTTP error on
-/api/chat and /api/embed), `chat_gate` (a streamed chat sends its first word, then holds until the gate is set: a
-backend busy mid-answer). /api/chat and /api/embed record each request body (`chat_requests`, `embed_requests`, so a
-test reads the `options` sent), count the streams in progress (`chat_streaming`) and the streams the client cut
-(`chat_aborted`): a write that fails, or, while held, the client's side of the connection closing (as Ollama's Go
-server cancels a request's context when its connection closes).
+`registry_delay_s`, `pull_gate` (a pull holds before it finishes until the gate is set); for inference:
+`chat_word_delay_s` (a slow token stream), `chat_error` (an HTTP error on /api/chat and /api/embed), `chat_gate`
+(a streamed chat sends its first word, then holds until the gate is set: a backend busy mid-answer).
+/api/chat and /api/embed record each request body (`chat_requests`, `embed_requests`, so a test reads the `options`
+sent), count the streams in progress (`chat_streaming`) and the streams the client cut (`chat_aborted`): a write
+that fails, or, while held, the client's side of the connection closing (as Ollama's Go server cancels a request's
+context when its connection closes).
 A pulled model's `/api/tags` digest is the sha256 of the manifest the registry serves for it, as in Ollama.
 Run standalone with `python -m tests.peers.ollama_server --port N`.
 """
@@ -110,6 +111,7 @@ class OllamaPeer:
         self.pull_steps = 8
         self.fail_pull_after: float | None = None
         self.pull_http_error: tuple[int, str] | None = None
+        self.pull_gate: threading.Event | None = None
         self.registry_digest_header = True
         self.registry_error: tuple[int, str] | None = None
         self.registry_delay_s = 0.0  # a slow registry: each manifest answer waits this long
@@ -334,6 +336,7 @@ def _handler(peer: OllamaPeer) -> type[BaseHTTPRequestHandler]:
             if model is None:
                 return self._send(500, {"error": "pull model manifest: file does not exist"})
             if body.get("stream") is False:
+                self._wait_pull_gate()
                 return self._send(200, self._finish_pull(model))
             self._stream_start()
             self._line({"status": "pulling manifest"})
@@ -349,10 +352,16 @@ def _handler(peer: OllamaPeer) -> type[BaseHTTPRequestHandler]:
                     self._line(
                         {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": done}
                     )
+            self._wait_pull_gate()
             for phase in ("verifying sha256 digest", "writing manifest"):
                 self._line({"status": phase})
             self._line(self._finish_pull(model))
             self._stream_end()
+
+        def _wait_pull_gate(self) -> None:
+            gate = peer.pull_gate
+            if gate is not None:
+                gate.wait(peer.chat_gate_timeout_s)
 
         def _finish_pull(self, model: LibraryModel) -> dict[str, str]:
             with peer.lock:
