@@ -110,6 +110,8 @@ async def fleet(tmp: Path, llama_threads: int) -> AsyncIterator[dict[str, str]]:
             "MODELFLEET_STATE_DIR": str(tmp / "state"), "MODELFLEET_HOST_ID": "bench",
             "MODELFLEET_LOG_LEVEL": "WARNING", "MODELFLEET_ADMIN_TOKEN": ADMIN_TOKEN,
             "MODELFLEET_ROUTER_RESOLVE_CACHE_TTL_S": "3600",
+            # a starved 2-core machine can hold the server's /models past the default 1 s check: no cooled-down run
+            "MODELFLEET_ROUTER_CHECK_TIMEOUT_S": "10",
         }  # fmt: skip
         for name in ("catalog", "router"):
             proc = ServiceProcess(name, env, tmp / "logs" / f"{name}.log").start()
