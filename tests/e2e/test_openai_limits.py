@@ -115,3 +115,29 @@ async def test_the_router_answers_429_when_the_reported_in_flight_fills_every_ba
     await publish(js, report(0))  # that gateway's call ended
     done = await eventually(lambda: client.chat.completions.create(model="coding", messages=ASK), 20, "room again")
     assert done.choices[0].message.content == "echo: hello there"
+
+
+async def test_a_client_that_leaves_mid_stream_cancels_the_backend_request_and_frees_its_slot(fleet):
+    peer: OllamaPeer = fleet["peer"]
+    client: openai.AsyncOpenAI = fleet["client"]
+    reports = await fleet["nc"].subscribe(BackendCallCompleted.SUBJECT)
+    peer.chat_gate = threading.Event()  # the peer sends a first word, then holds the rest of the answer
+    body = {"model": "coding", "messages": ASK, "stream": True}
+    async with httpx.AsyncClient(timeout=30) as http, http.stream(
+        "POST", f"{fleet['url']}/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, json=body
+    ) as r:  # fmt: skip
+        assert r.status_code == 200
+        lines = r.aiter_lines()
+        first = await anext(lines)
+        assert first.startswith("data: ") and '"role":"assistant"' in first
+        assert peer.chat_streaming == 1
+    # the client left (the response and its connection are closed) while the backend was mid-answer
+
+    async def backend_saw_it() -> bool:
+        return peer.chat_aborted == 1 and peer.chat_streaming == 0
+
+    await eventually(backend_saw_it, 20, "the peer to see its request cancelled")
+    report = BackendCallCompleted.model_validate_json((await reports.next_msg(timeout=20)).data)
+    assert report.host_id == HOST and report.in_flight == 0  # the gateway's count on the backend is back to 0
+    done = await client.chat.completions.create(model="coding", messages=ASK)  # and its one slot is free again
+    assert done.choices[0].message.content == "echo: hello there"
