@@ -385,7 +385,7 @@ class Rpc:
             while True:
                 msg = await _next_frame(frames, subject, timeout_s, started=control is not None)
                 frame = (msg.headers or {}).get(RPC_HEADER) if msg.headers else None
-                if frame is None:
+                if frame is None and (msg.headers or {}).get("Status") != _NO_RESPONDERS:
                     received += 1
                     yield chunk_type.model_validate_json(msg.data)  # type: ignore[misc]
                     if received % half == 0 and control is not None:

@@ -268,3 +268,16 @@ async def test_a_roles_own_gguf_from_the_ollama_store_answers_with_real_text(fal
     assert end.model == f"gguf {store / 'blobs' / f'sha256-{digest}'} (ollama smollm2:135m)"
     assert end.finish_reason in ("stop", "length") and end.prompt_tokens > 10
     assert (await fb.slots()).sources == {"general": end.model}
+
+
+async def test_generate_with_no_fallback_running_is_a_503(nats_url: str) -> None:
+    broker = NatsBroker(nats_url)
+    await broker.connect()
+    try:
+        with pytest.raises(RpcError) as caught:
+            async for _ in Rpc(broker, "test-client").stream(GenerateRequest(model_ref="qwen3:8b", messages=HELLO)):
+                pass
+        assert (caught.value.status, caught.value.code) == (503, "no_responders")
+        assert GenerateRequest.SUBJECT in caught.value.detail
+    finally:
+        await broker.stop()
