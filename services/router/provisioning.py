@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 from contracts.catalog import ModelInfoRequest, RolesRequest
 from contracts.envelope import Envelope
+from contracts.health import HealthRequest
 from contracts.provisioner import ModelPulled, ProvisionCommand, ProvisionCompleted, ProvisionFailed
 from contracts.rpc import RpcError
+from contracts.subjects import fill
 from services.router import domain
 from services.router.domain import Decision, Target
 from services.router.fleet import Fleet
@@ -112,6 +114,10 @@ class OnDemand:
             return await self._start(role, model_ref, num_ctx)
 
     async def _start(self, role: str, model_ref: str, num_ctx: int) -> Pull:
+        if not await self._provisioner_up():
+            # The command is durable: sent now it would run whenever a provisioner starts, long after this request.
+            raise _unavailable(role, f"{model_ref} is installed nowhere and no healthy provisioner answers to pull it "
+                                     "(auto_download)")  # fmt: skip
         size = await self._size(model_ref)
         now = self.clock()
         host = domain.provision_host(self.fleet, now, size, num_ctx)
@@ -143,6 +149,15 @@ class OnDemand:
         if pull.ended is not None:
             return now - pull.ended >= self.settings.cooldown_s
         return now - pull.started >= 10 * self.settings.provision_wait_s
+
+    async def _provisioner_up(self) -> bool:
+        """At least one provisioner replica answers its health request, healthy (as the gateway's provision route
+        checks before a `wait: true` request)."""
+        replies = await self.rpc.gather(
+            HealthRequest(), subject=fill(HealthRequest.SUBJECT, service="provisioner"),
+            timeout_s=self.settings.resolve_timeout_s, done=lambda got: any(r.healthy for r in got),
+        )  # fmt: skip
+        return any(r.healthy for r in replies)
 
     async def _size(self, model_ref: str) -> int | None:
         """The model's file size from the catalog (its largest quantization), for the fit estimate; None unknown."""
