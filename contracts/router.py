@@ -118,6 +118,21 @@ class BackendCallCompleted(Envelope):
     in_flight: int | None = Field(default=None, ge=0)
 
 
+class BackendBusy(Envelope):
+    """A gateway's count of calls open on one backend, sent when the count goes from 0 to 1 and again every few
+    seconds while it stays above 0 (a call's end is told by `BackendCallCompleted`). The router folds `in_flight`
+    by the same rule as a call report's, and does not count a check timeout against a backend with calls open:
+    a backend that serves one request at a time answers no check while it generates (docs/router.md)."""
+
+    SUBJECT = "evt.gateway.backend.busy.v1"
+
+    host_id: HostId
+    backend_url: Url
+    kind: BackendKind = "ollama"
+    gateway_instance: Name
+    in_flight: int = Field(ge=0, description="This gateway's calls open on the backend now.")
+
+
 class LlmDegraded(Envelope):
     SUBJECT = "evt.router.llm.degraded.v1"
 
@@ -151,6 +166,11 @@ class BackendChecked(Envelope):
     outcome: CallOutcome
     status_code: int | None = Field(default=None, description="The backend's HTTP status, when it answered.")
     latency_ms: float = Field(ge=0)
+    # Added with busy backends (optional, so the major version holds):
+    in_flight: int | None = Field(
+        default=None, ge=0, description="Calls the gateways had open on the backend during the check, as the checking "
+        "router knew them: a timeout with calls open is a busy backend, not a failure.",
+    )  # fmt: skip
 
 
 class BackendState(Contract):

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from contracts.provisioner import ProvisionCommand
-from contracts.router import BackendCallCompleted
+from contracts.router import BackendBusy, BackendCallCompleted
 from contracts.rpc import RpcError
 from services.gateway import (
     catalog_routes,
@@ -42,7 +42,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         state,
         Rpc(broker, "gateway", tracer_provider),
         request_timeout_s=settings.request_timeout_s,
-        publishes=[ProvisionCommand, BackendCallCompleted],
+        publishes=[ProvisionCommand, BackendCallCompleted, BackendBusy],
         retry_initial_s=settings.retry_initial_s,
         retry_max_s=settings.retry_max_s,
     )

@@ -1,4 +1,5 @@
-"""The gateway's per-backend in-flight counts and its `BackendCallCompleted` reports, published in the background."""
+"""The gateway's per-backend in-flight counts, its `BackendCallCompleted` and `BackendBusy` reports, published in
+the background."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from contracts.envelope import Envelope
-from contracts.router import BackendCallCompleted, BackendRef, CallOutcome
+from contracts.router import BackendBusy, BackendCallCompleted, BackendRef, CallOutcome
 
 log = logging.getLogger(__name__)
 
@@ -17,30 +18,53 @@ log = logging.getLogger(__name__)
 class CallReporter:
     """Counts the calls open on each backend and reports each one's end to the routers (docs/router.md, in-flight
     rule): best effort, never on the answer's path. Reports wait in a bounded queue drained by one task; when the
-    bus is slower than the calls, the newest reports are dropped (and counted) rather than held in memory."""
+    bus is slower than the calls, the newest reports are dropped (and counted) rather than held in memory.
+
+    A backend's first open call is told at once (`BackendBusy`, its count going from 0 to 1), and every
+    `busy_refresh_s` while calls stay open, so that the routers know a backend that answers no check is busy
+    serving, not hung; the refresh must come well within the routers' `in_flight_ttl_s` (30 s)."""
 
     def __init__(
-        self, publish: Callable[[Envelope], Awaitable[None]], *, instance: str | None = None, max_pending: int = 1024
+        self,
+        publish: Callable[[Envelope], Awaitable[None]],
+        *,
+        instance: str | None = None,
+        max_pending: int = 1024,
+        busy_refresh_s: float = 5.0,
     ):
         self.publish = publish
         self.instance = instance or f"gateway-{uuid.uuid4().hex[:12]}"
         self.in_flight: Counter[tuple[str, str]] = Counter()
+        self.busy_refresh_s = busy_refresh_s
         self.dropped = 0
         self.failed = 0
-        self._queue: asyncio.Queue[BackendCallCompleted] = asyncio.Queue(max_pending)
+        self._queue: asyncio.Queue[Envelope] = asyncio.Queue(max_pending)
         self._drainer: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        #: the backend of every key counted, for its busy reports
+        self._backends: dict[tuple[str, str], BackendRef] = {}
 
     def open_calls(self, backend: BackendRef) -> int:
         """Calls this gateway has open on `backend` now (exact: counted here, not reported)."""
         return self.in_flight[(backend.host_id, backend.base_url)]
 
     def started(self, backend: BackendRef) -> None:
-        self.in_flight[(backend.host_id, backend.base_url)] += 1
+        key = (backend.host_id, backend.base_url)
+        self.in_flight[key] += 1
+        if self.in_flight[key] == 1:  # the only publish a call start costs: the backend's first open call
+            self._backends[key] = backend
+            self._enqueue(self._busy(key))
+            if self._refresher is None or self._refresher.done():
+                self._refresher = asyncio.create_task(self._refresh(), name="gateway-busy-reports")
 
     def abandoned(self, backend: BackendRef) -> None:
-        """A call the client gave up on: it no longer counts as open, and it says nothing about the backend."""
+        """A call the client gave up on: it no longer counts as open, and it says nothing about the backend (no call
+        report); the last one's end is told as a busy report of 0, so routers stop counting the backend as serving."""
         key = (backend.host_id, backend.base_url)
-        self.in_flight[key] = max(0, self.in_flight[key] - 1)
+        was = self.in_flight[key]
+        self.in_flight[key] = max(0, was - 1)
+        if was == 1 and key in self._backends:
+            self._enqueue(self._busy(key))
 
     def finished(
         self,
@@ -60,6 +84,14 @@ class CallReporter:
             ttft_ms=None if ttft_ms is None else round(max(ttft_ms, 0.0), 3), gateway_instance=self.instance,
             in_flight=self.in_flight[key],
         )  # fmt: skip
+        self._enqueue(report)
+
+    def _busy(self, key: tuple[str, str]) -> BackendBusy:
+        b = self._backends[key]
+        return BackendBusy(producer="gateway", host_id=b.host_id, backend_url=b.base_url, kind=b.kind,
+                           gateway_instance=self.instance, in_flight=self.in_flight[key])  # fmt: skip
+
+    def _enqueue(self, report: Envelope) -> None:
         try:
             self._queue.put_nowait(report)
         except asyncio.QueueFull:
@@ -67,6 +99,16 @@ class CallReporter:
             return
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name="gateway-call-reports")
+
+    async def _refresh(self) -> None:
+        """While any call is open, tell each busy backend's count again every `busy_refresh_s`; ends when none is."""
+        while True:
+            await asyncio.sleep(self.busy_refresh_s)
+            busy = [key for key, n in self.in_flight.items() if n > 0]
+            if not busy:
+                return
+            for key in busy:
+                self._enqueue(self._busy(key))
 
     async def _drain(self) -> None:
         while True:
@@ -79,6 +121,9 @@ class CallReporter:
 
     async def aclose(self, flush_s: float = 1.0) -> None:
         """Give queued reports up to `flush_s` to go out, then stop."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
         if self._drainer is None:
             return
         try:

@@ -11,7 +11,7 @@ from contracts.fit import fit_on_host
 from contracts.hardware import BackendStatus, GpuSampled, HostHeartbeat
 from contracts.model_ref import with_default_tag
 from contracts.provisioner import ModelPulled
-from contracts.router import BackendCallCompleted, BackendChecked, BackendKind
+from contracts.router import BackendBusy, BackendCallCompleted, BackendChecked, BackendKind
 from contracts.vram import EstimateSettings, FitClass
 
 #: Index key of a model on a kind of backend: ("ollama", "qwen3:8b") or ("openai", "smollm2").
@@ -126,6 +126,9 @@ class Backend:
     #: Deterministic tie-breaker, so every replica orders equal candidates the same way.
     id: str
     reachable: bool = True
+    #: When the evidence `reachable` follows was taken (a sample, a beat, a successful call or check): older
+    #: evidence changes nothing, so a sample that arrives late cannot undo what a newer answer showed.
+    reach_at: float = -math.inf
     loaded: dict[str, LoadedModel] = field(default_factory=dict)
     installed: dict[str, int | None] = field(default_factory=dict)
     ewma_ms: float | None = None
@@ -244,7 +247,7 @@ class Fleet:
         fresh = at > host.last_seen
         self._seen(host, at, beat.interval_s)
         if beat.ollama_url and fresh:
-            self.backend(host, "ollama", beat.ollama_url).reachable = beat.ollama_reachable
+            _reached(self.backend(host, "ollama", beat.ollama_url), at, beat.ollama_reachable)
 
     def observe_sample(self, sample: GpuSampled) -> None:
         """Free memory, and the backends the sample tells of; an older sample than the one held changes nothing."""
@@ -264,7 +267,7 @@ class Fleet:
             self._drop_backend(b)
         for a in told:
             b = self.backend(host, a.kind, a.base_url)
-            b.reachable = a.reachable
+            _reached(b, at, a.reachable)
             if a.reachable:  # an unreachable backend lists nothing: keep what it last said (it is skipped anyway)
                 self._set_loaded(b, a.loaded)
             if a.installed is not None:
@@ -291,20 +294,34 @@ class Fleet:
         if event.outcome == "ok":
             sample = event.ttft_ms if event.ttft_ms is not None else event.latency_ms
             b.ewma_ms = sample if b.ewma_ms is None else rules.ewma_alpha * sample + (1 - rules.ewma_alpha) * b.ewma_ms
+            _reached(b, at, True)
             self._succeeded(b, at)
             return
         if event.outcome == "error" and event.status_code is not None and event.status_code < 500:
             return  # the request's own fault (400, 404...): says nothing about the backend
         self._failed(b, at, event.outcome)
 
+    def observe_busy(self, event: BackendBusy) -> None:
+        """A gateway's count of calls open on a backend, told when its first call starts and while calls stay open:
+        the same in-flight rule as a call report's (the checker reads it to tell busy from hung)."""
+        b = self.backend(self.host(event.host_id), event.kind, event.backend_url)
+        b.report_in_flight(event.gateway_instance, event.in_flight, event.occurred_at.timestamp())
+
     def observe_check(self, event: BackendChecked) -> None:
         """An active check: the same circuit rules as a call, except that any non-2xx answer counts (a check asks
-        nothing a backend could refuse), and its latency is not inference latency (no EWMA)."""
+        nothing a backend could refuse), its latency is not inference latency (no EWMA), and a timeout the checker
+        saw while the gateways had calls open on the backend (`in_flight`) counts for nothing: a backend that serves
+        one request at a time answers no check while it generates (a hung one with calls open is caught by those
+        calls' own failures). The verdict travels in the event, so every replica folds the same one whatever order
+        its busy reports and check results arrive in."""
         b = self.backend(self.host(event.host_id), event.kind, event.backend_url)
         at = event.occurred_at.timestamp()
         b.last_check = (at, event.outcome)
         if event.outcome == "ok":
+            _reached(b, at, True)
             self._succeeded(b, at)
+        elif event.outcome == "timeout" and event.in_flight:
+            return
         else:
             self._failed(b, at, event.outcome)
 
@@ -331,6 +348,13 @@ class Fleet:
 
     def alive(self, now: float) -> list[Host]:
         return [h for h in self.hosts.values() if h.deadline >= now]
+
+
+def _reached(b: Backend, at: float, reachable: bool) -> None:
+    """Reachability follows the newest evidence: a sample taken before a successful call or check (samples come
+    from the host and can arrive late) does not mark the backend unreachable again."""
+    if at >= b.reach_at:
+        b.reachable, b.reach_at = reachable, at
 
 
 def _reindex(index: dict[ModelKey, dict[str, Backend]], b: Backend, old: Iterable[str], new: Iterable[str]) -> None:

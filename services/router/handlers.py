@@ -11,6 +11,7 @@ from contracts.catalog import CatalogChanged, ProfileChanged
 from contracts.hardware import GpuSampled, HostHeartbeat
 from contracts.provisioner import ModelPulled, ProvisionCompleted, ProvisionFailed
 from contracts.router import (
+    BackendBusy,
     BackendCallCompleted,
     BackendChecked,
     BackendsReply,
@@ -96,6 +97,15 @@ def register(
         """Consumes evt.gateway.backend.call.completed.v1 into passive health (in-flight, EWMA, failures, circuit).
         Folded once per delivery, in stream order: every replica gets the same figures."""
         fleet.observe_call(event)
+
+    @streams.subscriber(
+        BackendBusy.SUBJECT, stream=events, deliver_policy=recent, config=_config(since), ack_policy=ack
+    )
+    async def on_busy(event: BackendBusy) -> None:
+        """Consumes evt.gateway.backend.busy.v1 (a gateway's calls open on a backend, told when the first starts and
+        while they last) into in-flight, in stream order like call reports: a check timeout while calls are open
+        counts for nothing. Idempotent (an older report than the one held changes nothing)."""
+        fleet.observe_busy(event)
 
     @streams.subscriber(
         CatalogChanged.SUBJECT, stream=events, deliver_policy=DeliverPolicy.NEW, config=_config(), ack_policy=ack

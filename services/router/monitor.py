@@ -56,10 +56,18 @@ async def publish(broker: NatsBroker, event: Envelope) -> bool:
     return not bool(getattr(ack, "duplicate", False))
 
 
+def open_during(b: Backend, before: int, now: float, ttl_s: float) -> int:
+    """Calls the gateways had open on `b` during a check: the most of what they had told at its start (`before`;
+    a call that ended meanwhile kept the backend busy) and what they have told by its end (one that started)."""
+    return max(before, b.busy(now, ttl_s))
+
+
 class Checker:
     """Checks every backend of a live host (all of them when the view is stale) once per interval slot. Each
     replica checks; results are published only when they can change a circuit (a failure, or a success on a
-    backend with failures or a trip), with an id per (backend, slot), so JetStream keeps one result a slot."""
+    backend with failures or a trip), with an id per (backend, slot), so JetStream keeps one result a slot.
+    A result carries the calls the gateways had open during the check, so that every replica folds a busy
+    backend's timeout the same way (not as a failure), whatever order the reports reach it in."""
 
     def __init__(self, fleet: Fleet, broker: NatsBroker, settings: RouterSettings,
                  clock: Callable[[], float] = time.time) -> None:  # fmt: skip
@@ -84,14 +92,18 @@ class Checker:
             b for h in list(self.fleet.hosts.values()) if stale or h.deadline >= now for b in h.backends.values()
         ]
 
+        ttl = self.fleet.rules.in_flight_ttl_s
+
         async def one(b: Backend) -> None:
             async with limit:
+                before = b.busy(self.clock(), ttl)
                 outcome, status, ms = await check_one(client, b)
             if outcome == "ok" and not (b.failures or b.tripped):
                 return  # changes nothing anywhere: not worth an event
             event = BackendChecked(
                 event_id=check_id(b.id, slot), producer="router", host_id=b.host.host_id, backend_url=b.base_url,
                 kind=b.kind, outcome=outcome, status_code=status, latency_ms=round(ms, 3),
+                in_flight=open_during(b, before, self.clock(), ttl),
             )  # fmt: skip
             try:
                 await publish(self.broker, event)

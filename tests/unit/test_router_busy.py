@@ -1,0 +1,185 @@
+"""A busy backend is not a hung one: check timeouts while the gateways have calls open do not trip the circuit;
+reachability follows the newest evidence; the gateway tells a backend's first open call and refreshes it."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from contracts.envelope import Envelope
+from contracts.router import BackendBusy, BackendCallCompleted, BackendChecked, BackendRef
+from services.gateway.call_reports import CallReporter
+from services.router.domain import target
+from services.router.fleet import Fleet, HealthRules
+from services.router.health import RoleStates, role_health
+from services.router.monitor import open_during
+from tests.harness.waiting import eventually
+from tests.unit.test_router_domain import T0, call, sample
+
+pytestmark = pytest.mark.unit
+
+URL = "http://a:11434"
+CODING = (target("qwen3:8b", "ollama"),)
+
+
+def checked(t: float, outcome: str, *, in_flight: int | None = None, ms: float = 1000.0) -> BackendChecked:
+    return BackendChecked(
+        producer="router", occurred_at=datetime.fromtimestamp(t, UTC), host_id="a", backend_url=URL,
+        outcome=outcome, latency_ms=ms, in_flight=in_flight,
+    )  # fmt: skip
+
+
+def busy(t: float, count: int, gw: str = "gw-1") -> BackendBusy:
+    return BackendBusy(producer="gateway", occurred_at=datetime.fromtimestamp(t, UTC), host_id="a", backend_url=URL,
+                       gateway_instance=gw, in_flight=count)  # fmt: skip
+
+
+def fleet_a() -> Fleet:
+    fleet = Fleet(HealthRules(allowed_fails=3, cooldown_s=5, in_flight_ttl_s=30))
+    fleet.observe_sample(sample("a", T0, loaded=("qwen3:8b",)))
+    return fleet
+
+
+def test_timeouts_of_a_busy_backend_do_not_count_and_are_still_recorded() -> None:
+    fleet = fleet_a()
+    b = fleet.hosts["a"].backends[URL]
+    for i in range(1, 7):  # twice allowed_fails, within the window
+        fleet.observe_check(checked(T0 + i, "timeout", in_flight=1))
+    assert b.circuit(T0 + 7) == "closed" and b.healthy(T0 + 7) and not b.failures
+    assert b.last_check == (T0 + 6, "timeout")
+
+
+def test_timeouts_of_an_idle_backend_trip_it_as_before() -> None:
+    for idle in (0, None):  # nothing open, or a checker that predates the field
+        fleet = fleet_a()
+        b = fleet.hosts["a"].backends[URL]
+        fleet.observe_check(checked(T0 + 1, "timeout", in_flight=idle))
+        fleet.observe_check(checked(T0 + 2, "timeout", in_flight=idle))
+        assert b.circuit(T0 + 2.5) == "closed"
+        fleet.observe_check(checked(T0 + 3, "timeout", in_flight=idle))
+        assert b.circuit(T0 + 3.5) == "open" and not b.healthy(T0 + 3.5)
+
+
+def test_a_refusal_or_an_error_trips_or_counts_however_busy() -> None:
+    fleet = fleet_a()
+    b = fleet.hosts["a"].backends[URL]
+    fleet.observe_check(checked(T0 + 1, "connect_refused", in_flight=4))
+    assert b.circuit(T0 + 2) == "open"
+    fleet = fleet_a()
+    b = fleet.hosts["a"].backends[URL]
+    for i in (1, 2, 3):
+        fleet.observe_check(checked(T0 + i, "error", in_flight=4).model_copy(update={"status_code": 500}))
+    assert b.circuit(T0 + 3.5) == "open"
+
+
+def test_busy_reports_fold_into_in_flight_by_the_call_report_rule() -> None:
+    fleet = fleet_a()
+    b = fleet.hosts["a"].backends[URL]
+    fleet.observe_busy(busy(T0 + 1, 1))
+    fleet.observe_busy(busy(T0 + 1.5, 2, gw="gw-2"))
+    assert b.busy(T0 + 2, 30) == 3
+    fleet.observe_call(call("a", T0 + 3, in_flight=0))  # gw-1's call ended
+    fleet.observe_busy(busy(T0 + 2, 1))  # an older report than the one held changes nothing
+    assert b.busy(T0 + 4, 30) == 2
+    assert b.busy(T0 + 32, 30) == 0  # gw-2 fell silent: its count expired
+
+
+def test_the_checker_counts_calls_open_at_either_end_of_the_check() -> None:
+    fleet = fleet_a()
+    b = fleet.hosts["a"].backends[URL]
+    assert open_during(b, 0, T0 + 1, 30) == 0  # nothing told: a timeout is a failure (a hung backend)
+    fleet.observe_busy(busy(T0 + 1, 1))
+    assert open_during(b, 0, T0 + 2, 30) == 1  # a call started during the check
+    fleet.observe_call(call("a", T0 + 3, in_flight=0))
+    assert open_during(b, 1, T0 + 3.2, 30) == 1  # the call ended during the check: it was busy when it began
+    assert open_during(b, 0, T0 + 4, 30) == 0
+    fleet.observe_busy(busy(T0 + 5, 1))
+    assert open_during(b, 0, T0 + 40, 30) == 0  # a gateway silent for longer than the TTL (dead) counts nothing
+
+
+def test_an_unreachable_sample_older_than_a_successful_check_does_not_undo_it() -> None:
+    fleet = fleet_a()
+    b = fleet.hosts["a"].backends[URL]
+    states = RoleStates()
+    assert states.decide("coding", role_health(fleet, CODING, T0 + 1)) is None  # seen healthy
+    fleet.observe_check(checked(T0 + 2, "connect_refused"))  # the backend stopped
+    fleet.observe_sample(sample("a", T0 + 4, loaded=("qwen3:8b",), reachable=False))
+    down = states.decide("coding", role_health(fleet, CODING, T0 + 5))
+    assert down is not None and down.kind == "degraded" and not b.reachable
+    fleet.observe_check(checked(T0 + 8, "ok", ms=3))  # restarted: answers, cooldown over
+    assert b.reachable and b.healthy(T0 + 8.5)
+    up = states.decide("coding", role_health(fleet, CODING, T0 + 8.5))
+    assert up is not None and up.kind == "recovered"
+    # a sample taken during the stop arrives now: newer than the last sample, older than the check
+    fleet.observe_sample(sample("a", T0 + 7, loaded=("qwen3:8b",), reachable=False))
+    assert b.reachable and b.healthy(T0 + 9)
+    assert states.decide("coding", role_health(fleet, CODING, T0 + 9)) is None  # no flap
+    fleet.observe_sample(sample("a", T0 + 10, loaded=("qwen3:8b",), reachable=False))  # newer: it holds
+    assert not b.reachable
+
+
+def test_a_successful_call_is_evidence_too_and_order_of_arrival_does_not_matter() -> None:
+    fleet = fleet_a()
+    b = fleet.hosts["a"].backends[URL]
+    fleet.observe_call(call("a", T0 + 6))
+    fleet.observe_sample(sample("a", T0 + 5, loaded=("qwen3:8b",), reachable=False))
+    assert b.reachable
+    other = fleet_a()  # the same two events the other way round end in the same state
+    other.observe_sample(sample("a", T0 + 5, loaded=("qwen3:8b",), reachable=False))
+    other.observe_call(call("a", T0 + 6))
+    assert other.hosts["a"].backends[URL].reachable
+    fleet.observe_call(call("a", T0 + 7, "timeout"))  # a failure is the circuit's business, not reachability's
+    assert b.reachable
+
+
+def ref(host: str = "a") -> BackendRef:
+    return BackendRef(host_id=host, kind="openai", base_url=f"http://{host}:8000/v1")
+
+
+async def test_the_gateway_tells_the_first_open_call_refreshes_it_and_tells_the_end() -> None:
+    sent: list[Envelope] = []
+
+    async def publish(e: Envelope) -> None:
+        sent.append(e)
+
+    reporter = CallReporter(publish, instance="gw-1", busy_refresh_s=0.05)
+    try:
+        reporter.started(ref())
+        reporter.started(ref())  # 1 -> 2: no report
+
+        def busy_reports() -> list[BackendBusy]:
+            return [e for e in sent if isinstance(e, BackendBusy)]
+
+        async def refreshed() -> bool:
+            return len(busy_reports()) >= 3
+
+        await eventually(refreshed, 5, "busy reports refreshed while calls are open")
+        first = busy_reports()[0]
+        assert (first.host_id, first.backend_url, first.kind, first.gateway_instance, first.in_flight) == (
+            "a", "http://a:8000/v1", "openai", "gw-1", 1
+        )  # fmt: skip
+        assert {e.in_flight for e in busy_reports()[1:]} == {2}
+        reporter.finished(ref(), "m", "ok", latency_ms=5)
+        reporter.finished(ref(), "m", "ok", latency_ms=5)
+
+        async def ended() -> bool:
+            done = [e for e in sent if isinstance(e, BackendCallCompleted)]
+            return len(done) == 2 and done[-1].in_flight == 0
+
+        await eventually(ended, 5, "both calls reported")
+        await asyncio.sleep(0.2)  # a few refresh periods with nothing open: the refresher stopped, nothing more sent
+        count = len(sent)
+        await asyncio.sleep(0.2)
+        assert len(sent) == count and isinstance(sent[-1], BackendCallCompleted)
+
+        reporter.started(ref("b"))
+        reporter.abandoned(ref("b"))  # the client left: its end is told as a count of 0, with no call report
+
+        async def abandoned() -> bool:
+            return [e.in_flight for e in busy_reports() if e.host_id == "b"] == [1, 0]
+
+        await eventually(abandoned, 5, "the abandoned call's end told")
+    finally:
+        await reporter.aclose()
