@@ -299,6 +299,10 @@ def apply_adapter(model: Any, manifest: AdapterManifest) -> Any:
     return model
 
 
+#: `AdapterSet._active` after a switch that failed half-way: equal to no request's wanted state.
+_UNSETTLED = "\0unsettled"
+
+
 class AdapterSet:
     """One slot's model and the adapters loaded into it, shared by the slot's concurrent generations.
 
@@ -329,7 +333,13 @@ class AdapterSet:
             if not self._cond.wait_for(lambda: self._in_flight == 0 or self._active == wanted, timeout=self.wait_s):
                 raise AdapterBusy(f"the slot stayed busy with adapter {self._active!r} for {self.wait_s}s")
             if self._active != wanted:
-                self._switch(manifest)
+                try:
+                    self._switch(manifest)
+                except BaseException:
+                    # The old state is gone (its disable_adapter() context closed) and the new one never came:
+                    # the next request switches again, whatever it asks for.
+                    self._active = _UNSETTLED
+                    raise
             self._active = wanted
             self._in_flight += 1
         try:

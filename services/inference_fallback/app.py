@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.envelope import Envelope
-from contracts.fallback import FallbackAdvertised, SlotEvicted, SlotLoaded
+from contracts.fallback import AdapterUpdated, FallbackAdvertised, SlotEvicted, SlotLoaded
 from services.inference_fallback import handlers, loader
+from services.inference_fallback.adapters import AdapterBook, AdapterWatcher
 from services.inference_fallback.operations import FallbackOps, HostMemory
 from services.inference_fallback.settings import InferenceFallbackSettings
 from services.inference_fallback.slots import SlotLimits, SlotManager
 from services.inference_fallback.sources import SourceFinder
 from services.runtime.bus import publish_event
 from services.runtime.parts import build_parts
-from services.runtime.service import Service
+from services.runtime.service import Service, Task
 
 
 def build_app(settings: InferenceFallbackSettings) -> Service:
@@ -33,11 +34,18 @@ def build_app(settings: InferenceFallbackSettings) -> Service:
     manager = SlotManager(limits, memory.get, loader.load, publish, producer="inference-fallback",
                           host_id=parts.host_id)  # fmt: skip
     finder = SourceFinder(settings.resolved_models_dir(), settings.ollama_models)
-    ops = FallbackOps(settings, parts.rpc, manager, finder, memory, publish, parts.host_id)
+    book = AdapterBook()  # folded from evt.fallback.adapter.updated.v1 (every replica's watcher publishes there)
+    ops = FallbackOps(settings, parts.rpc, manager, finder, memory, publish, parts.host_id, book)
     handlers.register(parts.streams, parts.rpc, ops)
+    tasks: list[Task] = [ops.advertise_forever, ops.expire_forever, ops.close_on_cancel]
+    if settings.adapters_dir is not None:
+        watcher = AdapterWatcher(settings.adapters_dir, publish, producer="inference-fallback",
+                                 interval_s=settings.adapters_scan_s)  # fmt: skip
+        tasks.append(watcher.run)
     service = parts.service(
-        tasks=[ops.advertise_forever, ops.expire_forever, ops.close_on_cancel],
-        publishes=[SlotLoaded, SlotEvicted, FallbackAdvertised],
+        tasks=tasks,
+        # AdapterUpdated only with a registry folder; declared always, so the document does not depend on settings
+        publishes=[SlotLoaded, SlotEvicted, FallbackAdvertised, AdapterUpdated],
     )
     ops.instance_id = service.instance_id
 

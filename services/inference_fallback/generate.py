@@ -9,9 +9,10 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.fallback import ChatMessage, FinishReason
+from contracts.fallback import AdapterManifest, ChatMessage, FinishReason
 from contracts.rpc import RpcError
 from services.inference_fallback import domain
+from services.inference_fallback.adapters import AdapterSet
 from services.inference_fallback.loader import Loaded
 
 #: Threads of generations still running, by name; tests and health read it (a cancelled one leaves it at once).
@@ -48,10 +49,21 @@ class Outcome:
 
 class Generation:
     """Runs `generate()` in a thread; `deltas()` yields `(text, tokens)` as they decode. Closing the iterator early
-    (the caller cancelled) stops the thread at its next token and waits for it."""
+    (the caller cancelled) stops the thread at its next token and waits for it. The model comes from `adapters`,
+    with `adapter` active (None: every adapter off); an `AdapterError` from it ends `deltas()`."""
 
-    def __init__(self, loaded: Loaded, ids: Any, sampling: domain.Sampling, max_seq_length: int) -> None:
+    def __init__(
+        self,
+        loaded: Loaded,
+        ids: Any,
+        sampling: domain.Sampling,
+        max_seq_length: int,
+        *,
+        adapters: AdapterSet,
+        adapter: AdapterManifest | None = None,
+    ) -> None:
         self.loaded, self.ids, self.sampling = loaded, ids, sampling
+        self.adapters, self.adapter = adapters, adapter
         self.budget = max(1, min(sampling.max_new_tokens, max_seq_length - int(ids.shape[-1])))
         self.outcome = Outcome(prompt_tokens=int(ids.shape[-1]))
         self.cancelled = threading.Event()
@@ -91,12 +103,13 @@ class Generation:
                 done = generation.cancelled.is_set() or generation.stopped.is_set()
                 return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
-        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        tokenizer = self.loaded.tokenizer
         kwargs = self.sampling.generate_kwargs()
         kwargs["max_new_tokens"] = self.budget
-        ids = self.ids.to(model.device)
         try:
-            with torch.inference_mode(), _seeded(self.sampling.seed):
+            # using() may wait for the slot's generations with another adapter, then loads or switches this one
+            with self.adapters.using(self.adapter) as model, torch.inference_mode(), _seeded(self.sampling.seed):
+                ids = self.ids.to(model.device)
                 model.generate(
                     input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_Stop()]), pad_token_id=tokenizer.pad_token_id, **kwargs,

@@ -1,4 +1,5 @@
-"""Fallback handlers: the streamed generate, the slots scatter-gather, and the router's role events."""
+"""Fallback handlers: the streamed generate, the slots scatter-gather, the router's role events, and the adapter
+registry's events."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import AsyncIterator
 from faststream import AckPolicy
 from faststream.nats import DeliverPolicy, NatsRouter
 
-from contracts.fallback import GenerateChunk, GenerateEnd, GenerateRequest, SlotsReply, SlotsRequest
+from contracts.fallback import AdapterUpdated, GenerateChunk, GenerateEnd, GenerateRequest, SlotsReply, SlotsRequest
 from contracts.router import LlmDegraded, LlmRecovered
 from contracts.subjects import EVENTS_STREAM
 from services.inference_fallback.operations import FallbackOps
@@ -43,3 +44,16 @@ def register(streams: NatsRouter, rpc: Rpc, ops: FallbackOps) -> None:
         """Consumes evt.router.llm.recovered.v1: starts the role's idle expiry (evt.fallback.slot.evicted.v1 later);
         idempotent (keyed by role)."""
         ops.on_recovered(event)
+
+    @streams.subscriber(
+        AdapterUpdated.SUBJECT,
+        stream=jstream(EVENTS_STREAM),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.ACK,
+    )
+    async def on_adapter_updated(event: AdapterUpdated) -> None:
+        """Consumes evt.fallback.adapter.updated.v1 from the start of the stream (ALL, not NEW: JetStream drops a
+        replica's own "added" event as a duplicate of another replica's within the dedup window, so a replica that
+        starts later learns it only from the history); folds it into the adapter book. Idempotent by name +
+        sha256. Emits nothing."""
+        ops.on_adapter_updated(event)

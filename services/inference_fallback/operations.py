@@ -8,14 +8,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from contracts.catalog import RoleEntry, RolesRequest
 from contracts.envelope import Envelope
-from contracts.fallback import FallbackAdvertised, GenerateChunk, GenerateEnd, GenerateRequest, SlotsReply
+from contracts.fallback import (
+    AdapterUpdated,
+    FallbackAdvertised,
+    GenerateChunk,
+    GenerateEnd,
+    GenerateRequest,
+    SlotsReply,
+)
 from contracts.router import LlmDegraded, LlmRecovered
 from contracts.rpc import RpcError
 from services.inference_fallback import domain
+from services.inference_fallback.adapters import AdapterBook, AdapterError
 from services.inference_fallback.devices import DevicePlan, choose_path
 from services.inference_fallback.generate import Generation, prompt_ids
 from services.inference_fallback.settings import InferenceFallbackSettings
@@ -70,9 +78,10 @@ class FallbackOps:
         memory: HostMemory,
         publish: Callable[[Envelope], Awaitable[None]],
         host_id: str,
+        book: AdapterBook,
     ) -> None:
         self.settings, self.rpc, self.manager, self.finder = settings, rpc, manager, finder
-        self.memory, self.publish, self.host_id = memory, publish, host_id
+        self.memory, self.publish, self.host_id, self.book = memory, publish, host_id, book
         self.instance_id = "unset"
         self.roles: dict[str, RoleEntry] = {}
         self.roles_at = 0.0
@@ -111,17 +120,25 @@ class FallbackOps:
     # --- generation --------------------------------------------------------------------------------------------
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[GenerateChunk | GenerateEnd]:
-        if req.adapter is not None:
-            raise RpcError(501, "adapter: LoRA adapters are not served yet (planned)", code="not_implemented",
-                           field="adapter")  # fmt: skip
+        """The slot's answer, streamed; with `adapter`, that LoRA adapter of the book applied (an `AdapterError`,
+        from the book or from loading it, is the RPC error it names: 404, 409, 422 or 503, field `adapter`...)."""
+        try:
+            async with contextlib.aclosing(self._generate(req)) as items:  # a cancel closes it now, not at GC
+                async for item in items:
+                    yield item
+        except AdapterError as exc:
+            raise RpcError(exc.status, str(exc), code=exc.code, field=exc.field) from None
+
+    async def _generate(self, req: GenerateRequest) -> AsyncGenerator[GenerateChunk | GenerateEnd]:
         sampling = domain.sampling(req.options, req.max_tokens)
+        manifest = self.book.resolve(req.adapter, role=req.role, model_ref=req.model_ref) if req.adapter else None
         key = req.role or req.model_ref
         slot = await self.manager.ensure(key, await self.source_for(req.role, req.model_ref))
         async with self.manager.use(slot):
-            loaded = slot.loaded
-            assert loaded is not None  # use() refuses an evicted slot
+            loaded, adapters = slot.loaded, slot.adapters
+            assert loaded is not None and adapters is not None  # use() refuses an evicted slot
             ids = await asyncio.to_thread(prompt_ids, loaded, req.messages, slot.max_seq_length)
-            generation = Generation(loaded, ids, sampling, slot.max_seq_length)
+            generation = Generation(loaded, ids, sampling, slot.max_seq_length, adapters=adapters, adapter=manifest)
             first = True
             async with contextlib.aclosing(generation.deltas()) as deltas:
                 async for text, tokens in deltas:
@@ -133,7 +150,16 @@ class FallbackOps:
             yield GenerateEnd(
                 host_id=self.host_id, slot=key, model=slot.source.description[:256], prompt_tokens=o.prompt_tokens,
                 completion_tokens=o.completion_tokens, finish_reason=o.finish_reason, path=slot.plan.path,
+                adapter=manifest.name if manifest is not None else None,
             )  # fmt: skip
+
+    # --- the adapter registry's events -------------------------------------------------------------------------
+
+    def on_adapter_updated(self, event: AdapterUpdated) -> None:
+        if self.book.fold(event):
+            sha = event.manifest.sha256 if event.manifest is not None else "-"
+            log.info("fallback.adapter.book %s name=%s sha256=%s (%d known)", event.change, event.name, sha,
+                     len(self.book.adapters))  # fmt: skip
 
     # --- the router's role events ------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from contracts.envelope import Envelope
 from contracts.fallback import SlotEvicted, SlotInfo, SlotLoaded
 from contracts.rpc import RpcError
 from services.inference_fallback import domain
+from services.inference_fallback.adapters import AdapterSet
 from services.inference_fallback.devices import DevicePlan
 from services.inference_fallback.loader import Loaded
 from services.inference_fallback.sources import Source
@@ -49,6 +50,9 @@ class Slot:
     estimate_bytes: int
     state: str = "loading"
     loaded: Loaded | None = None
+    #: The loaded model and its LoRA adapters: every generation goes through it (after an adapter was loaded, the
+    #: bare model has LoRA layers injected and only the PeftModel can switch them off).
+    adapters: AdapterSet | None = None
     error: str | None = None
     in_flight: int = 0
     last_used: float = 0.0
@@ -144,6 +148,7 @@ class SlotManager:
             async with self._load_lock:
                 max_memory = await self._make_room(slot)
                 slot.loaded = await asyncio.to_thread(self._load, slot.source, slot.plan, max_memory)
+                slot.adapters = AdapterSet(slot.loaded.model)
             slot.state = "ready"
             slot.last_used = self.clock()
             await self._emit(SlotLoaded(
@@ -190,7 +195,7 @@ class SlotManager:
         if slot is None:
             return False
         memory = slot.memory_bytes
-        slot.loaded = None  # the last reference to the model: its memory goes back with the next collection
+        slot.loaded = slot.adapters = None  # the last references to the model: memory goes back at the next collection
         await asyncio.to_thread(_release_memory, slot.plan)
         log.info("slot %s evicted (%s): %d bytes", key, reason, memory)
         await self._emit(SlotEvicted(
@@ -209,7 +214,8 @@ class SlotManager:
 
     async def close(self) -> None:
         for key in list(self.slots):
-            self.slots.pop(key).loaded = None
+            slot = self.slots.pop(key)
+            slot.loaded = slot.adapters = None
 
     async def _emit(self, event: Envelope) -> None:
         try:

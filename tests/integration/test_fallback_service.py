@@ -1,11 +1,13 @@
 """The inference fallback in-process against real NATS, real torch and transformers, on a tiny random Llama: the
 streamed generate over the seam, sampling and stop strings, cancellation, degraded warming, recovered expiry, LRU
-eviction, the slots scatter-gather, health and the advertisement."""
+eviction, the slots scatter-gather, health and the advertisement, and LoRA adapters from the registry folder (real
+peft) applied to a generation."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from faststream.nats import NatsBroker
 
 from contracts.catalog import RoleEntry
 from contracts.fallback import (
+    AdapterManifest,
+    AdapterUpdated,
     ChatMessage,
     FallbackAdvertised,
     FallbackSpec,
@@ -29,6 +33,7 @@ from contracts.health import HealthReply, HealthRequest
 from contracts.router import LlmDegraded, LlmRecovered
 from contracts.rpc import RpcError
 from services.inference_fallback import generate as generate_module
+from services.inference_fallback.adapters import WEIGHTS_FILE, sha256_file
 from services.inference_fallback.app import build_app
 from services.inference_fallback.settings import InferenceFallbackSettings
 from services.runtime.bus import ensure_streams, publish_event
@@ -59,6 +64,7 @@ class Fallback:
     def __init__(self, nats_url: str, tmp_path: Path) -> None:
         self.nats_url, self.tmp_path = nats_url, tmp_path
         self.events: list[dict[str, Any]] = []
+        self.stopped = False
 
     async def start(self, catalog: list[RoleEntry], **settings: Any) -> Fallback:
         self.bus = await Bus().start(self.nats_url)
@@ -82,6 +88,9 @@ class Fallback:
         return self
 
     async def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         await self.service.stop()
         await self.broker.stop()
         await self.nc.close()
@@ -266,7 +275,7 @@ async def test_a_roles_own_gguf_from_the_ollama_store_answers_with_real_text(fal
                                     options={"temperature": 0}, timeout_s=240)  # fmt: skip
     assert "Paris" in text(chunks), text(chunks)
     assert end.model == f"gguf {store / 'blobs' / f'sha256-{digest}'} (ollama smollm2:135m)"
-    assert end.finish_reason in ("stop", "length") and end.prompt_tokens > 10
+    assert end.finish_reason in ("stop", "length") and end.prompt_tokens > 10 and end.path == "torch_cpu"
     assert (await fb.slots()).sources == {"general": end.model}
 
 
@@ -281,3 +290,89 @@ async def test_generate_with_no_fallback_running_is_a_503(nats_url: str) -> None
         assert GenerateRequest.SUBJECT in caught.value.detail
     finally:
         await broker.stop()
+
+
+def _lora(base: Path, out: Path) -> Path:
+    """A LoRA adapter of `base` made with peft; `init_lora_weights=False` so it changes what the model says."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    torch.manual_seed(3)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+async def test_a_lora_adapter_from_the_registry_changes_the_answer(fallback, tiny: Path, tmp_path: Path) -> None:
+    registry = tmp_path / "adapters"
+    registry.mkdir()
+    fb = await fallback(roles(tiny), adapters_dir=registry, adapters_scan_s=0.1)
+    greedy = {"role": "coding", "max_tokens": 12, "options": {"temperature": 0}}
+    plain, plain_end = await fb.generate(**greedy)
+    assert plain_end.adapter is None
+
+    # an operator writes the adapter, then its manifest, atomically, into the registry folder
+    name = f"support-{uuid.uuid4().hex[:8]}"  # the stream may hold other tests' adapters
+    lora = _lora(tiny, tmp_path / "lora")
+    manifest = AdapterManifest(name=name, base_model="coding", path=str(lora), sha256=sha256_file(lora / WEIGHTS_FILE))
+    (registry / f".{name}.json.tmp").write_text(manifest.model_dump_json())
+    (registry / f".{name}.json.tmp").rename(registry / f"{name}.json")
+    [updated] = await fb.seen(AdapterUpdated.SUBJECT, name=name)
+    assert updated["change"] == "added" and updated["manifest"] == manifest.model_dump()
+    assert updated["producer"] == "inference-fallback"
+
+    # the replica learns it from the event (not its own scan): a generate naming it answers once it has folded it
+    async def with_adapter() -> tuple[list[GenerateChunk], GenerateEnd]:
+        return await fb.generate(**greedy, adapter=name)
+
+    chunks, end = await eventually(with_adapter, timeout_s=30, what=f"a generate with adapter {name}")
+    assert end.adapter == name and end.completion_tokens == 12 and end.slot == "coding"
+    assert text(chunks) != text(plain)
+    again, _ = await fb.generate(**greedy, adapter=name)
+    assert text(again) == text(chunks)  # greedy with the adapter is deterministic too
+    # without it, the same slot answers as the base model again (the adapter is switched off, not merged)
+    after, after_end = await fb.generate(**greedy)
+    assert text(after) == text(plain) and after_end.adapter is None
+
+    with pytest.raises(RpcError) as unknown:
+        await fb.generate(**greedy, adapter="nosuch")
+    assert (unknown.value.status, unknown.value.code, unknown.value.field) == (404, "adapter_not_found", "adapter")
+    assert "'nosuch'" in unknown.value.detail and name in unknown.value.detail
+    with pytest.raises(RpcError) as wrong_base:
+        await fb.generate(role="general", model_ref="qwen3:8b", max_tokens=2, adapter=name)
+    assert (wrong_base.value.status, wrong_base.value.code) == (422, "adapter_wrong_base")
+
+    # weights changed under an unchanged manifest: refused when loading (sha256 checked again), the slot still answers
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    copy = tmp_path / "lora-copy"
+    copy.mkdir()
+    for f in lora.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    copied = manifest.model_copy(update={"name": other, "path": str(copy)})
+    (registry / f"{other}.json").write_text(copied.model_dump_json())
+    await fb.seen(AdapterUpdated.SUBJECT, name=other)
+    (copy / WEIGHTS_FILE).write_bytes((copy / WEIGHTS_FILE).read_bytes()[:-8] + b"\0" * 8)
+
+    async def refused() -> RpcError | None:
+        try:
+            await fb.generate(**greedy, adapter=other)
+        except RpcError as exc:
+            return exc if exc.code == "adapter_sha256_mismatch" else None
+        return None
+
+    mismatch = await eventually(refused, timeout_s=30, what="the changed weights refused")
+    assert mismatch.status == 409 and mismatch.field == "sha256"
+    still, _ = await fb.generate(**greedy)
+    assert text(still) == text(plain)
+
+    # a replica that starts later, with no registry folder of its own, learns the adapter from the stream's history
+    await fb.stop()
+    late = await fallback(roles(tiny))
+
+    async def late_with_adapter() -> tuple[list[GenerateChunk], GenerateEnd]:
+        return await late.generate(**greedy, adapter=name)
+
+    late_chunks, late_end = await eventually(late_with_adapter, timeout_s=30, what="the late replica's generate")
+    assert late_end.adapter == name and text(late_chunks) == text(chunks)

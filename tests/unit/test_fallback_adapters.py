@@ -262,6 +262,30 @@ def test_the_adapter_set_switches_versions_and_the_base(made: dict[str, Path]) -
     assert slot.loaded == [f"support-{b.sha256[:12]}"]
 
 
+def test_a_refused_switch_leaves_the_next_request_the_state_it_asks_for(made: dict[str, Path], tmp_path: Path) -> None:
+    """Switching closes the base state (adapters on again) before loading the next adapter; if loading is refused,
+    the next request must not inherit an adapter it did not ask for."""
+    import shutil
+
+    model, tok = _load(made["base"])
+    base = _greedy(model, tok)
+    slot = AdapterSet(model)
+    a = _manifest("support", made["a"])
+    with slot.using(a) as m:
+        with_a = _greedy(m, tok)
+    with slot.using(None) as m:
+        assert _greedy(m, tok) == base
+    copy = Path(shutil.copytree(made["b"], tmp_path / "lora"))
+    bad = _manifest("legal", copy)
+    (copy / WEIGHTS_FILE).write_bytes((made["a"] / WEIGHTS_FILE).read_bytes())
+    with pytest.raises(ShaMismatch), slot.using(bad):
+        pass
+    with slot.using(None) as m:
+        assert _greedy(m, tok) == base
+    with slot.using(a) as m:
+        assert _greedy(m, tok) == with_a
+
+
 def test_a_switch_waits_for_in_flight_generations(made: dict[str, Path]) -> None:
     model, _ = _load(made["base"])
     slot = AdapterSet(model, wait_s=10)
