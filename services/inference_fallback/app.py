@@ -6,7 +6,7 @@ from typing import Any
 
 from contracts.envelope import Envelope
 from contracts.fallback import AdapterUpdated, FallbackAdvertised, SlotEvicted, SlotLoaded
-from services.inference_fallback import handlers, loader
+from services.inference_fallback import devices, handlers, loader
 from services.inference_fallback.adapters import AdapterBook, AdapterWatcher
 from services.inference_fallback.operations import FallbackOps, HostMemory
 from services.inference_fallback.settings import InferenceFallbackSettings
@@ -18,12 +18,15 @@ from services.runtime.service import Service, Task
 
 
 def build_app(settings: InferenceFallbackSettings) -> Service:
+    # First: Unsloth patches transformers when imported, and a required Unsloth that is missing stops the start here
+    # (UnslothRequired says what to install). It imports torch (to ask for CUDA), not transformers.
+    unsloth = devices.prepare_unsloth(settings)
     parts = build_parts("inference-fallback", settings)
 
     async def publish(event: Envelope) -> None:
         await publish_event(parts.broker, event)
 
-    memory = HostMemory(settings)
+    memory = HostMemory(settings, use_unsloth=unsloth.applied)
     limits = SlotLimits(
         offload_threshold=settings.offload_threshold,
         max_seq_length=settings.max_seq_length,

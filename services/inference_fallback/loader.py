@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from services.inference_fallback import devices
 from services.inference_fallback.devices import DevicePlan
 from services.inference_fallback.sources import Source
 
@@ -29,36 +30,43 @@ class Loaded:
     offloaded: bool = False
 
 
-def load(source: Source, plan: DevicePlan, max_memory: dict[Any, int] | None = None) -> Loaded:
+def load(
+    source: Source, plan: DevicePlan, max_memory: dict[Any, int] | None = None, max_seq_length: int = 2048
+) -> Loaded:
     """Load `source` on `plan`'s device in its dtype. `max_memory` (CUDA only) turns on accelerate's
-    `device_map="auto"` with those caps, so layers beyond the GPU's share stay on the CPU (the offload threshold)."""
+    `device_map="auto"` with those caps, so layers beyond the GPU's share stay on the CPU (the offload threshold).
+    The `unsloth_cuda` path loads the checkpoint 4-bit with Unsloth instead (whole on the GPU: no offload)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     started = time.perf_counter()
-    directory, extra = source.location, {}
-    if source.gguf:
-        directory, extra = source.location.parent, {"gguf_file": source.location.name}
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **extra)
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, plan.dtype), "local_files_only": True, **extra}
-    offloaded = plan.cuda and max_memory is not None
-    if offloaded:
-        kwargs.update(device_map="auto", max_memory=max_memory)
-    elif plan.cuda:
-        kwargs["device_map"] = plan.device
-    model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
-    if not plan.cuda:
-        model.to(plan.device)  # type: ignore[arg-type]
-    model.eval()  # type: ignore[no-untyped-call]
+    if plan.path == "unsloth_cuda":  # choose_path never picks it for a GGUF
+        model, tokenizer = devices.load_unsloth(source.location, max_seq_length=max_seq_length, dtype=plan.dtype)
+        offloaded = False
+    else:
+        directory, extra = source.location, {}
+        if source.gguf:
+            directory, extra = source.location.parent, {"gguf_file": source.location.name}
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, **extra)
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, plan.dtype), "local_files_only": True, **extra}
+        offloaded = plan.cuda and max_memory is not None
+        if offloaded:
+            kwargs.update(device_map="auto", max_memory=max_memory)
+        elif plan.cuda:
+            kwargs["device_map"] = plan.device
+        model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+        if not plan.cuda:
+            model.to(plan.device)  # type: ignore[arg-type]
+    model.eval()
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     context = getattr(model.config, "max_position_embeddings", None)
     loaded = Loaded(
         model=model,
         tokenizer=tokenizer,
-        memory_bytes=int(model.get_memory_footprint()),  # type: ignore[no-untyped-call]
+        memory_bytes=int(model.get_memory_footprint()),
         load_s=round(time.perf_counter() - started, 3),
         context_length=int(context) if isinstance(context, int) else None,
         offloaded=offloaded,

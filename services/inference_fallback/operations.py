@@ -24,7 +24,7 @@ from contracts.router import LlmDegraded, LlmRecovered
 from contracts.rpc import RpcError
 from services.inference_fallback import domain
 from services.inference_fallback.adapters import AdapterBook, AdapterError
-from services.inference_fallback.devices import DevicePlan, choose_path
+from services.inference_fallback.devices import DevicePlan, HostFacts, choose_path
 from services.inference_fallback.generate import Generation, prompt_ids
 from services.inference_fallback.settings import InferenceFallbackSettings
 from services.inference_fallback.slots import SlotManager
@@ -36,22 +36,37 @@ PRODUCER = "inference-fallback"
 
 
 class HostMemory:
-    """This host's device plan and slot budget, measured once on first use (choosing imports torch: in a thread)."""
+    """This host's slot budget, measured once on first use, and the device plan of each kind of source (a GGUF never
+    takes the Unsloth path); choosing imports torch, so it runs in a thread. `use_unsloth` is whether
+    `prepare_unsloth` applied Unsloth at start."""
 
-    def __init__(self, settings: InferenceFallbackSettings) -> None:
+    def __init__(
+        self, settings: InferenceFallbackSettings, *, use_unsloth: bool = False, facts: HostFacts | None = None
+    ) -> None:
         self.settings = settings
+        self.use_unsloth, self.facts = use_unsloth, facts  # facts: read from torch unless given
         self._measured: tuple[DevicePlan, int] | None = None
+        self._plans: dict[bool, DevicePlan] = {}
         self._lock = asyncio.Lock()
 
-    async def get(self) -> tuple[DevicePlan, int]:
+    async def get(self, source: Source | None = None) -> tuple[DevicePlan, int]:
+        """The plan a slot of `source` takes (without one: a checkpoint's) and the budget."""
         async with self._lock:
             if self._measured is None:
                 self._measured = await asyncio.to_thread(self._measure)
-            return self._measured
+            gguf = source.gguf if source is not None else False
+            if gguf not in self._plans:
+                self._plans[gguf] = await asyncio.to_thread(self._plan, gguf)
+            return self._plans[gguf], self._measured[1]
+
+    def _plan(self, gguf: bool) -> DevicePlan:
+        s = self.settings
+        return choose_path(dtype=s.dtype, allow_cuda=s.allow_cuda, use_unsloth=self.use_unsloth, gguf=gguf,
+                           facts=self.facts)  # fmt: skip
 
     def _measure(self) -> tuple[DevicePlan, int]:
         s = self.settings
-        plan = choose_path(dtype=s.dtype, allow_cuda=s.allow_cuda)
+        plan = self._plan(False)
         if s.memory_budget_bytes is not None:
             return plan, s.memory_budget_bytes
         if plan.cuda:

@@ -25,9 +25,11 @@ from services.inference_fallback.sources import Source
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Envelope], Awaitable[None]]
-LoadFn = Callable[[Source, DevicePlan, "dict[Any, int] | None"], Loaded]
-#: This host's device plan and memory budget in bytes (measured once, on first use: it imports torch).
-HostFn = Callable[[], Awaitable[tuple[DevicePlan, int]]]
+#: Loads a source on a plan: (source, plan, max_memory for CUDA offload or None, the slot's max_seq_length).
+LoadFn = Callable[[Source, DevicePlan, "dict[Any, int] | None", int], Loaded]
+#: The device plan of a source on this host and the memory budget in bytes (measured once, on first use: it imports
+#: torch).
+HostFn = Callable[[Source], Awaitable[tuple[DevicePlan, int]]]
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class SlotManager:
             await self.evict(key, f"its source changed to {source.description}")
             slot = None
         if slot is None:
-            plan, self.budget_bytes = await self._host()
+            plan, self.budget_bytes = await self._host(source)
             self.device = plan.device
             limit = source.max_seq_length or self.limits.max_seq_length
             estimate = await asyncio.to_thread(source.estimate_bytes, plan.dtype)
@@ -147,7 +149,9 @@ class SlotManager:
         try:
             async with self._load_lock:
                 max_memory = await self._make_room(slot)
-                slot.loaded = await asyncio.to_thread(self._load, slot.source, slot.plan, max_memory)
+                slot.loaded = await asyncio.to_thread(
+                    self._load, slot.source, slot.plan, max_memory, slot.max_seq_length
+                )
                 slot.adapters = AdapterSet(slot.loaded.model)
             slot.state = "ready"
             slot.last_used = self.clock()

@@ -1,6 +1,7 @@
 """The fallback's device path on this CPU host, for real: float32 by default, bfloat16 when asked and the CPU does it
-(a real bf16 load and generation), the Unsloth status line, the start failure when Unsloth is required but missing,
-and `modelfleet diagnose` showing the path each kind of source and each role would take."""
+(a real bf16 load and generation), the Unsloth status line, the real service failing at start when Unsloth is
+required but missing, the plan the service gives each kind of source, and `modelfleet diagnose` showing the path
+each kind of source and each role would take."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from services.inference_fallback.devices import (
     host_facts,
     prepare_unsloth,
 )
+from services.inference_fallback.operations import HostMemory
+from services.inference_fallback.settings import InferenceFallbackSettings
+from services.inference_fallback.sources import Source
 from services.runtime.embedded import free_port
 from tests.harness.cli import cli
 from tests.harness.processes import ROOT
@@ -115,27 +119,49 @@ def test_a_broken_unsloth_install_on_a_cuda_host_is_not_applied(caplog: pytest.L
         prepare_unsloth(DeviceSettings(require_unsloth=True), facts=_cuda_host(unsloth=True))
 
 
-def test_requiring_unsloth_where_it_is_missing_fails_the_service_at_start() -> None:
-    """Through the runtime's real entry point, with the setting read from the environment."""
-    code = (
-        "from pydantic_settings import BaseSettings, SettingsConfigDict\n"
-        "from services.inference_fallback.devices import DeviceSettings, prepare_unsloth\n"
-        "from services.runtime.service import run_service\n"
-        "class S(BaseSettings, DeviceSettings):\n"
-        "    model_config = SettingsConfigDict(env_prefix='MODELFLEET_FALLBACK_', extra='ignore')\n"
-        "def build():\n"
-        "    prepare_unsloth(S())\n"
-        "    raise AssertionError('started anyway')\n"
-        "run_service(build)\n"
-    )
-    env = {"PATH": "/usr/bin:/bin", "MODELFLEET_FALLBACK_REQUIRE_UNSLOTH": "true", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
-    assert "started anyway" not in done.stderr
+def test_requiring_unsloth_where_it_is_missing_fails_the_service_at_start(tmp_path: Path) -> None:
+    """The real service as its process runs (`python -m services.inference_fallback`), the setting read from the
+    environment: it stops in build_app, before connecting to anything (no NATS answers on the URL given)."""
+    env = {
+        "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path),
+        "MODELFLEET_FALLBACK_REQUIRE_UNSLOTH": "true", "MODELFLEET_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "MODELFLEET_STATE_DIR": str(tmp_path / "state"),
+    }  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "services.inference_fallback"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stderr
     required = "UnslothRequired: MODELFLEET_FALLBACK_REQUIRE_UNSLOTH=true but Unsloth cannot be applied: no CUDA device"
     assert required in done.stderr
     assert "pip install 'modelfleet[unsloth]' on a CUDA host" in done.stderr
     assert 'fallback.unsloth {"applied": false' in done.stderr  # the status line came first
+    assert "in build_app" in done.stderr  # it stopped while building, before the service started
+
+
+def _sources(tmp_path: Path) -> tuple[Source, Source]:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    return (Source("path", tmp_path, False, f"path {tmp_path}"), Source("path", gguf, True, f"path {gguf}"))
+
+
+async def test_the_service_plans_each_source_on_this_cpu_as_before(tmp_path: Path) -> None:
+    """Unsloth not applied (this host): a checkpoint and a GGUF both take torch_cpu in float32."""
+    settings = InferenceFallbackSettings(state_dir=tmp_path, memory_budget_bytes=10**9)
+    memory = HostMemory(settings, use_unsloth=prepare_unsloth(settings).applied)
+    checkpoint, gguf = _sources(tmp_path)
+    for source in (checkpoint, gguf, None):
+        plan, budget = await memory.get(source)
+        assert (plan.path, plan.device, plan.dtype, budget) == ("torch_cpu", "cpu", "float32", 10**9)
+
+
+async def test_on_a_cuda_host_with_unsloth_applied_a_checkpoint_takes_it_and_a_gguf_does_not(tmp_path: Path) -> None:
+    settings = InferenceFallbackSettings(state_dir=tmp_path, memory_budget_bytes=10**9)
+    memory = HostMemory(settings, use_unsloth=True, facts=_cuda_host(unsloth=True))
+    checkpoint, gguf = _sources(tmp_path)
+    assert (await memory.get(checkpoint))[0].path == "unsloth_cuda"
+    plan = (await memory.get(gguf))[0]
+    assert plan.path == "torch_cuda" and "GGUF" in plan.reason
+    not_applied = HostMemory(settings, use_unsloth=False, facts=_cuda_host(unsloth=True))  # e.g. its import failed
+    assert (await not_applied.get(checkpoint))[0].path == "torch_cuda"
 
 
 def test_diagnose_shows_the_fallback_path(monkeypatch: pytest.MonkeyPatch) -> None:
