@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, model_validator
 
 from contracts.envelope import Contract, Envelope, HostId
+from contracts.fallback import SlotInfo
 from contracts.rpc import RpcRequest
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -16,6 +17,11 @@ Url = Annotated[str, StringConstraints(max_length=2048)]
 Code = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 #: What speaks at a backend's base URL: Ollama's own API, or an OpenAI-compatible `/v1` (llama.cpp, vLLM, ...).
 BackendKind = Literal["ollama", "openai"]
+#: What a route may send a request to: an HTTP backend, or the inference-fallback service, reached over the bus
+#: (`FALLBACK_URL`). Only routes carry `fallback`: probes, checks and call reports are about HTTP backends.
+RouteKind = Literal["ollama", "openai", "fallback"]
+#: The `base_url` of a `fallback` backend: the subject its generate requests go to.
+FALLBACK_URL = "nats:rpc.fallback.generate.v1"
 #: How one backend call ended, as the gateway saw it.
 CallOutcome = Literal["ok", "error", "connect_refused", "rate_limited", "timeout"]
 
@@ -24,8 +30,10 @@ class BackendRef(Contract):
     """One inference backend: the host it runs on, what it speaks, and where."""
 
     host_id: HostId
-    kind: BackendKind
-    base_url: Url = Field(description="Ollama: `http://host:11434`; OpenAI-compatible: ends in `/v1`.")
+    kind: RouteKind
+    base_url: Url = Field(
+        description="Ollama: `http://host:11434`; OpenAI-compatible: ends in `/v1`; the fallback: `FALLBACK_URL`."
+    )
     # Added with the concurrency limits (optional, so the major version holds):
     max_in_flight: int | None = Field(
         default=None, ge=1, description="Calls this backend takes at once; a gateway never has more open on it."
@@ -69,6 +77,9 @@ class RouteReply(Contract):
         default_factory=list, description="The next candidates to try, in order, when this one fails."
     )
     reason: RouteReason | None = None
+    fallback_source: Annotated[str, StringConstraints(max_length=4096)] | None = Field(
+        default=None, description="What the role's fallback slot loads (`path /m.gguf`, `gguf …`), when one serves it."
+    )
 
 
 class RouteRequest(RpcRequest[RouteReply]):
@@ -200,8 +211,23 @@ class RoleState(Contract):
     hosts: list[Name] = Field(default_factory=list)
 
 
+class FallbackState(Contract):
+    """One live inference-fallback replica, as its last advertisement told."""
+
+    host_id: HostId
+    instance_id: Name
+    device: Name
+    memory_budget_bytes: int = Field(ge=0)
+    memory_used_bytes: int = Field(ge=0)
+    slots: list[SlotInfo] = Field(default_factory=list)
+    sources: dict[str, Annotated[str, StringConstraints(max_length=4096)]] = Field(
+        default_factory=dict, description="role -> the source its slot loads"
+    )
+
+
 class BackendsReply(Contract):
     backends: list[BackendState] = Field(default_factory=list)
+    fallbacks: list[FallbackState] = Field(default_factory=list, description="Live fallback replicas and slots.")
     stale: bool = Field(default=False, description="Every host's view is stale: routing fails open.")
     roles: list[RoleState] = Field(default_factory=list)
 

@@ -31,6 +31,8 @@ def route(
     out.print(f"{b['host_id']} {b['kind']} {b['base_url']}  model {reply['model_name']}", markup=False)
     out.print(f"reason: {reason.get('detail', '')}", markup=False)
     out.print(f"options: {json.dumps(reply['options'], sort_keys=True)}", markup=False)
+    if reply.get("fallback_source"):
+        out.print(f"fallback slot loads: {reply['fallback_source']}", markup=False)
     rows = [(c["backend"]["host_id"], c["backend"]["base_url"], c["model_name"]) for c in reply["fallback_chain"]]
     if rows:
         out.print(data_table("fallback chain", ("host", "backend", "model"), rows, keep_whole=("backend", "model")))
@@ -58,6 +60,14 @@ def backends(as_json: bool = typer.Option(False, "--json", help="Print the backe
     if reply["roles"]:
         roles = [(r["role"], r["state"], ", ".join(r["hosts"]) or "-") for r in reply["roles"]]
         out.print(data_table("roles", ("role", "state", "hosts"), roles, keep_whole=("role",)))
+    slots = [
+        (f["host_id"], s["key"], s["state"], s["path"], s["dtype"], f"{s['memory_bytes'] / 2**20:.0f} MiB",
+         f"{s['in_flight']}/{s['concurrency']}", s["source"])
+        for f in reply.get("fallbacks", []) for s in f["slots"]
+    ]  # fmt: skip
+    if reply.get("fallbacks"):
+        slot_cols = ("host", "slot", "state", "path", "dtype", "memory", "in flight", "source")
+        out.print(data_table("fallback slots", slot_cols, slots, keep_whole=("source",)))
 
 
 def chat(

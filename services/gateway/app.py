@@ -21,7 +21,7 @@ from services.gateway import (
     route_routes,
     updates_routes,
 )
-from services.gateway.backends import OllamaBackend, OpenAIBackend
+from services.gateway.backends import Backend, FallbackBackend, OllamaBackend, OpenAIBackend
 from services.gateway.bus_client import BusClient
 from services.gateway.call_reports import CallReporter
 from services.gateway.dataplane import DataPlane
@@ -51,7 +51,12 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=settings.backend_max_connections))
     ollama_backend = OllamaBackend(timeout)
     reporter = CallReporter(bus.publish)
-    plane = DataPlane(bus, {"ollama": ollama_backend, "openai": OpenAIBackend(http)}, reporter,
+    callers: dict[str, Backend] = {
+        "ollama": ollama_backend,
+        "openai": OpenAIBackend(http),
+        "fallback": FallbackBackend(bus.rpc, settings.fallback_timeout_s),
+    }
+    plane = DataPlane(bus, callers, reporter,
                       route_timeout_s=settings.request_timeout_s,
                       busy_retry_after_s=settings.busy_retry_after_s,
                       provision_wait_s=settings.provision_wait_s)  # fmt: skip

@@ -12,8 +12,11 @@ from typing import Any, Protocol
 import httpx
 import ollama
 
+from contracts.fallback import ChatMessage, GenerateChunk, GenerateEnd, GenerateRequest
 from contracts.router import CallOutcome
+from contracts.rpc import RpcError
 from services.gateway import openai_wire as wire
+from services.runtime.rpc import Rpc
 
 
 class BackendError(Exception):
@@ -233,3 +236,89 @@ class OpenAIBackend:
             raise BackendError("error", f"the backend's answer is not JSON: {exc}", response.status_code) from None
         rows = sorted(doc.get("data") or [], key=lambda d: d.get("index", 0))
         return [list(r["embedding"]) for r in rows], int((doc.get("usage") or {}).get("prompt_tokens") or 0)
+
+
+#: The key a backend puts in its first chunk (or its completion) to name itself in `x-modelfleet-backend` when the
+#: route could not (the fallback replica that answered); the gateway takes it out before the client sees the body.
+BACKEND_LABEL = "x_modelfleet_backend"
+
+
+class FallbackBackend:
+    """The inference-fallback service over the request/reply seam (`rpc.fallback.generate.v1`, streamed): its
+    chunks become OpenAI chunks; `model` is the role whose slot answers. Leaving the stream cancels generation."""
+
+    def __init__(self, rpc: Rpc, timeout_s: float):
+        self.rpc = rpc
+        self.timeout_s = timeout_s
+
+    def _request(self, model: str, call: ChatCall) -> GenerateRequest:
+        messages = [
+            ChatMessage(role=m["role"] if m["role"] in ("system", "user", "assistant", "tool") else "user",
+                        content=m["content"])
+            for m in wire.ollama_messages(call.messages)
+        ]  # fmt: skip
+        options = {k: v for k, v in call.options.items() if k != "num_ctx"}
+        adapter = call.passthrough.get("adapter")  # the chat body's `adapter` (validated there)
+        return GenerateRequest(role=model, model_ref=model, messages=messages, options=options, adapter=adapter)
+
+    async def _frames(self, model: str, call: ChatCall) -> AsyncIterator[GenerateChunk | GenerateEnd]:
+        frames = self.rpc.stream(self._request(model, call), timeout_s=self.timeout_s)
+        try:
+            async for frame in frames:
+                yield frame
+        except RpcError as exc:
+            outcome: CallOutcome = (
+                "rate_limited" if exc.status == 429 else "connect_refused" if exc.code == "no_responders" else "error"
+            )
+            if exc.status == 504:
+                outcome = "timeout"
+            raise BackendError(
+                outcome, f"the fallback: {exc.detail}", exc.status if exc.status != 503 else None
+            ) from None
+        finally:
+            await frames.aclose()  # type: ignore[attr-defined]
+
+    async def complete(self, base_url: str, model: str, call: ChatCall) -> dict[str, Any]:
+        text: list[str] = []
+        label = ""
+        async for frame in self._frames(model, call):
+            if isinstance(frame, GenerateChunk):
+                text.append(frame.text)
+                label = label or _label(frame.host_id, frame.slot)
+            else:
+                use = wire.usage(frame.prompt_tokens, frame.completion_tokens)
+                doc = wire.completion(call.id, call.created, call.client_model, "".join(text),
+                                      wire.finish_reason(frame.finish_reason), use)  # fmt: skip
+                doc[BACKEND_LABEL] = _label(frame.host_id, frame.slot)
+                return doc
+        raise BackendError("error", "the fallback's stream ended without its end message")
+
+    async def stream(self, base_url: str, model: str, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
+        args = (call.id, call.created, call.client_model)
+        first = True
+        async for frame in self._frames(model, call):
+            if isinstance(frame, GenerateChunk):
+                if first:  # OpenAI's first chunk carries the role alone (and, for the gateway, who answers)
+                    head = wire.chunk(*args, {"role": "assistant", "content": ""})
+                    head[BACKEND_LABEL] = _label(frame.host_id, frame.slot)
+                    yield head
+                    first = False
+                if frame.text:
+                    yield wire.chunk(*args, {"content": frame.text})
+                continue
+            if first:
+                head = wire.chunk(*args, {"role": "assistant", "content": ""})
+                head[BACKEND_LABEL] = _label(frame.host_id, frame.slot)
+                yield head
+            yield wire.chunk(*args, {}, wire.finish_reason(frame.finish_reason))
+            if call.include_usage:
+                yield wire.usage_chunk(*args, wire.usage(frame.prompt_tokens, frame.completion_tokens))
+            return
+        raise BackendError("error", "the fallback's stream ended without its end message")
+
+    async def embed(self, base_url: str, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
+        raise BackendError("error", "the fallback serves chat only, not embeddings", 501)
+
+
+def _label(host_id: str | None, slot: str | None) -> str:
+    return f"fallback {host_id or 'unknown'} {slot or 'unknown'}"

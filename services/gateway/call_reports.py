@@ -51,7 +51,7 @@ class CallReporter:
     def started(self, backend: BackendRef) -> None:
         key = (backend.host_id, backend.base_url)
         self.in_flight[key] += 1
-        if self.in_flight[key] == 1:  # the only publish a call start costs: the backend's first open call
+        if self.in_flight[key] == 1 and backend.kind != "fallback":  # the only publish a call start costs
             self._backends[key] = backend
             self._enqueue(self._busy(key))
             if self._refresher is None or self._refresher.done():
@@ -78,6 +78,8 @@ class CallReporter:
     ) -> None:
         key = (backend.host_id, backend.base_url)
         self.in_flight[key] = max(0, self.in_flight[key] - 1)
+        if backend.kind == "fallback":
+            return  # the fallback is no HTTP backend of the fleet view: it has slots, not a circuit (docs/gateway.md)
         report = BackendCallCompleted(
             producer="gateway", host_id=backend.host_id, backend_url=backend.base_url, kind=backend.kind,
             model=model, outcome=outcome, status_code=status_code, latency_ms=round(max(latency_ms, 0.0), 3),

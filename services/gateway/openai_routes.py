@@ -17,7 +17,7 @@ from contracts.router import RouteReply
 from contracts.rpc import RpcError
 from services.gateway import openai_wire as wire
 from services.gateway.auth import caller
-from services.gateway.backends import BackendError, ChatCall
+from services.gateway.backends import BACKEND_LABEL, BackendError, ChatCall
 from services.gateway.bus_client import bus_of
 from services.gateway.dataplane import DataPlane, NoBackendAnswered, Opened, Served
 
@@ -92,8 +92,9 @@ def _headers(request: Request, reply: RouteReply, served: Served[Any]) -> dict[s
     if served.retries:
         reason += f" retried={served.retries}"
     overhead = (time.perf_counter() - request.state.arrived) * 1000 - served.backend_ms
+    label = served.value.pop(BACKEND_LABEL, None) if isinstance(served.value, dict) else None
     return {
-        "x-modelfleet-backend": f"{backend.host_id} {backend.base_url}",
+        "x-modelfleet-backend": label or f"{backend.host_id} {backend.base_url}",
         "x-modelfleet-route-reason": reason,
         "x-modelfleet-overhead-ms": f"{max(overhead, 0.0):.3f}",
     }

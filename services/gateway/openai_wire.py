@@ -59,6 +59,9 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = None
+    adapter: str | None = Field(default=None, min_length=1, max_length=256, description="A LoRA adapter of the "
+                                "fallback's registry for this role: applied when the fallback answers, not by HTTP "
+                                "backends (docs/fallback.md, LoRA adapters).")  # fmt: skip
 
     def route_options(self) -> dict[str, Any]:
         """The request's sampling fields as route options (the top layer of the merge), by Ollama's names."""
@@ -75,8 +78,12 @@ class ChatCompletionRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def passthrough(self) -> dict[str, Any]:
-        """The fields this model does not name (tools, response_format, logprobs…), for OpenAI-compatible backends."""
-        return dict(self.model_extra or {})
+        """The fields this model does not name (tools, response_format, logprobs…), for OpenAI-compatible backends,
+        and `adapter`, which the fallback's backend reads from there."""
+        extra = dict(self.model_extra or {})
+        if self.adapter is not None:
+            extra["adapter"] = self.adapter
+        return extra
 
 
 class EmbeddingsRequest(BaseModel):

@@ -17,6 +17,11 @@ class GatewaySettings(RuntimeSettings):
     backend_read_timeout_s: float = Field(
         default=300.0, gt=0, le=3600, description="Longest silence of a backend between two bytes of its answer."
     )
+    fallback_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600,
+        description="The fallback's first token may wait for its slot to load (a cold GGUF: ~25 s on 2 CPU cores); "
+        "also the longest silence between two of its chunks.",
+    )  # fmt: skip
     backend_max_connections: int = Field(default=512, ge=1, description="Open connections to backends, all told.")
     provision_wait_s: float = Field(
         default=60.0, ge=0, le=3600, description="How long a request waits for an auto_download role's model to be "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Any
 
 from contracts.envelope import Envelope
@@ -34,11 +36,17 @@ def build_app(settings: InferenceFallbackSettings) -> Service:
         queue_timeout_s=settings.queue_timeout_s,
         idle_expiry_s=settings.idle_expiry_s,
     )
-    manager = SlotManager(limits, memory.get, loader.load, publish, producer="inference-fallback",
+    changed = asyncio.Event()  # a slot loaded or went: advertise now, not at the next interval
+
+    async def publish_slot(event: Envelope) -> None:
+        await publish(event)
+        changed.set()
+
+    manager = SlotManager(limits, memory.get, loader.load, publish_slot, producer="inference-fallback",
                           host_id=parts.host_id)  # fmt: skip
     finder = SourceFinder(settings.resolved_models_dir(), settings.ollama_models)
     book = AdapterBook()  # folded from evt.fallback.adapter.updated.v1 (every replica's watcher publishes there)
-    ops = FallbackOps(settings, parts.rpc, manager, finder, memory, publish, parts.host_id, book)
+    ops = FallbackOps(settings, parts.rpc, manager, finder, memory, publish, parts.host_id, book, changed)
     handlers.register(parts.streams, parts.rpc, ops)
     tasks: list[Task] = [ops.advertise_forever, ops.expire_forever, ops.close_on_cancel]
     if settings.adapters_dir is not None:

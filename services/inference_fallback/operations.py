@@ -94,10 +94,13 @@ class FallbackOps:
         publish: Callable[[Envelope], Awaitable[None]],
         host_id: str,
         book: AdapterBook,
+        changed: asyncio.Event | None = None,
     ) -> None:
         self.settings, self.rpc, self.manager, self.finder = settings, rpc, manager, finder
         self.memory, self.publish, self.host_id, self.book = memory, publish, host_id, book
         self.instance_id = "unset"
+        #: set when a slot loads or goes, so that the routers see it at once rather than an interval later
+        self.changed = changed or asyncio.Event()
         self.roles: dict[str, RoleEntry] = {}
         self.roles_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -215,7 +218,8 @@ class FallbackOps:
         )  # fmt: skip
 
     async def advertise_forever(self) -> None:
-        """evt.fallback.advertised.v1 every `advertise_interval_s`: alive, slots, budget, each role's source."""
+        """evt.fallback.advertised.v1 every `advertise_interval_s`, and at once when a slot loads or goes: alive,
+        slots, budget, each role's source."""
         interval = self.settings.advertise_interval_s
         await self.memory.get()
         while True:
@@ -226,7 +230,14 @@ class FallbackOps:
                 memory_budget_bytes=reply.memory_budget_bytes, memory_used_bytes=reply.memory_used_bytes,
                 slots=reply.slots, sources=reply.sources, interval_s=interval,
             ))  # fmt: skip
-            await asyncio.sleep(interval)
+            # asyncio.wait, not a timeout around the wait: on 3.11 a timeout expiring together with the service's
+            # cancel can swallow the cancel, and this loop would never stop
+            waiter = asyncio.ensure_future(self.changed.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=interval)
+            finally:
+                waiter.cancel()
+            self.changed.clear()
 
     async def expire_forever(self) -> None:
         while True:

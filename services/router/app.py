@@ -6,6 +6,8 @@ from contracts.envelope import Envelope
 from contracts.provisioner import ProvisionCommand
 from contracts.router import BackendChecked, LlmDegraded, LlmRecovered
 from services.router import handlers
+from services.router.fallbacks import Fallbacks
+from services.router.fallbacks import register as register_fallbacks
 from services.router.fleet import Fleet, HealthRules
 from services.router.health import RoleStates
 from services.router.monitor import Checker, RoleWatch
@@ -51,11 +53,13 @@ def build_app(settings: RouterSettings) -> Service:
         await publish_event(broker, command)
 
     on_demand = OnDemand(fleet, parts.rpc, publish, settings)
-    router = Router(fleet, parts.rpc, settings, per_role, default, on_demand=on_demand)
+    fallbacks = Fallbacks()
+    router = Router(fleet, parts.rpc, settings, per_role, default, on_demand=on_demand, fallbacks=fallbacks)
     watch = RoleWatch(fleet, parts.rpc, parts.broker, settings, RoleStates())
     checker = Checker(fleet, parts.broker, settings)
     handlers.register(parts.rpc, parts.streams, fleet, router, watch, settings.replay_s, on_demand,
                       settings.route_concurrency)  # fmt: skip
+    register_fallbacks(parts.streams, fallbacks)
     return parts.service(
         tasks=[checker.run, watch.run], publishes=[BackendChecked, LlmDegraded, LlmRecovered, ProvisionCommand]
     )

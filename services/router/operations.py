@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from contracts.catalog import ModelInfoRequest, ResolveReply, ResolveRequest
 from contracts.parameters import ParameterError, validate_parameters
@@ -24,6 +24,7 @@ from contracts.router import (
 from contracts.rpc import RpcError
 from services.router import domain
 from services.router.domain import Pick, Target
+from services.router.fallbacks import Fallbacks
 from services.router.fleet import Backend, Fleet
 from services.router.health import role_health
 from services.router.provisioning import nowhere_installed
@@ -61,8 +62,10 @@ class Router:
         default: Strategy,
         clock: Callable[[], float] = time.time,
         on_demand: OnDemand | None = None,
+        fallbacks: Fallbacks | None = None,
     ) -> None:
         self.fleet = fleet
+        self.fallbacks = fallbacks
         self.on_demand = on_demand
         self.rpc = rpc
         self.settings = settings
@@ -106,6 +109,7 @@ class Router:
             )  # fmt: skip
 
         decision = decide()
+        last = self.fallbacks.candidate(role, resolved.model_ref, self.clock()) if role and self.fallbacks else None
         if not decision.picks:
             if decision.saturated:
                 raise _busy(req, role, resolved, decision, self.settings.in_flight_ttl_s, self.clock())
@@ -118,11 +122,25 @@ class Router:
                 wait = self.settings.provision_wait_s
                 if req.provision_wait_s is not None:
                     wait = min(wait, req.provision_wait_s)
-                decision = await self.on_demand.provide(role, resolved.model_ref, decide, wait, ctx)
+                try:
+                    decision = await self.on_demand.provide(role, resolved.model_ref, decide, wait, ctx)
+                except RpcError as exc:
+                    if last is None or exc.status != 503:
+                        raise
+                    assert role is not None
+                    return _from_fallback(role, resolved, parameters, ctx, last, f"{exc.detail}")
+            elif last is not None and role is not None:
+                return _from_fallback(role, resolved, parameters, ctx, last, str(_no_backend(req, role, resolved)))
             else:
                 raise _no_backend(req, role, resolved)
         first = decision.picks[0]
         kinds = {p.backend.kind for p in decision.picks}
+        chain = [
+            RouteCandidate.model_construct(backend=_backend(p), model_name=p.model_name, model_ref=p.model_ref)
+            for p in decision.picks[1:]
+        ]
+        if last is not None:
+            chain.append(last[0])
         return RouteReply(
             host_id=first.backend.host.host_id,
             backend_url=first.backend.base_url,
@@ -134,16 +152,14 @@ class Router:
             role=role,
             options=domain.options_for(parameters, ctx, ollama="ollama" in kinds),
             system_prompt=resolved.system_prompt,
-            fallback_chain=[
-                RouteCandidate.model_construct(backend=_backend(p), model_name=p.model_name, model_ref=p.model_ref)
-                for p in decision.picks[1:]
-            ],
+            fallback_chain=chain,
             reason=RouteReason(
                 tier=first.tier,
                 strategy=decision.strategy,
                 fail_open=decision.fail_open,
                 detail=domain.describe(decision, resolved.model_ref),
             ),
+            fallback_source=last[1] if last else None,
         )
 
     def backends(self, watch: RoleWatch) -> BackendsReply:
@@ -162,7 +178,8 @@ class Router:
             roles.append(
                 RoleState(role=role, state=watch.states.state(role), hosts=sorted({b.host.host_id for b in hosts}))
             )
-        return BackendsReply(backends=rows, stale=stale, roles=roles)
+        fallbacks = self.fallbacks.states(now) if self.fallbacks is not None else []
+        return BackendsReply(backends=rows, stale=stale, roles=roles, fallbacks=fallbacks)
 
     async def _resolve(self, req: RouteRequest, role: str | None) -> Resolution:
         if role is not None:
@@ -207,6 +224,20 @@ class Router:
             self._contexts.clear()
         self._contexts[model_ref] = (context, now + self.settings.resolve_cache_ttl_s)
         return context
+
+
+def _from_fallback(
+    role: str, resolved: ResolveReply, parameters: dict[str, Any], ctx: int, last: tuple[RouteCandidate, str], why: str
+) -> RouteReply:
+    """No backend can take the role: its fallback slot answers (the chain's last entry, promoted)."""
+    candidate, source = last
+    return RouteReply(
+        host_id=candidate.backend.host_id, backend_url=candidate.backend.base_url, model_ref=resolved.model_ref,
+        fallback=True, backend=candidate.backend, model_name=candidate.model_name, provider="fallback", role=role,
+        options=domain.options_for(parameters, ctx, ollama=False), system_prompt=resolved.system_prompt,
+        reason=RouteReason(tier="fallback", strategy="fallback", detail=f"the fallback slot answers ({source}): {why}"),
+        fallback_source=source,
+    )  # fmt: skip
 
 
 def _backend(p: Pick) -> BackendRef:
