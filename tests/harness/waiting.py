@@ -33,3 +33,14 @@ async def until(probe: Callable[[], Awaitable[object]], timeout_s: float) -> flo
             return time.monotonic() - start
         await asyncio.sleep(0.1)
     raise AssertionError(f"not within {timeout_s}s")
+
+
+def wait_until(check: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Block until `check()` is truthy, polled every 200 ms (bounded); its exceptions propagate (a check asserts
+    what must hold meanwhile, e.g. that a process is still running)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
