@@ -119,6 +119,7 @@ class OllamaPeer:
         self.chat_word_delay_s = 0.0
         self.chat_error: tuple[int, str] | None = None
         self.chat_requests: list[dict[str, Any]] = []
+        self.pull_requests: list[str] = []  # the model of each /api/pull, in order
         self.embed_requests: list[dict[str, Any]] = []
         self.chat_aborted = 0
         self.chat_gate: threading.Event | None = None
@@ -329,6 +330,7 @@ def _handler(peer: OllamaPeer) -> type[BaseHTTPRequestHandler]:
 
         def _pull(self, body: dict[str, Any]) -> None:
             name = normalize(str(body.get("model") or body.get("name") or ""))
+            peer.pull_requests.append(name)
             if peer.pull_http_error is not None:
                 status, message = peer.pull_http_error
                 return self._send(status, {"error": message})
