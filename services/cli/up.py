@@ -71,6 +71,10 @@ def up(
             pg = EmbeddedPostgres(state_dir / "postgres" / "data", port=free_port()).start()
             database_url = pg.url
             console.print(f"[dim]embedded PostgreSQL at {pg.url}, data in {pg.data_dir}[/dim]")
+            if pg.moved_from is not None:
+                console.print(f"[dim]moved the PostgreSQL data kept by an older release from {pg.moved_from}[/dim]")
+            for folder in pg.made_traversable:
+                console.print(f"[dim]made {folder} traversable (o+x) for the PostgreSQL server's user[/dim]")
         env = dict(
             os.environ, MODELFLEET_NATS_URL=nats_url, MODELFLEET_DATABASE_URL=database_url,
             MODELFLEET_STATE_DIR=str(state_dir), MODELFLEET_GATEWAY_PORT=str(port), MODELFLEET_GATEWAY_BIND=bind,

@@ -159,16 +159,49 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     return pwd.getpwnam(os.environ.get("MODELFLEET_PG_USER", "nobody"))
 
 
-def _reachable_by(user: pwd.struct_passwd, path: Path) -> bool:
-    """Whether `user` could traverse every parent of `path` (we never chmod an operator's folders)."""
+def _blocking_parents(user: pwd.struct_passwd, path: Path) -> list[Path]:
+    """The existing folders above `path` that `user` cannot traverse."""
+    blocking = []
     for parent in list(path.absolute().parents)[::-1]:
         if not parent.exists():
-            break  # what we create ourselves is created traversable (mode 0755 under the usual umask)
+            break  # what we create ourselves is made traversable below
         st = parent.stat()
-        bits = 0o001 if st.st_uid != user.pw_uid else 0o100
-        if not st.st_mode & bits and not (st.st_gid == user.pw_gid and st.st_mode & 0o010):
-            return False
+        if st.st_uid == user.pw_uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid == user.pw_gid:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            blocking.append(parent)
+    return blocking
+
+
+def make_traversable(user: pwd.struct_passwd, path: Path) -> list[Path]:
+    """Give the folders above `path` the traverse bit (x, never r) that `user` lacks; returns those changed.
+
+    Only the search bit is added: nobody gains the right to list a folder, only to reach, by its exact
+    name, what is already readable inside it (PostgreSQL's own folder stays 0700, owned by `user`).
+    """
+    changed = _blocking_parents(user, path)
+    for folder in changed:
+        os.chmod(folder, folder.stat().st_mode & 0o7777 | 0o001)
+    return changed
+
+
+def _pid_alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
     return True
+
+
+def legacy_data_dir(data_dir: Path) -> Path:
+    """Where releases before 0.x kept the cluster of a root-run fleet whose state dir `nobody` could not reach."""
+    digest = hashlib.sha256(str(data_dir.absolute()).encode()).hexdigest()[:12]
+    return Path("/var/tmp") / f"modelfleet-pg-{digest}" / "data"
 
 
 @dataclass
@@ -185,10 +218,8 @@ class EmbeddedPostgres:
 
     def __post_init__(self) -> None:
         self._os_user = _unprivileged_user()
-        if self._os_user is not None and not _reachable_by(self._os_user, self.data_dir):
-            # As root with a state dir under a private home, keep the cluster where the server's user can reach it.
-            digest = hashlib.sha256(str(self.data_dir.absolute()).encode()).hexdigest()[:12]
-            self.data_dir = Path("/var/tmp") / f"modelfleet-pg-{digest}" / "data"
+        self.made_traversable: list[Path] = []
+        self.moved_from: Path | None = None
 
     @property
     def url(self) -> str:
@@ -205,7 +236,11 @@ class EmbeddedPostgres:
     def start(self, timeout_s: float = 30.0) -> EmbeddedPostgres:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if self._os_user is not None:
+            # As root the server runs as an unprivileged user: the cluster stays under the folder we were
+            # given, that user owns its folder, and the folders above get the traverse bit it needs.
             os.chown(self.data_dir.parent, self._os_user.pw_uid, self._os_user.pw_gid)
+            self.made_traversable = make_traversable(self._os_user, self.data_dir.parent)
+        self._adopt_legacy_cluster()
         if not (self.data_dir / "PG_VERSION").exists():
             r = self._run(
                 "initdb", "-D", str(self.data_dir), "-U", self.user, "-A", "trust", "-E", "UTF8", "--no-instructions"
@@ -231,6 +266,19 @@ class EmbeddedPostgres:
         _wait(self._accepting, timeout_s, "postgres", self.proc, log_path)
         self._ensure_database()
         return self
+
+    def _adopt_legacy_cluster(self) -> None:
+        """Move a cluster an older release kept in /var/tmp for this same data dir back under it."""
+        legacy = legacy_data_dir(self.data_dir)
+        if (self.data_dir / "PG_VERSION").exists() or not (legacy / "PG_VERSION").exists():
+            return
+        if _pid_alive(legacy / "postmaster.pid"):
+            raise EmbeddedServerError(
+                f"a cluster for {self.data_dir} is in {legacy} and looks running (postmaster.pid); stop it first"
+            )
+        shutil.move(str(legacy), str(self.data_dir))
+        shutil.rmtree(legacy.parent, ignore_errors=True)
+        self.moved_from = legacy
 
     def _accepting(self) -> bool:
         r = self._run("pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, "-d", "postgres")
