@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from tests.harness.provision_bus import Bus
 from tests.harness.servers import choose, create_database, nats_server, postgres_server
 
 TIERS = ("unit", "integration", "e2e", "chaos")
+
+#: The test peers (hub, CDN, Ollama, registry, file servers) all listen on loopback, which the egress policy
+#: (services/runtime/egress.py) refuses unless allowlisted: allow it for in-process clients and service processes.
+#: A test of the policy itself passes its own `MODELFLEET_EGRESS_ALLOW` (`""` for none) to `service_env`.
+TEST_EGRESS_ALLOW = "127.0.0.0/8,::1"
+os.environ.setdefault("MODELFLEET_EGRESS_ALLOW", TEST_EGRESS_ALLOW)
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +63,7 @@ def service_env(nats_url: str, tmp_path: Path) -> Callable[..., dict[str, str]]:
             "MODELFLEET_HOST_ID": "test-host",
             "MODELFLEET_LOG_LEVEL": "INFO",
             "OTEL_SDK_DISABLED": "false",
+            "MODELFLEET_EGRESS_ALLOW": TEST_EGRESS_ALLOW,
         }
         if database_url:
             env["MODELFLEET_DATABASE_URL"] = database_url

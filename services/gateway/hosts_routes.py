@@ -29,6 +29,7 @@ from contracts.vram import (
 from services.gateway.auth import caller
 from services.gateway.bus_client import BusClient, bus_of
 from services.gateway.errors import ERROR_RESPONSES
+from services.runtime.egress import EgressDenied
 from services.runtime.gguf_io import read_url_header
 
 # Read-only, but fleet internals: any valid token (a user's or the admin's).
@@ -238,6 +239,8 @@ async def fit_get(
             shape = model_shape(header, total or 0)
         except GgufError as exc:
             raise HTTPException(422, f"gguf_url: {exc}") from exc
+        except EgressDenied as exc:  # the egress policy (docs/gateway.md "Outbound requests"): nothing was contacted
+            raise RpcError(403, f"gguf_url: {exc}", code="egress_not_allowed", field="gguf_url") from None
         return fit_report(gguf_url, "gguf", s, hosts, shape=shape, quant=shape.file_type)
     if size_bytes is not None:
         return fit_report(f"{size_bytes} bytes", "size", s, hosts, size_bytes=size_bytes, quant=quant)

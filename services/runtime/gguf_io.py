@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from contracts.gguf_header import GgufError, GgufHeader, NeedMoreBytes, next_read_size, parse_header
+from services.runtime.egress import EgressPolicy, EgressTransport
 
 #: The first read; most headers (tokenizer included) fit in 8 MiB, a 256k vocabulary in ~16 MiB.
 FIRST_READ = 4 << 20
@@ -61,11 +62,15 @@ async def read_url_header(
     client: httpx.AsyncClient | None = None,
     headers: dict[str, str] | None = None,
     first_read: int = FIRST_READ,
+    egress: EgressPolicy | None = None,
 ) -> tuple[GgufHeader, int | None]:
     """Parse a remote GGUF's header through HTTP Range requests (a Hugging Face `resolve` URL follows its CDN
-    redirect). Returns the header and the file size when the server tells it."""
+    redirect). Returns the header and the file size when the server tells it.
+
+    Without `client`, every request and redirect hop goes through the egress policy (`egress`, default the
+    process's): a refused destination raises `EgressDenied` before any connection is made to it."""
     own = client is None
-    c = client or httpx.AsyncClient(follow_redirects=True, timeout=30.0)
+    c = client or httpx.AsyncClient(follow_redirects=True, timeout=30.0, transport=EgressTransport(egress))
     want = first_read
     try:
         while True:
