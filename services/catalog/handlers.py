@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from faststream import AckPolicy
-from faststream.nats import DeliverPolicy, NatsRouter
+from faststream.nats import DeliverPolicy
 
 from contracts.catalog import (
     AuthReply,
@@ -45,10 +44,11 @@ from contracts.catalog import (
 from contracts.subjects import EVENTS_STREAM
 from services.catalog.operations import Catalog
 from services.runtime.bus import jstream
+from services.runtime.dlq import StreamRouter
 from services.runtime.rpc import Rpc
 
 
-def register(rpc: Rpc, streams: NatsRouter, catalog: Catalog) -> None:
+def register(rpc: Rpc, streams: StreamRouter, catalog: Catalog) -> None:
     """Request/reply handlers join the queue group `catalog` (the service's name), so replicas share the load.
 
     A `CatalogError` (an `RpcError`) raised below becomes the typed error reply; an invalid request is a 422
@@ -168,15 +168,20 @@ def register_library(rpc: Rpc, catalog: Catalog) -> None:
         return await catalog.export(req.caller, req.format)
 
 
-def register_invalidation(streams: NatsRouter, catalog: Catalog) -> None:
-    # No durable: every replica hears every change from now on and reloads its own view.
+def register_invalidation(streams: StreamRouter, catalog: Catalog) -> None:
+    # No durable: every replica hears every change from now on and reloads its own view. The reload reads
+    # PostgreSQL, so a failure is retried by the backoff schedule (docs/delivery.md).
+    consumer = streams.deliveries.retried(CatalogChanged.SUBJECT)
+
     @streams.subscriber(
         CatalogChanged.SUBJECT,
         stream=jstream(EVENTS_STREAM),
         deliver_policy=DeliverPolicy.NEW,
-        ack_policy=AckPolicy.ACK,
+        config=consumer.config,
+        ack_policy=consumer.ack_policy,
     )
     async def on_changed(event: CatalogChanged) -> None:
-        """Consumes evt.catalog.entries.changed.v1 from other replicas; reloads the view. Idempotent (a reload)."""
+        """Consumes evt.catalog.entries.changed.v1 from other replicas; reloads the view. Idempotent (a reload).
+        A failed reload is retried with backoff, then dead-lettered."""
         if event.instance_id != catalog.instance_id and catalog.ready.is_set():
             await catalog.reload()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
-from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, NatsMessage, NatsRouter, PullSub
+from faststream.nats import NatsMessage, PullSub
 
 from contracts.provisioner import (
     InventoryDeleteReply,
@@ -15,6 +15,7 @@ from contracts.provisioner import (
     InventorySyncReply,
     InventorySyncRequest,
     ProvisionCommand,
+    ProvisionFailed,
     ProvisionResultReply,
     ProvisionResultRequest,
     QuantizationsReply,
@@ -28,31 +29,51 @@ from contracts.subjects import COMMANDS_STREAM
 from services.provisioner.operations import Operations
 from services.provisioner.updates import UpdateChecker
 from services.runtime.bus import jstream
-from services.runtime.parts import MAX_DELIVER
+from services.runtime.dlq import FailedEvent, StreamRouter
 from services.runtime.rpc import Rpc
 
 log = logging.getLogger(__name__)
 
 
-def register(rpc: Rpc, streams: NatsRouter, ops: Operations, *, ack_wait_s: float) -> None:
+def gave_up(host_id: str) -> FailedEvent:
+    """The failed event a provision command gets when it is dead-lettered (all hosts, all models)."""
+
+    def failed(request_id: uuid.UUID, reason: str) -> ProvisionFailed:
+        return ProvisionFailed(
+            producer="provisioner", host=host_id, correlation_id=request_id, request_id=request_id,
+            target_host="*", model="*", reason=reason, error_channel="dead_letter",
+        )  # fmt: skip
+
+    return failed
+
+
+def register(rpc: Rpc, streams: StreamRouter, ops: Operations, *, ack_wait_s: float) -> None:
     """Request/reply handlers join the queue group `provisioner`, so replicas share the load; an `RpcError` an
     operation raises (a hub or Ollama failure, translated) becomes the typed error reply."""
+    deliveries = streams.deliveries
+    durable = "provisioner"
+    failed = gave_up(deliveries.host_id)
+    consumer = deliveries.retried(
+        ProvisionCommand.SUBJECT, durable=durable, failed=failed, ack_wait_s=ack_wait_s, manual=True
+    )
 
     @streams.subscriber(
         ProvisionCommand.SUBJECT,
         stream=jstream(COMMANDS_STREAM),
-        durable="provisioner",
+        durable=durable,
         pull_sub=PullSub(batch_size=8, timeout=0.2),
-        config=ConsumerConfig(max_deliver=MAX_DELIVER, ack_wait=ack_wait_s),
-        ack_policy=AckPolicy.MANUAL,
+        config=consumer.config,
+        ack_policy=consumer.ack_policy,
     )
     async def on_provision(cmd: ProvisionCommand, msg: NatsMessage) -> None:
         """Consumes cmd.provisioner.provision.v1; emits progress, model.pulled / failed, then request.completed.
 
         Idempotent on event_id: a redelivery of a finished request is acked and does nothing; one of an unfinished
-        request (the process died mid-way) runs it again, resuming partial downloads.
+        request (the process died mid-way) runs it again, resuming partial downloads. A request that fails is
+        delivered again by the backoff schedule; after the last delivery it goes to dlq.cmd.provisioner.provision.v1
+        and evt.provisioner.failed.v1 (target `*`, error_channel `dead_letter`) tells the requester why.
         """
-        await ops.accept(cmd, msg)
+        await ops.accept(cmd, deliveries.delivery(msg, cmd.request_id))
 
     @rpc.handler(ProvisionResultRequest)
     async def on_result(req: ProvisionResultRequest) -> ProvisionResultReply:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, DeliverPolicy, NatsRouter
+from faststream.nats import DeliverPolicy
 
 from contracts.fallback import FallbackAdvertised
 from contracts.router import FALLBACK_URL, BackendRef, FallbackState, RouteCandidate
 from contracts.subjects import EVENTS_STREAM
 from services.runtime.bus import jstream
+from services.runtime.dlq import StreamRouter
 
 #: An advertisement keeps its replica alive this many intervals (the fallback advertises every `interval_s`).
 MISSED_ADVERTS = 3
@@ -76,13 +76,10 @@ class Fallbacks:
         ]
 
 
-def register(streams: NatsRouter, fallbacks: Fallbacks) -> None:
-    @streams.subscriber(
-        FallbackAdvertised.SUBJECT,
-        stream=jstream(EVENTS_STREAM),
-        deliver_policy=DeliverPolicy.NEW,
-        config=ConsumerConfig(ack_wait=10),
-        ack_policy=AckPolicy.ACK,
+def register(streams: StreamRouter, fallbacks: Fallbacks) -> None:
+    # A fold: a fault is dead-lettered at once (the next advertisement comes within seconds anyway).
+    @streams.fold(
+        FallbackAdvertised.SUBJECT, stream=jstream(EVENTS_STREAM), deliver_policy=DeliverPolicy.NEW, ack_wait_s=10
     )
     async def on_fallback_advertised(advert: FallbackAdvertised) -> None:
         """Consumes evt.fallback.advertised.v1: which fallback replicas are alive and what they can answer (an older

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from faststream import AckPolicy
-from faststream.nats import ConsumerConfig, DeliverPolicy, NatsRouter
+from faststream.nats import DeliverPolicy
 
 from contracts.catalog import CatalogChanged, ProfileChanged
 from contracts.hardware import GpuSampled, HostHeartbeat
@@ -28,16 +27,13 @@ from services.router.monitor import RoleWatch
 from services.router.operations import Router
 from services.router.provisioning import OnDemand
 from services.runtime.bus import jstream
+from services.runtime.dlq import StreamRouter
 from services.runtime.rpc import Rpc
-
-
-def _config(since: datetime | None = None) -> ConsumerConfig:
-    return ConsumerConfig(ack_wait=10, opt_start_time=since) if since else ConsumerConfig(ack_wait=10)
 
 
 def register(
     rpc: Rpc,
-    streams: NatsRouter,
+    streams: StreamRouter,
     fleet: Fleet,
     router: Router,
     watch: RoleWatch,
@@ -49,23 +45,21 @@ def register(
     # tells what is installed where.
     # No durable anywhere: every replica reads the streams itself, in stream order (docs/foundation.md).
     since = datetime.now(UTC) - timedelta(seconds=replay_s)
-    events, ack, recent = jstream(EVENTS_STREAM), AckPolicy.ACK, DeliverPolicy.BY_START_TIME
+    # Every handler here is a pure fold into memory: a fault is dead-lettered at once, never retried
+    # (docs/delivery.md).
+    events, recent = jstream(EVENTS_STREAM), DeliverPolicy.BY_START_TIME
 
-    @streams.subscriber(
-        HostHeartbeat.SUBJECT, stream=events, deliver_policy=recent, config=_config(since), ack_policy=ack
-    )
+    @streams.fold(HostHeartbeat.SUBJECT, stream=events, deliver_policy=recent, ack_wait_s=10, opt_start_time=since)
     async def on_heartbeat(beat: HostHeartbeat) -> None:
         """Consumes evt.hardware.host.heartbeat.v1 into host liveness; idempotent (an older beat changes nothing)."""
         fleet.observe_heartbeat(beat)
 
-    @streams.subscriber(GpuSampled.SUBJECT, stream=events, deliver_policy=recent, config=_config(since), ack_policy=ack)
+    @streams.fold(GpuSampled.SUBJECT, stream=events, deliver_policy=recent, ack_wait_s=10, opt_start_time=since)
     async def on_sample(sample: GpuSampled) -> None:
         """Consumes evt.hardware.gpu.sampled.v1: free memory, backends, loaded models; an older sample is ignored."""
         fleet.observe_sample(sample)
 
-    @streams.subscriber(
-        ModelPulled.SUBJECT, stream=events, deliver_policy=DeliverPolicy.ALL, config=_config(), ack_policy=ack
-    )
+    @streams.fold(ModelPulled.SUBJECT, stream=events, deliver_policy=DeliverPolicy.ALL, ack_wait_s=10)
     async def on_pulled(event: ModelPulled) -> None:
         """Consumes evt.provisioner.model.pulled.v1: the model is installed on the host's Ollama (routes waiting for
         an on-demand pull look again); idempotent."""
@@ -76,56 +70,44 @@ def register(
     if on_demand is not None:
         news = DeliverPolicy.NEW  # only pulls this replica may be waiting for
 
-        @streams.subscriber(
-            ProvisionFailed.SUBJECT, stream=events, deliver_policy=news, config=_config(), ack_policy=ack
-        )
+        @streams.fold(ProvisionFailed.SUBJECT, stream=events, deliver_policy=news, ack_wait_s=10)
         async def on_provision_failed(event: ProvisionFailed) -> None:
             """Consumes evt.provisioner.failed.v1: a failed on-demand pull ends its waits (503). Idempotent."""
             on_demand.failed(event)
 
-        @streams.subscriber(
-            ProvisionCompleted.SUBJECT, stream=events, deliver_policy=news, config=_config(), ack_policy=ack
-        )
+        @streams.fold(ProvisionCompleted.SUBJECT, stream=events, deliver_policy=news, ack_wait_s=10)
         async def on_provision_completed(event: ProvisionCompleted) -> None:
             """Consumes evt.provisioner.request.completed.v1: a pull that pulled nothing ends its waits."""
             on_demand.completed(event)
 
-    @streams.subscriber(
-        BackendCallCompleted.SUBJECT, stream=events, deliver_policy=recent, config=_config(since), ack_policy=ack
+    @streams.fold(
+        BackendCallCompleted.SUBJECT, stream=events, deliver_policy=recent, ack_wait_s=10, opt_start_time=since
     )
     async def on_call(event: BackendCallCompleted) -> None:
         """Consumes evt.gateway.backend.call.completed.v1 into passive health (in-flight, EWMA, failures, circuit).
         Folded once per delivery, in stream order: every replica gets the same figures."""
         fleet.observe_call(event)
 
-    @streams.subscriber(
-        BackendBusy.SUBJECT, stream=events, deliver_policy=recent, config=_config(since), ack_policy=ack
-    )
+    @streams.fold(BackendBusy.SUBJECT, stream=events, deliver_policy=recent, ack_wait_s=10, opt_start_time=since)
     async def on_busy(event: BackendBusy) -> None:
         """Consumes evt.gateway.backend.busy.v1 (a gateway's calls open on a backend, told when the first starts and
         while they last) into in-flight, in stream order like call reports: a check timeout while calls are open
         counts for nothing. Idempotent (an older report than the one held changes nothing)."""
         fleet.observe_busy(event)
 
-    @streams.subscriber(
-        CatalogChanged.SUBJECT, stream=events, deliver_policy=DeliverPolicy.NEW, config=_config(), ack_policy=ack
-    )
+    @streams.fold(CatalogChanged.SUBJECT, stream=events, deliver_policy=DeliverPolicy.NEW, ack_wait_s=10)
     async def on_catalog_changed(event: CatalogChanged) -> None:
         """Consumes evt.catalog.entries.changed.v1: drops cached resolutions. Idempotent."""
         router.invalidate()
         watch.invalidate()
 
-    @streams.subscriber(
-        ProfileChanged.SUBJECT, stream=events, deliver_policy=DeliverPolicy.NEW, config=_config(), ack_policy=ack
-    )
+    @streams.fold(ProfileChanged.SUBJECT, stream=events, deliver_policy=DeliverPolicy.NEW, ack_wait_s=10)
     async def on_profile_changed(event: ProfileChanged) -> None:
         """Consumes evt.catalog.profile.changed.v1: drops cached resolutions, re-reads the watched roles. Idempotent."""
         router.invalidate()
         watch.invalidate()
 
-    @streams.subscriber(
-        BackendChecked.SUBJECT, stream=events, deliver_policy=recent, config=_config(since), ack_policy=ack
-    )
+    @streams.fold(BackendChecked.SUBJECT, stream=events, deliver_policy=recent, ack_wait_s=10, opt_start_time=since)
     async def on_checked(event: BackendChecked) -> None:
         """Consumes evt.router.backend.checked.v1 (any replica's active check) into the backend's circuit, in
         stream order like call reports; JetStream keeps one result per backend and slot."""
@@ -134,13 +116,13 @@ def register(
     states: RoleStates = watch.states
     every = DeliverPolicy.ALL  # transitions are rare; all of them tell each role's last published state
 
-    @streams.subscriber(LlmDegraded.SUBJECT, stream=events, deliver_policy=every, config=_config(), ack_policy=ack)
+    @streams.fold(LlmDegraded.SUBJECT, stream=events, deliver_policy=every, ack_wait_s=10)
     async def on_degraded(event: LlmDegraded) -> None:
         """Consumes evt.router.llm.degraded.v1 (this or another replica's): the role's published state. Idempotent."""
         if event.role:
             states.fold(event.role, "degraded", event.event_id)
 
-    @streams.subscriber(LlmRecovered.SUBJECT, stream=events, deliver_policy=every, config=_config(), ack_policy=ack)
+    @streams.fold(LlmRecovered.SUBJECT, stream=events, deliver_policy=every, ack_wait_s=10)
     async def on_recovered(event: LlmRecovered) -> None:
         """Consumes evt.router.llm.recovered.v1: the role's published state. Idempotent."""
         if event.role:

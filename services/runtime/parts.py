@@ -6,24 +6,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from faststream.nats import NatsBroker, NatsRouter
+from faststream.nats import NatsBroker
 from opentelemetry.sdk.trace import TracerProvider
 
 from contracts.envelope import Envelope
 from services.runtime.bus import BusState, build_broker
 from services.runtime.db import Database
-from services.runtime.dlq import dead_letter_middleware
+from services.runtime.dlq import Deliveries, StreamRouter
 from services.runtime.hostid import stable_host_id
 from services.runtime.outbox import Outbox
 from services.runtime.rpc import Rpc
 from services.runtime.service import Service, Task
 from services.runtime.settings import RuntimeSettings
 from services.runtime.telemetry import build_tracer_provider
-
-#: Deliveries of one stream message before it is dead-lettered (poison messages go at once).
-MAX_DELIVER = 5
-#: Seconds JetStream waits for an ack before redelivering.
-ACK_WAIT_S = 30.0
 
 
 @dataclass
@@ -36,8 +31,8 @@ class ServiceParts:
     rpc: Rpc
     bus_state: BusState
     tracer_provider: TracerProvider
-    #: Stream subscribers go here: it carries the dead-letter middleware.
-    streams: NatsRouter
+    #: Stream subscribers go here: it carries the dead-letter middleware and each consumer's delivery policy.
+    streams: StreamRouter
     database: Database | None = None
     outbox: Outbox | None = None
 
@@ -68,7 +63,7 @@ def build_parts(name: str, settings: RuntimeSettings, *, migrations: Path | None
     bus_state = BusState()
     broker = build_broker(settings.nats_url, name, tracer_provider, bus_state)
     host_id = stable_host_id(settings.state_dir, settings.host_id)
-    streams = NatsRouter(middlewares=[dead_letter_middleware(broker, name, host_id, MAX_DELIVER)])
+    streams = StreamRouter(Deliveries.from_settings(broker, name, host_id, settings))
     database = outbox = None
     if migrations is not None:
         database = Database(

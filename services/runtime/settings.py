@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, NonNegativeFloat, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,3 +38,19 @@ class RuntimeSettings(BaseSettings):
     #: Seconds between reconnect / re-check attempts when NATS or PostgreSQL is away (doubles up to the cap).
     retry_initial_s: float = Field(default=0.2, gt=0, validation_alias=AliasChoices("MODELFLEET_RETRY_INITIAL_S"))
     retry_max_s: float = Field(default=5.0, gt=0, validation_alias=AliasChoices("MODELFLEET_RETRY_MAX_S"))
+
+    # Delivery of stream messages (docs/delivery.md); shared by every service, so the names ignore the prefix.
+    #: Deliveries of one message to a consumer that retries, before it goes to dlq.<subject>.
+    delivery_max_deliver: int = Field(
+        default=10, ge=1, le=1000, validation_alias=AliasChoices("MODELFLEET_DELIVERY_MAX_DELIVER")
+    )
+    #: Seconds before the 2nd, 3rd, ... delivery after a failure; the last value repeats. With the defaults a
+    #: message is tried for 1+2+5+10+20+30+60+60+60 = 248 s (plus handler time) before it is dead-lettered.
+    delivery_backoff_s: tuple[NonNegativeFloat, ...] = Field(
+        default=(1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0),
+        validation_alias=AliasChoices("MODELFLEET_DELIVERY_BACKOFF_S"),
+    )
+    #: Seconds JetStream waits for an ack before delivering again (a consumer may set its own).
+    delivery_ack_wait_s: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("MODELFLEET_DELIVERY_ACK_WAIT_S")
+    )
