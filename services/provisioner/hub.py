@@ -21,10 +21,11 @@ from pathlib import Path
 
 import httpcore2._sync.http11 as _http11
 import httpx2
-from huggingface_hub import HfApi, constants, get_hf_file_metadata, get_session, hf_hub_url
+from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status  # type: ignore[attr-defined]
 
 from services.provisioner import domain
+from services.runtime.egress import EgressPolicy, SyncEgressTransport
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,14 @@ class Downloaded:
 class HubClient:
     """One hub endpoint (`HF_ENDPOINT`) and token (`HF_TOKEN`, never logged). Blocking: call it in a thread."""
 
-    def __init__(self, endpoint: str, token: str | None, models_dir: Path, quarantine_dir: Path):
+    def __init__(
+        self,
+        endpoint: str,
+        token: str | None,
+        models_dir: Path,
+        quarantine_dir: Path,
+        egress: EgressPolicy | None = None,
+    ):
         self.endpoint = endpoint.rstrip("/")
         self._token = token
         # httpcore2 reads the socket 64 KiB at a time; 256 KiB cuts the per-read Python work and GIL hand-offs that
@@ -77,6 +85,9 @@ class HubClient:
         self.api = HfApi(endpoint=self.endpoint, token=token or False)
         self.models_dir = models_dir
         self.quarantine_dir = quarantine_dir
+        # The body comes from wherever the hub's answer points (its CDN): that origin, and every redirect from it,
+        # goes through the egress policy (resolved, checked, pinned); the hub's own API is the configured endpoint.
+        self._bodies = httpx2.Client(follow_redirects=True, timeout=None, transport=SyncEgressTransport(egress))
 
     def __repr__(self) -> str:
         return f"HubClient(endpoint={self.endpoint!r}, token={'set' if self._token else 'none'})"
@@ -156,7 +167,7 @@ class HubClient:
         """GET `url` from byte `have` (Range), feeding the pipeline; transient faults resume where the bytes stopped."""
         headers = build_hf_headers(token=self._token or False)
         headers["Accept-Encoding"] = "identity"
-        session = get_session()
+        session = self._bodies
         position, fetched, retries = have, 0, 0
         while position < size:
             ask = dict(headers, Range=f"bytes={position}-") if position else headers

@@ -11,6 +11,7 @@ import httpx
 import ollama
 
 from services.provisioner import domain
+from services.runtime.egress import EgressDenied, EgressPolicy, default_policy
 
 Progress = Callable[[int, int | None, str], None]
 
@@ -42,9 +43,25 @@ class ModelDetails:
 
 
 class OllamaBackend:
-    def __init__(self, url: str, timeout_s: float = 30.0):
-        self.url = url
+    def __init__(self, url: str, timeout_s: float = 30.0, egress: EgressPolicy | None = None):
+        self.url = url  # the operator's Ollama (probe or static map): configured, not a user's destination
         self.client = ollama.AsyncClient(host=url, timeout=timeout_s)
+        self.egress = egress
+
+    async def check_registry(self, name: str) -> None:
+        """A model name with a registry host (`host[:port]/namespace/model[:tag]`) makes Ollama connect there: the
+        host goes through the egress policy first (Ollama resolves it again itself: docs/provisioning.md).
+        Ollama's own registry and Hugging Face pass-through names (`hf.co/...`) are fixed destinations."""
+        parts = name.split("@", 1)[0].split("/")
+        if len(parts) < 3:
+            return
+        host, _, port = parts[0].partition(":")
+        if host.lower() in (domain.OLLAMA_REGISTRY_HOST, "hf.co", "huggingface.co"):
+            return
+        try:
+            await (self.egress or default_policy()).acheck_host(host, int(port) if port.isdigit() else 443)
+        except EgressDenied as exc:
+            raise BackendError(f"pull of {name!r}: registry {exc}", "egress") from None
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -76,6 +93,7 @@ class OllamaBackend:
     async def pull(self, name: str, progress: Progress) -> None:
         """Pull `name`, reporting (bytes done, total, status) summed over layers as Ollama streams them."""
         meter = domain.LayerMeter()
+        await self.check_registry(name)
 
         async def run() -> None:
             async for part in await self.client.pull(name, stream=True):

@@ -7,6 +7,7 @@ import hashlib
 import httpx
 
 from services.provisioner import domain
+from services.runtime.egress import EgressDenied, EgressTransport
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -23,6 +24,8 @@ class OllamaRegistry:
     """One shared httpx client; `digest()` never raises anything but RegistryError."""
 
     def __init__(self, timeout_s: float = 10.0, transport: httpx.AsyncBaseTransport | None = None):
+        # a registry host comes from a model's name: checked by the egress policy, every redirect included
+        transport = transport or EgressTransport()
         self.client = httpx.AsyncClient(timeout=timeout_s, follow_redirects=True, transport=transport)
 
     async def digest(self, ref: domain.RegistryRef) -> str:
@@ -32,6 +35,8 @@ class OllamaRegistry:
             answer = await self.client.get(url, headers={"Accept": MANIFEST_V2})
         except httpx.HTTPError as exc:
             raise RegistryError(f"registry unreachable at {url}: {type(exc).__name__}: {exc}") from exc
+        except EgressDenied as exc:
+            raise RegistryError(f"registry of {ref.namespace}/{ref.model}: {exc}") from None
         if answer.status_code == 404:
             raise RegistryError(f"{url}: 404, the registry has no such model or tag", 404)
         if answer.status_code != 200:

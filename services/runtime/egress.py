@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -260,14 +261,16 @@ class SyncEgressTransport(httpx2.BaseTransport):
         self.policy = policy or default_policy()
         self._kwargs = transport_kwargs
         self._pools: dict[tuple[str, str, int], httpx2.HTTPTransport] = {}
+        self._lock = threading.Lock()  # one client serves several download threads
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         given, name, port = self.policy._split(request.url)
         addresses = self.policy.check_host(given, port)
         key = (request.url.scheme, name, port)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = httpx2.HTTPTransport(**self._kwargs)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._pools[key] = httpx2.HTTPTransport(**self._kwargs)
         request.url = request.url.copy_with(host=_pinned_host(addresses[0]))
         request.extensions = {**request.extensions, "sni_hostname": name}
         return pool.handle_request(request)
