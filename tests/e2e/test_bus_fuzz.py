@@ -66,7 +66,6 @@ from contracts.router import (
 from contracts.rpc import RPC_HEADER, ErrorReply, Frame
 from contracts.subjects import DLQ_STREAM, dlq_subject, fill
 from tests.harness.bus_fuzz import Fuzzer, value_pool
-from tests.harness.no_gpu import no_gpu_env
 from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -110,7 +109,9 @@ RPC_MESSAGES = 3_000
 async def test_ten_thousand_malformed_messages_are_dead_lettered_or_refused(
     nats_url, database_url, service_env, start_service
 ):
-    env = service_env(database_url=database_url, HF_HUB_OFFLINE="1", **no_gpu_env())
+    env = service_env(
+        database_url=database_url, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", MODELFLEET_FALLBACK_ALLOW_CUDA="false"
+    )
     procs = [await start_service(name, env, timeout_s=90) for name in SERVICES]
     fuzz = Fuzzer(seed=20_11, pool=value_pool())
     nc = await nats.connect(nats_url, max_reconnect_attempts=2)
