@@ -8,17 +8,56 @@ from dataclasses import dataclass, field
 
 from faststream.nats import JStream, NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
-from nats.js.api import StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.api import KeyValueConfig, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry.sdk.trace import TracerProvider
 
 from contracts.envelope import Envelope
-from contracts.subjects import STREAMS, stream_for
+from contracts.hardware import HOSTS_BUCKET
+from contracts.subjects import COMMANDS_STREAM, DLQ_STREAM, EVENTS_STREAM, STREAMS, stream_for
+from services.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
 #: Deduplication window: a redelivered publish with the same Nats-Msg-Id within it is dropped by the server.
 DUPLICATE_WINDOW_S = 120.0
+
+#: The KV bucket of download leases (services/provisioner/flights.py): one key per host x model being downloaded.
+FLIGHTS_BUCKET = "flights"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What JetStream keeps of one stream or bucket; -1 is no limit."""
+
+    max_age_s: float
+    max_bytes: int
+    max_msgs_per_subject: int = -1
+
+
+@dataclass(frozen=True)
+class Retention:
+    """The limits of every stream and KV bucket; `ensure_streams` applies them (docs/foundation.md "Retention")."""
+
+    streams: dict[str, Limits]
+    #: bucket -> (limits, history a new bucket gets)
+    buckets: dict[str, tuple[Limits, int]]
+
+    @classmethod
+    def from_settings(cls, s: RuntimeSettings) -> Retention:
+        return cls(
+            streams={
+                EVENTS_STREAM: Limits(
+                    s.retention_events_max_age_s, s.retention_events_max_bytes, s.retention_events_max_msgs_per_subject
+                ),
+                COMMANDS_STREAM: Limits(s.retention_commands_max_age_s, s.retention_commands_max_bytes),
+                DLQ_STREAM: Limits(s.retention_dlq_max_age_s, s.retention_dlq_max_bytes),
+            },
+            buckets={
+                HOSTS_BUCKET: (Limits(s.retention_hosts_max_age_s, s.retention_hosts_max_bytes), 5),
+                FLIGHTS_BUCKET: (Limits(s.flight_lease_ttl_s, s.retention_flights_max_bytes), 1),
+            },
+        )
 
 
 def jstream(name: str) -> JStream:
@@ -93,15 +132,50 @@ async def stop_broker(broker: NatsBroker) -> None:
         log.debug("broker stop: %s", exc)
 
 
-async def ensure_streams(broker: NatsBroker) -> None:
-    """Declare EVENTS, COMMANDS and DLQ; idempotent, and brings an older config up to date."""
+async def ensure_streams(broker: NatsBroker, retention: Retention | None = None) -> None:
+    """Declare EVENTS, COMMANDS, DLQ and the KV buckets with their limits; idempotent, and brings an older config
+    (one without limits, or with other ones) up to date. Without `retention`, the limits are read from the
+    environment (the shared MODELFLEET_RETENTION_* / MODELFLEET_FLIGHT_* names every service reads alike)."""
+    retention = retention or Retention.from_settings(RuntimeSettings())
     js = broker.connection.jetstream()
     for name, subjects in STREAMS.items():
-        config = StreamConfig(name=name, subjects=list(subjects), duplicate_window=DUPLICATE_WINDOW_S)
+        limits = retention.streams[name]
+        config = StreamConfig(
+            name=name,
+            subjects=list(subjects),
+            duplicate_window=min(DUPLICATE_WINDOW_S, limits.max_age_s),
+            max_age=limits.max_age_s,
+            max_bytes=limits.max_bytes,
+            max_msgs_per_subject=limits.max_msgs_per_subject,
+        )
         try:
             await js.add_stream(config=config)
         except BadRequestError:
             await js.update_stream(config=config)
+    for bucket, (limits, history) in retention.buckets.items():
+        await _ensure_bucket(broker, bucket, limits, history)
+
+
+async def _ensure_bucket(broker: NatsBroker, bucket: str, limits: Limits, history: int) -> None:
+    """Create the bucket with its limits, or set them on the bucket's stream, keeping its history and the rest."""
+    js = broker.connection.jetstream()
+    try:
+        info = await js.stream_info(f"KV_{bucket}")
+    except NotFoundError:
+        try:
+            await js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=history, ttl=limits.max_age_s, max_bytes=limits.max_bytes)
+            )
+            return
+        except BadRequestError:  # another service created it just now: update it below
+            info = await js.stream_info(f"KV_{bucket}")
+    config = info.config
+    if config.max_age == limits.max_age_s and config.max_bytes == limits.max_bytes:
+        return
+    config.max_age = limits.max_age_s
+    config.max_bytes = limits.max_bytes
+    config.duplicate_window = min(config.duplicate_window or DUPLICATE_WINDOW_S, limits.max_age_s)
+    await js.update_stream(config=config)
 
 
 async def publish_event(broker: NatsBroker, message: Envelope, subject: str | None = None) -> None:

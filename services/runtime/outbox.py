@@ -2,13 +2,17 @@
 
 A crash between commit and publish loses nothing (the row stays until published); a crash between
 publish and marking it published re-publishes with the same `Nats-Msg-Id`, which JetStream drops.
+Published rows are pruned after `retention_outbox_published_s`, a bounded batch per statement; unpublished rows
+are never pruned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from faststream.nats import NatsBroker
@@ -19,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts.envelope import Envelope
 from contracts.subjects import stream_for
 from services.runtime.db import Database
+from services.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -41,15 +46,41 @@ def outbox_table(schema: str) -> sa.Table:
     return sa.Table("outbox", sa.MetaData(schema=schema), *outbox_columns())
 
 
-class Outbox:
-    """Add events inside a transaction; `drain()` publishes them after commit."""
+@dataclass(frozen=True)
+class Pruning:
+    """Published rows older than `keep_s` are deleted, at most `batch` per statement, every `interval_s`."""
 
-    def __init__(self, database: Database, broker: NatsBroker, *, poll_s: float = 1.0, batch: int = 100):
+    keep_s: float
+    interval_s: float
+    batch: int
+
+    @classmethod
+    def from_settings(cls, s: RuntimeSettings) -> Pruning:
+        return cls(s.retention_outbox_published_s, s.retention_outbox_prune_interval_s, s.retention_outbox_prune_batch)
+
+
+class Outbox:
+    """Add events inside a transaction; `drain()` publishes them after commit; published rows are pruned.
+
+    Without `pruning`, its settings are read from the environment (the shared MODELFLEET_RETENTION_OUTBOX_* names).
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        broker: NatsBroker,
+        *,
+        poll_s: float = 1.0,
+        batch: int = 100,
+        pruning: Pruning | None = None,
+    ):
         self.table = outbox_table(database.schema)
         self.database = database
         self.broker = broker
         self.poll_s = poll_s
         self.batch = batch
+        self.pruning = pruning or Pruning.from_settings(RuntimeSettings())
+        self.pruned = 0
         self._wake = asyncio.Event()
 
     async def add(self, session: AsyncSession, event: Envelope, subject: str | None = None) -> None:
@@ -96,9 +127,36 @@ class Outbox:
                 )
         return len(rows)
 
+    async def prune_once(self) -> int:
+        """Delete one batch of rows published more than `keep_s` ago (oldest first); returns how many."""
+        t = self.table
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.pruning.keep_s)
+        oldest = (
+            sa.select(t.c.id)
+            .where(t.c.published_at.is_not(None), t.c.published_at < cutoff)
+            .order_by(t.c.id)
+            .limit(self.pruning.batch)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.database.transaction() as session:
+            result = await session.execute(t.delete().where(t.c.id.in_(oldest.scalar_subquery())))
+        deleted = int(getattr(result, "rowcount", 0) or 0)
+        self.pruned += deleted
+        return deleted
+
+    async def prune(self) -> int:
+        """Prune batch after batch until a batch comes back short; returns how many rows were deleted."""
+        total = 0
+        while (n := await self.prune_once()) > 0:
+            total += n
+            if n < self.pruning.batch:
+                break
+        return total
+
     async def run(self) -> None:
-        """Drain for the life of the service; faults are retried on the next wake or poll."""
+        """Drain for the life of the service, and prune every `interval_s`; faults are retried later."""
         await self.database.migrated.wait()
+        next_prune = time.monotonic()
         while True:
             # Cleared before draining, so a wake() that lands while a drain runs is not lost until the next poll.
             self._wake.clear()
@@ -107,6 +165,13 @@ class Outbox:
                     pass
             except Exception as exc:
                 log.warning("outbox drain failed, will retry: %s", exc)
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self.pruning.interval_s
+                try:
+                    if pruned := await self.prune():
+                        log.info("outbox: pruned %d published rows", pruned)
+                except Exception as exc:
+                    log.warning("outbox prune failed, will retry: %s", exc)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
             except TimeoutError:

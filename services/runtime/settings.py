@@ -54,3 +54,62 @@ class RuntimeSettings(BaseSettings):
     delivery_ack_wait_s: float = Field(
         default=30.0, gt=0, validation_alias=AliasChoices("MODELFLEET_DELIVERY_ACK_WAIT_S")
     )
+
+    # Retention (docs/foundation.md "Retention") and the fleet-wide single flight (docs/provisioning.md); shared by
+    # every service, so the names ignore the prefix. A limit of -1 means none.
+    #: EVENTS (`evt.>`): facts older than this are dropped (7 days).
+    retention_events_max_age_s: float = Field(
+        default=7 * 86400.0, gt=0, validation_alias=AliasChoices("MODELFLEET_RETENTION_EVENTS_MAX_AGE_S")
+    )
+    #: EVENTS: the oldest facts are dropped beyond this many bytes (1 GiB).
+    retention_events_max_bytes: int = Field(
+        default=1 << 30, ge=-1, validation_alias=AliasChoices("MODELFLEET_RETENTION_EVENTS_MAX_BYTES")
+    )
+    #: EVENTS: at most this many messages per subject, so the frequent ones (gpu.sampled) cannot crowd the rare out.
+    retention_events_max_msgs_per_subject: int = Field(
+        default=100_000, ge=-1, validation_alias=AliasChoices("MODELFLEET_RETENTION_EVENTS_MAX_MSGS_PER_SUBJECT")
+    )
+    #: COMMANDS (`cmd.>`): commands older than this are dropped, consumed or not (7 days).
+    retention_commands_max_age_s: float = Field(
+        default=7 * 86400.0, gt=0, validation_alias=AliasChoices("MODELFLEET_RETENTION_COMMANDS_MAX_AGE_S")
+    )
+    retention_commands_max_bytes: int = Field(
+        default=256 << 20, ge=-1, validation_alias=AliasChoices("MODELFLEET_RETENTION_COMMANDS_MAX_BYTES")
+    )
+    #: DLQ (`dlq.>`): dead letters are kept longer, for an operator to look at (30 days).
+    retention_dlq_max_age_s: float = Field(
+        default=30 * 86400.0, gt=0, validation_alias=AliasChoices("MODELFLEET_RETENTION_DLQ_MAX_AGE_S")
+    )
+    retention_dlq_max_bytes: int = Field(
+        default=1 << 30, ge=-1, validation_alias=AliasChoices("MODELFLEET_RETENTION_DLQ_MAX_BYTES")
+    )
+    #: KV `hosts`: a host whose probe has not written for this long drops out of the bucket (7 days).
+    retention_hosts_max_age_s: float = Field(
+        default=7 * 86400.0, gt=0, validation_alias=AliasChoices("MODELFLEET_RETENTION_HOSTS_MAX_AGE_S")
+    )
+    retention_hosts_max_bytes: int = Field(
+        default=64 << 20, ge=-1, validation_alias=AliasChoices("MODELFLEET_RETENTION_HOSTS_MAX_BYTES")
+    )
+    #: KV `flights` (download leases; their max age is `flight_lease_ttl_s`).
+    retention_flights_max_bytes: int = Field(
+        default=16 << 20, ge=-1, validation_alias=AliasChoices("MODELFLEET_RETENTION_FLIGHTS_MAX_BYTES")
+    )
+    #: Outbox rows published longer ago than this are deleted (1 day); unpublished rows are never deleted.
+    retention_outbox_published_s: float = Field(
+        default=86400.0, ge=0, validation_alias=AliasChoices("MODELFLEET_RETENTION_OUTBOX_PUBLISHED_S")
+    )
+    #: Seconds between two prunes of the outbox, and the most rows one delete statement removes.
+    retention_outbox_prune_interval_s: float = Field(
+        default=60.0, gt=0, validation_alias=AliasChoices("MODELFLEET_RETENTION_OUTBOX_PRUNE_INTERVAL_S")
+    )
+    retention_outbox_prune_batch: int = Field(
+        default=1000, ge=1, validation_alias=AliasChoices("MODELFLEET_RETENTION_OUTBOX_PRUNE_BATCH")
+    )
+    #: A download lease lapses this many seconds after its holder last renewed it (renewed every third of it).
+    flight_lease_ttl_s: float = Field(
+        default=15.0, ge=1, validation_alias=AliasChoices("MODELFLEET_FLIGHT_LEASE_TTL_S")
+    )
+    #: How often a replica waiting on another's download looks at the lease.
+    flight_lease_poll_s: float = Field(
+        default=0.5, gt=0, validation_alias=AliasChoices("MODELFLEET_FLIGHT_LEASE_POLL_S")
+    )
