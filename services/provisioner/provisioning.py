@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from nats.js.kv import KeyValue
 
 from contracts.model_ref import ModelRef, ModelRefError, parse_model_ref
 from contracts.provisioner import (
@@ -24,7 +28,7 @@ from contracts.provisioner import (
 )
 from services.provisioner import domain
 from services.provisioner.catalog_client import CatalogClient
-from services.provisioner.flights import ResultCache, SingleFlight
+from services.provisioner.flights import FleetLease, ResultCache, SingleFlight, lease_key
 from services.provisioner.hosts import HostDirectory
 from services.provisioner.hub import Cancelled, Downloaded, HubClient, RemoteFile
 from services.provisioner.ollama_backend import OllamaBackend
@@ -32,6 +36,7 @@ from services.provisioner.outcomes import Failure, Target, action, backend_call,
 from services.provisioner.progress import ProgressRelay, Publish
 from services.provisioner.settings import ProvisionerSettings
 from services.provisioner.store import REGISTRY_DIGESTS_STATE, InventoryRow, ProvisionerStore
+from services.runtime.bus import FLIGHTS_BUCKET
 from services.runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,26 @@ class Provisioner:
         self.pulls: SingleFlight[ProvisionActionResult] = SingleFlight()
         self.files: SingleFlight[Downloaded] = SingleFlight()
         self.cache: ResultCache[ProvisionActionResult] = ResultCache()
+        #: Across replicas: one holder per host x model fleet-wide (docs/provisioning.md, "Single flight").
+        self.lease: FleetLease[ProvisionActionResult] = FleetLease(
+            self._flights_bucket,
+            f"{host_id}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            ActionCodec(),
+            ttl_s=settings.flight_lease_ttl_s,
+            poll_s=settings.flight_lease_poll_s,
+        )
+        self._kv: KeyValue | None = None
+
+    async def _flights_bucket(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self.hosts.broker.connection.jetstream().key_value(FLIGHTS_BUCKET)
+        return self._kv
+
+    async def _flight(
+        self, host: str, name: str, work: Callable[[], Awaitable[ProvisionActionResult]]
+    ) -> ProvisionActionResult:
+        """One download of `name` on `host` at a time: in this process (joined), and fleet-wide (the lease)."""
+        return await self.pulls.run((host, name), lambda: self.lease.run(lease_key(host, name), work))
 
     async def handle(self, cmd: ProvisionCommand) -> list[ProvisionActionResult]:
         targets, actions = await self._targets(cmd)
@@ -112,12 +137,23 @@ class Provisioner:
     async def _cached(self, cmd: ProvisionCommand, t: Target, host: str, url: str) -> ProvisionActionResult:
         key = (t.role or t.model, host)
         hit = self.cache.get(key)
-        if hit is not None and not cmd.force and hit.model == t.model:
+        if hit is not None and not cmd.force and hit.model == t.model and await self._still_there(hit, host, url):
             return hit
         result = await self._ensure(cmd, t, host, url)
         if result.action in ("present", "pulled", "imported"):
             self.cache.put(key, result.model_copy(update={"action": "present", "role": t.role}))
         return result.model_copy(update={"role": t.role})
+
+    async def _still_there(self, hit: ProvisionActionResult, host: str, url: str) -> bool:
+        """A cached `present` holds only while the host has the model: its Ollama's tags (an Ollama model), or the
+        inventory (a checkpoint on this host). Anything else, an unreachable Ollama included, is a miss."""
+        try:
+            if url and hit.ollama_name:
+                return await self.backend(url).has(hit.ollama_name)
+            return await self.store.find(host, parse_model_ref(hit.model).canonical) is not None
+        except Exception as exc:
+            log.info("cached result for %s on %s not confirmed (%s); checking again", hit.model, host, exc)
+            return False
 
     async def _ensure(self, cmd: ProvisionCommand, t: Target, host: str, url: str) -> ProvisionActionResult:
         try:
@@ -157,7 +193,7 @@ class Provisioner:
         installed = await backend_call(backend.installed())
         if name in installed:
             if cmd.force and self._skip(t) is None and await self._upstream_newer(name, installed[name].digest):
-                return await self.pulls.run((host, name), lambda: self._pull(cmd, t, ref, host, backend, name))
+                return await self._flight(host, name, lambda: self._pull(cmd, t, ref, host, backend, name))
             if await self.store.find(host, ref.canonical) is None:
                 await self._record(
                     cmd, host, inventory_row(host, ref, name, installed[name].size, None, None), "adopt", None
@@ -165,7 +201,7 @@ class Provisioner:
             return action(t, host, "present", ollama_name=name, size=installed[name].size)
         if (reason := self._skip(t)) is not None:
             return action(t, host, "skipped", reason, ollama_name=name)
-        return await self.pulls.run((host, name), lambda: self._pull(cmd, t, ref, host, backend, name))
+        return await self._flight(host, name, lambda: self._pull(cmd, t, ref, host, backend, name))
 
     async def _upstream_newer(self, name: str, digest: str | None) -> bool:
         """The last update check saw a registry digest for `name` other than the one this host holds."""
@@ -218,9 +254,7 @@ class Provisioner:
         except domain.BadReference as exc:
             raise Failure(str(exc), "hub") from exc
         got = await self._fetch(cmd, host, ref, pinned.commit, files[name])
-        return await self.pulls.run(
-            (host, ref.ollama_name), lambda: self._register(cmd, t, ref, host, backend, got, name)
-        )
+        return await self._flight(host, ref.ollama_name, lambda: self._register(cmd, t, ref, host, backend, got, name))
 
     async def _fetch(
         self, cmd: ProvisionCommand, host: str, ref: ModelRef, commit: str, file: RemoteFile
@@ -351,6 +385,24 @@ class Provisioner:
             )
             await self.outbox.add(session, event)
         self.outbox.wake()
+
+
+class ActionCodec:
+    """A flight's outcome in the lease: the action result, or the `Failure` (reason, channel, status) it raised."""
+
+    def dump(self, result: ProvisionActionResult) -> dict[str, Any]:
+        return result.model_dump(mode="json")
+
+    def load(self, doc: dict[str, Any]) -> ProvisionActionResult:
+        return ProvisionActionResult.model_validate(doc)
+
+    def dump_failure(self, exc: BaseException) -> dict[str, Any] | None:
+        if not isinstance(exc, Failure):
+            return None
+        return {"reason": str(exc), "channel": exc.channel, "status": exc.status}
+
+    def load_failure(self, doc: dict[str, Any]) -> BaseException:
+        return Failure(str(doc.get("reason", "")), doc.get("channel"), doc.get("status"))
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
