@@ -12,6 +12,7 @@ import pytest
 
 from contracts.hardware import HOSTS_BUCKET, GpuSampled
 from services.runtime.embedded import EmbeddedNats, free_port
+from tests.harness.no_gpu import no_gpu_env
 from tests.harness.processes import ServiceProcess
 
 pytestmark = pytest.mark.chaos
@@ -47,7 +48,7 @@ async def test_probe_survives_a_nats_restart(tmp_path: Path) -> None:
     env = {
         "MODELFLEET_NATS_URL": server.url, "MODELFLEET_STATE_DIR": str(tmp_path / "state"),
         "MODELFLEET_HOST_ID": "chaos-host", "MODELFLEET_PROBE_INTERVAL_S": "0.2", "MODELFLEET_RETRY_MAX_S": "0.5",
-        "MODELFLEET_OLLAMA_URL": "http://127.0.0.1:1",
+        "MODELFLEET_OLLAMA_URL": "http://127.0.0.1:1", **no_gpu_env(),
     }  # fmt: skip
     proc = ServiceProcess("hardware-probe", env, tmp_path / "probe.log").start()
     try:

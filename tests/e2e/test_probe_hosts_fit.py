@@ -21,6 +21,8 @@ from contracts.vram import GIB, MEMORY_TIERS, EstimateSettings, QuantOption, bes
 from services.cli.main import app as cli
 from services.runtime.gguf_io import read_file_header
 from tests.harness.gguf_builder import write_tiny_llama
+from tests.harness.no_gpu import no_gpu_env
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +65,7 @@ def file_server(tiny: Path) -> Iterator[str]:
 async def fleet(
     service_env: Callable[..., dict[str, str]], start_service: Callable[..., Any], start_gateway: Callable[..., Any]
 ) -> AsyncIterator[httpx.AsyncClient]:
-    probe = dict(MODELFLEET_PROBE_INTERVAL_S="0.25", MODELFLEET_OLLAMA_URL="http://127.0.0.1:1")
+    probe = dict(MODELFLEET_PROBE_INTERVAL_S="0.25", MODELFLEET_OLLAMA_URL="http://127.0.0.1:1", **no_gpu_env())
     await start_service("hardware-probe", service_env(**probe))
     await start_service("hardware-probe", service_env(MODELFLEET_HOST_ID="second-host", **probe))
     url = await start_gateway(service_env(MODELFLEET_ADMIN_TOKEN=ADMIN))
@@ -90,8 +92,14 @@ async def test_hosts_and_fit_need_a_token(fleet: httpx.AsyncClient) -> None:
 
 
 async def test_hosts_list_and_detail_with_history(fleet: httpx.AsyncClient) -> None:
-    hosts = {h["host_id"]: h for h in (await fleet.get("/api/v1/hosts")).json()["hosts"]}
-    me = hosts["test-host"]
+    async def my_host() -> dict[str, Any] | None:
+        # One listing can miss a host that the previous one showed (the KV key listing is a fresh watcher per
+        # request): wait until this host is listed rather than read it once.
+        hosts = {h["host_id"]: h for h in (await fleet.get("/api/v1/hosts")).json()["hosts"]}
+        got: dict[str, Any] | None = hosts.get("test-host")
+        return got
+
+    me = await eventually(my_host, 10, "test-host in GET /api/v1/hosts")
     assert me["stale"] is False and me["age_s"] < 5
     assert me["sample"]["has_gpu"] is False and "NVML" in me["sample"]["no_gpu_reason"]
     assert me["sample"]["ollama_reachable"] is False
@@ -183,7 +191,7 @@ async def test_fit_of_a_catalog_model_picks_the_best_quant_per_host(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await start_service("catalog", service_env(database_url=database_url))
-    await start_service("hardware-probe", service_env(MODELFLEET_PROBE_INTERVAL_S="0.25"))
+    await start_service("hardware-probe", service_env(MODELFLEET_PROBE_INTERVAL_S="0.25", **no_gpu_env()))
     url = await start_gateway(service_env(MODELFLEET_ADMIN_TOKEN=ADMIN))
     async with httpx.AsyncClient(base_url=url, timeout=10, headers={"Authorization": f"Bearer {ADMIN}"}) as client:
         deadline = time.monotonic() + 20

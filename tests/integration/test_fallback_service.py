@@ -78,6 +78,7 @@ class Fallback:
         base = {
             "nats_url": self.nats_url, "state_dir": self.tmp_path / "state", "host_id": "fb-host",
             "advertise_interval_s": 0.3, "expiry_check_s": 0.1, "ollama_models": self.tmp_path / "ollama",
+            "allow_cuda": False,  # the tests expect the torch_cpu path, on a GPU host too
         }  # fmt: skip
         self.service = build_app(InferenceFallbackSettings(**{**base, **settings}))
         await self.service.start()

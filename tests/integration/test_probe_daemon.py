@@ -32,6 +32,7 @@ from services.hardware_probe.settings import HardwareProbeSettings
 from services.hardware_probe.torch_stats import TorchStats
 from services.runtime.embedded import free_port
 from services.runtime.nvml import NvmlReader
+from tests.harness.no_gpu import no_gpu_env
 from tests.harness.nvml_stand_in import GIB, stand_in, two_gpus
 from tests.harness.processes import ROOT
 from tests.harness.waiting import eventually
@@ -99,7 +100,7 @@ async def test_daemon_publishes_samples_heartbeats_and_kv_without_a_gpu(
     service_env: Callable[..., dict[str, str]], start_service: Callable[..., Any], nats_url: str
 ) -> None:
     with ollama_peer_process() as ollama_url:
-        env = service_env(MODELFLEET_PROBE_INTERVAL_S="0.3", MODELFLEET_OLLAMA_URL=ollama_url)
+        env = service_env(MODELFLEET_PROBE_INTERVAL_S="0.3", MODELFLEET_OLLAMA_URL=ollama_url, **no_gpu_env())
         await start_service("hardware-probe", env)
         nc = await nats.connect(nats_url)
         try:
@@ -139,7 +140,7 @@ async def test_daemon_outlives_its_ollama(
     try:
         js = nc.jetstream()
         with ollama_peer_process() as ollama_url:
-            env = service_env(MODELFLEET_PROBE_INTERVAL_S="0.3", MODELFLEET_OLLAMA_URL=ollama_url)
+            env = service_env(MODELFLEET_PROBE_INTERVAL_S="0.3", MODELFLEET_OLLAMA_URL=ollama_url, **no_gpu_env())
             probe = await start_service("hardware-probe", env)
 
             async def reachable() -> bool:
@@ -168,7 +169,7 @@ async def _at_least(fetch: Awaitable[list[Any]], n: int) -> list[Any] | None:
 async def test_host_id_is_stable_across_restarts(
     service_env: Callable[..., dict[str, str]], start_service: Callable[..., Any], nats_url: str
 ) -> None:
-    env = service_env(MODELFLEET_PROBE_INTERVAL_S="0.3", MODELFLEET_OLLAMA_URL="http://127.0.0.1:1")
+    env = service_env(MODELFLEET_PROBE_INTERVAL_S="0.3", MODELFLEET_OLLAMA_URL="http://127.0.0.1:1", **no_gpu_env())
     env["MODELFLEET_HOST_ID"] = ""  # not configured: minted once, kept in the state dir
     nc = await nats.connect(nats_url)
     try:

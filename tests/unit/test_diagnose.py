@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from services.cli.diagnose import GIB, DeviceMemory, Thresholds, assess, report
 from services.cli.main import app as cli
 from services.runtime.nvml import NvmlReader
+from tests.harness.no_gpu import no_nvml
 from tests.harness.nvml_stand_in import FakeGpu, stand_in, two_gpus
 from tests.harness.processes import ROOT
 
@@ -68,8 +69,11 @@ def test_no_cuda_skips_gpu_inspection() -> None:
     assert fake.state["inits"] == 0
 
 
-def test_the_real_command_on_this_machine() -> None:
-    """No GPU here: versions and locations, no devices, the reason, risk ok, exit 0; the script alias agrees."""
+def test_the_real_command_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: versions and locations, no devices, the reason, risk ok, exit 0; the script alias agrees.
+
+    NVML is the driver-less stand-in, so that a GPU host gives the same answer."""
+    monkeypatch.setitem(sys.modules, "pynvml", no_nvml())
     result = CliRunner().invoke(cli, ["diagnose", "--min-free-gib", "1", "--min-free-ratio", "0.05"])
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
