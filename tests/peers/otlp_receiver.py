@@ -26,6 +26,7 @@ class ReceivedSpan:
 class OtlpReceiver:
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
+        self.bodies: list[bytes] = []  # every export as received (decompressed), to search for leaked text
         self._lock = threading.Lock()
         receiver = self
 
@@ -38,6 +39,8 @@ class OtlpReceiver:
                     self.send_response(404)
                     self.end_headers()
                     return
+                with receiver._lock:
+                    receiver.bodies.append(body)
                 receiver._accept(ExportTraceServiceRequest.FromString(body))
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
