@@ -7,7 +7,10 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.provisioner import ProvisionCommand
 from contracts.router import BackendBusy, BackendCallCompleted
@@ -25,7 +28,12 @@ from services.gateway.backends import Backend, FallbackBackend, OllamaBackend, O
 from services.gateway.bus_client import BusClient
 from services.gateway.call_reports import CallReporter
 from services.gateway.dataplane import DataPlane
-from services.gateway.errors import rpc_error_response
+from services.gateway.errors import (
+    contract_error_response,
+    http_error_response,
+    rpc_error_response,
+    validation_error_response,
+)
 from services.gateway.settings import GatewaySettings
 from services.runtime.bus import BusState, build_broker
 from services.runtime.rpc import Rpc
@@ -84,6 +92,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.state.plane = plane
     # A service's typed error (or the seam's 503/504) answers with its own status: no route maps errors by hand.
     app.add_exception_handler(RpcError, rpc_error_response)
+    app.add_exception_handler(RequestValidationError, validation_error_response)
+    app.add_exception_handler(StarletteHTTPException, http_error_response)
+    app.add_exception_handler(ValidationError, contract_error_response)
     app.include_router(handlers.router)
     app.include_router(hosts_routes.router)
     app.include_router(catalog_routes.router)

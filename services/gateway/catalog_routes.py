@@ -69,7 +69,10 @@ class TokenBody(BaseModel):
 
 
 @router.get("/api/v1/models", response_model=OverviewReply)
-async def models_overview(request: Request, user_id: str | None = None, who: Caller = Depends(admin)) -> OverviewReply:
+async def models_overview(
+    request: Request, user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    who: Caller = Depends(admin),
+) -> OverviewReply:  # fmt: skip
     """Admin: the active profile set with every role resolved (for `user_id`'s overrides if given), and all sets."""
     return await bus_of(request).ask(OverviewRequest(caller=who, user_id=user_id))
 
@@ -82,7 +85,10 @@ async def set_default(request: Request, body: DefaultModelBody, who: Caller = De
 
 @router.get("/api/v1/profiles", response_model=ProfileListReply)
 async def list_profiles(
-    request: Request, type: str | None = None, owner_id: str | None = None, who: Caller = Depends(caller)
+    request: Request,
+    type: Annotated[str | None, Query(min_length=1, max_length=64, description="A profile type name or number")] = None,
+    owner_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    who: Caller = Depends(caller),
 ) -> ProfileListReply:
     """System profiles and the caller's own (an admin sees all; `owner_id=system` for system ones only)."""
     return await bus_of(request).ask(ProfileListRequest(caller=who, type=type, owner_id=owner_id))
@@ -115,12 +121,14 @@ async def delete_profile(request: Request, profile_id: uuid.UUID, who: Caller = 
 @router.get("/api/v1/catalog/models", response_model=CatalogModelsReply)
 async def catalog_models(
     request: Request,
-    capability: str | None = Query(None, examples=["embedding"]),
-    category: str | None = Query(None, examples=["balanced"]),
-    tag: str | None = None,
-    family: str | None = None,
-    max_size_gb: float | None = Query(None, ge=0, description="Smallest download at most this many GB (10^9 bytes)."),
-    max_size_bytes: int | None = Query(None, ge=0),
+    capability: str | None = Query(None, min_length=1, max_length=64, examples=["embedding"]),
+    category: str | None = Query(None, min_length=1, max_length=64, examples=["balanced"]),
+    tag: str | None = Query(None, min_length=1, max_length=64),
+    family: str | None = Query(None, min_length=1, max_length=64),
+    max_size_gb: float | None = Query(
+        None, ge=0, le=1e9, description="Smallest download at most this many GB (10^9 bytes)."
+    ),
+    max_size_bytes: int | None = Query(None, ge=0, le=2**63 - 1),
     who: Caller = Depends(caller),
 ) -> CatalogModelsReply:
     """The model library, filtered; every filter given must hold."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.rpc import RpcError
 
@@ -27,11 +30,15 @@ class ErrorResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
+        400: "The body is not valid JSON",
         401: "No valid bearer token (with `WWW-Authenticate: Bearer`); `detail` says unknown, revoked or expired",
         403: "The token may not do this",
         404: "Not found; `field` names the part of the request",
         409: "Conflicts with the current state",
+        413: "The body is larger than the route takes",
         422: "Invalid request; `field` names the first field at fault",
+        429: "Every backend is at its concurrency limit (`code`: `rate_limited`)",
+        502: "An upstream the service asked (the hub, a host's Ollama) failed (`code`: `upstream_failed`)",
         503: "NATS or the service is unavailable (`code`: `bus_unavailable`, `no_responders`, `unavailable`)",
         504: "The service did not answer in time (`code`: `timeout`)",
     }.items()
@@ -45,3 +52,49 @@ async def rpc_error_response(request: Request, exc: Exception) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None  # RFC 6750: a 401 names its scheme
     error = ErrorResponse(detail=body.detail, code=body.code, field=body.field)
     return JSONResponse(error.model_dump(mode="json"), status_code=body.status, headers=headers)
+
+
+async def validation_error_response(request: Request, exc: Exception) -> JSONResponse:
+    """The control plane's 422 for a request FastAPI refused by its shape: `detail` lists every error, `field` names
+    the first (`query.host`, `body.timeout_s`), `code` is `invalid_request`."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()
+    ]
+    field = ".".join(str(p) for p in errors[0]["loc"]) if errors and errors[0]["loc"] else None
+    error = ErrorResponse(detail=errors, code="invalid_request", field=field)
+    return JSONResponse(error.model_dump(mode="json"), status_code=422)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the app's OpenAPI document gives this request's path (for the `Allow` header of a 405)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, request.url.path):
+            methods |= {m.upper() for m in operations if m.isalpha()}
+    return sorted(methods) or ["GET"]
+
+
+async def http_error_response(request: Request, exc: Exception) -> Response:
+    """Starlette's HTTP errors as `{"detail"}`; a 405 lists in `Allow` every method the path serves (not only those
+    of the first route that matched it)."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=headers)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers or None)
+
+
+async def contract_error_response(request: Request, exc: Exception) -> JSONResponse:
+    """A request the route's model let through but the bus contract refuses (a stricter pattern, a bound): 422
+    naming the field, never a 500."""
+    assert isinstance(exc, ValidationError)
+    errors = exc.errors()
+    field = ".".join(str(p) for p in errors[0]["loc"]) or None if errors else None
+    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+    return JSONResponse(ErrorResponse(detail=detail, code="invalid_request", field=field).model_dump(mode="json"),
+                        status_code=422)  # fmt: skip

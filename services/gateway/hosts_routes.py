@@ -29,6 +29,7 @@ from contracts.vram import (
 from services.gateway.auth import caller
 from services.gateway.bus_client import BusClient, bus_of
 from services.gateway.errors import ERROR_RESPONSES
+from services.gateway.subscriptions import dead_letter
 from services.runtime.egress import EgressDenied
 from services.runtime.gguf_io import read_url_header
 
@@ -62,7 +63,7 @@ class FitBody(BaseModel):
     model: str = Field(min_length=1, max_length=1024)
     shape: ModelShape
     settings: EstimateSettings = Field(default_factory=EstimateSettings)
-    host: str | None = None
+    host: str | None = Field(default=None, min_length=1, max_length=253)
 
 
 def _bus(request: Request) -> BusClient:
@@ -133,7 +134,8 @@ async def history(bus: BusClient, host_id: str, latest: GpuSampled, last: int) -
             for msg in msgs:
                 try:
                     sample = GpuSampled.model_validate_json(msg.data)
-                except ValidationError:
+                except ValidationError as exc:  # skipped, logged, dead-lettered: the history goes on
+                    await dead_letter(bus, msg, exc, "gateway/host-history")
                     continue
                 if sample.host_id == host_id:
                     found.append(sample)
@@ -214,14 +216,16 @@ async def _catalog_sizes(bus: BusClient, model: str) -> tuple[list[tuple[str, in
 @router.get("/api/v1/fit", response_model=FitReport, tags=["hosts"])
 async def fit_get(
     request: Request,
-    model: Annotated[str | None, Query(max_length=1024, description="a catalog model name")] = None,
-    quant: Annotated[str | None, Query(max_length=32)] = None,
+    model: Annotated[str | None, Query(min_length=1, max_length=1024, description="a catalog model name")] = None,
+    quant: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
     num_ctx: Annotated[int, Query(ge=1, le=10_000_000)] = 2048,
     parallel: Annotated[int, Query(ge=1, le=256)] = 1,
     cache_type: Annotated[str, Query(pattern=r"^(f32|f16|bf16|q8_0|q4_0)$")] = "f16",
-    host: Annotated[str | None, Query(max_length=253)] = None,
+    host: Annotated[str | None, Query(min_length=1, max_length=253)] = None,
     size_bytes: Annotated[int | None, Query(ge=0, description="a file size: the simple form")] = None,
-    gguf_url: Annotated[str | None, Query(max_length=4096, description="a GGUF over HTTP (Range reads)")] = None,
+    gguf_url: Annotated[
+        str | None, Query(min_length=1, max_length=4096, description="a GGUF over HTTP (Range reads)")
+    ] = None,
 ) -> FitReport:
     """What a model needs (weights, KV cache, compute, overhead) and how it fits each host (or `host`).
 

@@ -25,11 +25,13 @@ from services.gateway.dataplane import DataPlane, NoBackendAnswered, Opened, Ser
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": wire.OpenAIError, "description": description}
     for status, description in {
+        400: "The body is not valid JSON, or the backend refused the request (`code` `backend_refused`, its status)",
         401: "No valid bearer token (`authentication_error`)",
         404: "Unknown role or profile (`code` `not_found`, `param` names the field)",
         422: "Invalid request (`param` names the first field at fault)",
         429: "Every backend of the chain is at its concurrency limit or answered 429 (`code` `rate_limited`, "
         "`Retry-After` set)",
+        502: "The backend failed (`code` `upstream_failed`)",
         503: "No backend serves the role, or every backend of the chain failed (`code` `no_backend`, naming the role)",
         504: "The router or catalog did not answer in time (`code` `timeout`)",
     }.items()
@@ -73,6 +75,9 @@ class OpenAIRoute(APIRoute):
 
         return openai_handler
 
+
+#: The /v1/ paths this gateway serves, and their method (the `Allow` of a 405).
+SERVED = {"chat/completions": "POST", "models": "GET", "embeddings": "POST"}
 
 router = APIRouter(route_class=OpenAIRoute, tags=["openai"], responses=ERRORS)
 
@@ -171,7 +176,11 @@ async def embeddings(request: Request, body: wire.EmbeddingsRequest, who: Caller
 
 
 @router.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
-async def unknown(path: str) -> JSONResponse:
-    """Anything else under /v1/ is an OpenAI-shaped 404, not FastAPI's `{"detail": ...}`."""
+async def unknown(path: str, request: Request) -> JSONResponse:
+    """Anything else under /v1/ is an OpenAI-shaped 404 (405 with `Allow` for a served path asked with another
+    method), not FastAPI's `{"detail": ...}`."""
+    if (allowed := SERVED.get(path.strip("/"))) is not None:
+        return openai_error(405, f"{request.method} /v1/{path}: this path takes {allowed}", "method_not_allowed",
+                            headers={"Allow": allowed})  # fmt: skip
     return openai_error(404, f"no route /v1/{path} (this gateway serves chat/completions, models, embeddings)",
                         "unknown_url")  # fmt: skip

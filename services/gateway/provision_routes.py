@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from nats.js.api import ConsumerConfig, DeliverPolicy
-from pydantic import BaseModel, Field
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import BaseModel, Field, StrictBool, ValidationError
 
 from contracts.catalog import Caller
 from contracts.provisioner import (
@@ -30,33 +31,49 @@ from contracts.provisioner import (
     QuantizationsRequest,
     pinned_hf_ref,
 )
-from contracts.subjects import EVENTS_STREAM
+from contracts.rpc import RpcError
+from contracts.subjects import COMMANDS_STREAM, EVENTS_STREAM
 from services.gateway.auth import admin, caller
-from services.gateway.bus_client import bus_of
+from services.gateway.bus_client import BusClient, bus_of
 from services.gateway.errors import ERROR_RESPONSES
+from services.gateway.subscriptions import dead_letter
 
 router = APIRouter(tags=["provisioning"], responses=ERROR_RESPONSES)
+log = logging.getLogger(__name__)
+
+#: The shortest wait a request may ask for (a shorter one could only ever answer "not finished").
+MIN_WAIT_S = 1.0
+#: How long `GET /api/v1/hf/quantizations` waits for the provisioner (which asks the hub, bounded by its own
+#: timeouts and retries): a hub that does not answer is a 504 naming it, not a minute of silence.
+HF_ASK_TIMEOUT_S = 30.0
+#: A host id or model name given as a query parameter.
+HostQuery = Annotated[str | None, Query(min_length=1, max_length=253, description="One host id")]
+#: An ISO 8601 instant with a UTC offset (a bare number is not one).
+ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$"
 
 
 class ProvisionBody(BaseModel):
     roles: list[str] = Field(default_factory=list, max_length=256, description="Default: every role of the active set.")
     models: list[str] = Field(default_factory=list, max_length=256, description="Explicit model references.")
     hosts: list[str] = Field(default_factory=list, max_length=1024, description="Default: every reachable host.")
-    force: bool = False
-    wait: bool = Field(default=False, description="Answer with the per-role actions instead of 202.")
-    allow_unpinned: bool = False
-    timeout_s: float = Field(default=600.0, gt=0, le=3600, description="With wait: how long to wait for the actions.")
+    force: StrictBool = False
+    wait: StrictBool = Field(default=False, description="Answer with the per-role actions instead of 202.")
+    allow_unpinned: StrictBool = False
+    timeout_s: float = Field(
+        default=600.0, ge=MIN_WAIT_S, le=3600,
+        description="With wait: how long to wait for the actions; not finished by then: 202 with where to follow it.",
+    )  # fmt: skip
 
 
 class ImportBody(BaseModel):
     repo: str = Field(min_length=3, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
     quant: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")
     revision: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
-    host: str | None = None
-    allow_unpinned: bool = False
-    force: bool = False
-    wait: bool = True
-    timeout_s: float = Field(default=3600.0, gt=0, le=86400)
+    host: str | None = Field(default=None, min_length=1, max_length=253)
+    allow_unpinned: StrictBool = False
+    force: StrictBool = False
+    wait: StrictBool = True
+    timeout_s: float = Field(default=3600.0, ge=MIN_WAIT_S, le=86400)
 
 
 class Accepted(BaseModel):
@@ -88,7 +105,11 @@ async def submit(request: Request, cmd: ProvisionCommand, wait: bool, timeout_s:
     got: asyncio.Future[ProvisionCompleted] = asyncio.get_running_loop().create_future()
 
     async def on_event(msg: Any) -> None:
-        event = ProvisionCompleted.model_validate_json(msg.data)
+        try:
+            event = ProvisionCompleted.model_validate_json(msg.data)
+        except ValidationError as exc:  # skipped, logged, dead-lettered: the wait goes on
+            await dead_letter(bus, msg, exc, "gateway/provision-wait")
+            return
         if event.request_id == cmd.request_id and not got.done():
             got.set_result(event)
 
@@ -96,8 +117,9 @@ async def submit(request: Request, cmd: ProvisionCommand, wait: bool, timeout_s:
     try:
         await bus.publish(cmd)
         done = await asyncio.wait_for(got, timeout_s)
-    except TimeoutError as exc:
-        raise HTTPException(504, f"request {cmd.request_id} not finished after {timeout_s}s; follow {base}") from exc
+    except TimeoutError:  # still running: where to follow it, as without `wait`
+        accepted = Accepted(request_id=cmd.request_id, progress_url=f"{base}/events?since={since}", result_url=base)
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
     finally:
         await sub.unsubscribe()
     body = Actions(request_id=cmd.request_id, done=True, actions=done.actions)
@@ -131,12 +153,18 @@ async def provision_result(request_id: uuid.UUID, request: Request, _: Caller = 
 
 @router.get("/api/v1/models/provision/{request_id}/events", response_class=StreamingResponse)
 async def provision_events(
-    request_id: uuid.UUID, request: Request, since: datetime | None = Query(None), _: Caller = Depends(caller)
-) -> StreamingResponse:
-    """Server-sent events of one request (progress, model.pulled, failed), ending with `completed`."""
+    request_id: uuid.UUID, request: Request,
+    since: Annotated[str | None, Query(pattern=ISO_INSTANT, max_length=40, examples=["2026-01-01T00:00:00Z"],
+                                       description="ISO 8601 instant with offset: events from then on")] = None,
+    _: Caller = Depends(caller),
+) -> StreamingResponse:  # fmt: skip
+    """Server-sent events of one request (progress, model.pulled, failed), ending with `completed`; 404 for a
+    request id the fleet has no command, result or event of."""
     bus = bus_of(request)
     bus.require()
-    start = since or datetime.now(UTC) - timedelta(minutes=10)
+    start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else datetime.now(UTC) - timedelta(minutes=10)
+    if not await request_known(bus, request_id, start):
+        raise HTTPException(404, f"request_id: no provisioning request {request_id} (no command since {start})")
     js = bus.broker.connection.jetstream()
     sub = await js.subscribe(
         "evt.provisioner.>", stream=EVENTS_STREAM, ordered_consumer=True,
@@ -151,7 +179,13 @@ async def provision_events(
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                data = json.loads(msg.data)
+                try:
+                    data = json.loads(msg.data)
+                    if not isinstance(data, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as exc:  # skipped, logged, dead-lettered: the stream goes on
+                    await dead_letter(bus, msg, exc, "gateway/provision-events")
+                    continue
                 if data.get("request_id") != str(request_id):
                     continue
                 kind = msg.subject.split(".")[2]
@@ -165,14 +199,42 @@ async def provision_events(
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
+async def request_known(bus: BusClient, request_id: uuid.UUID, start: datetime) -> bool:
+    """Whether the fleet knows this provisioning request: its stored result, or its command in COMMANDS since
+    `start` (a command just published has no row yet). Bounded: at most 20 batches of 256 commands are read."""
+    reply = await bus.ask(ProvisionResultRequest(request_id=request_id))
+    if reply.done or reply.actions:
+        return True
+    js = bus.broker.connection.jetstream()
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start - timedelta(seconds=5),
+        ack_policy=AckPolicy.NONE, inactive_threshold=10.0, max_ack_pending=-1,
+    )  # fmt: skip
+    sub = await js.pull_subscribe("cmd.provisioner.>", stream=COMMANDS_STREAM, config=config)
+    wanted = str(request_id).encode()
+    try:
+        for _ in range(20):
+            try:
+                msgs = await sub.fetch(256, timeout=0.5)
+            except TimeoutError:
+                return False
+            if any(wanted in m.data for m in msgs):
+                return True
+            if msgs and msgs[-1].metadata.num_pending == 0:
+                return False
+    finally:
+        await sub.unsubscribe()
+    return False
+
+
 @router.get("/api/v1/inventory", response_model=InventoryReply)
-async def inventory(request: Request, host: str | None = None, _: Caller = Depends(caller)) -> InventoryReply:
+async def inventory(request: Request, host: HostQuery = None, _: Caller = Depends(caller)) -> InventoryReply:
     """Installed models per host, as the provisioner's inventory records them."""
     return await bus_of(request).ask(InventoryRequest(host=host))
 
 
 @router.post("/api/v1/inventory/sync", response_model=InventorySyncReply)
-async def inventory_sync(request: Request, host: str | None = None, who: Caller = Depends(admin)) -> InventorySyncReply:
+async def inventory_sync(request: Request, host: HostQuery = None, who: Caller = Depends(admin)) -> InventorySyncReply:
     """Adopt what hosts already have: Ollama's model list and model files under the models directory."""
     return await bus_of(request).ask(InventorySyncRequest(host=host, requested_by=who.user_id), timeout_s=120.0)
 
@@ -188,7 +250,8 @@ async def inventory_delete(
 
 @router.get("/api/v1/hf/quantizations", response_model=QuantizationsReply)
 async def hf_quantizations(
-    request: Request, repo: str = Query(min_length=3, max_length=200), revision: str = "main",
+    request: Request, repo: str = Query(min_length=3, max_length=200),
+    revision: str = Query("main", min_length=1, max_length=128),
     context_tokens: int = Query(4096, ge=0, le=10_000_000), _: Caller = Depends(caller),
 ) -> QuantizationsReply:  # fmt: skip
     """A repo's GGUF files as quantizations, with size, sha256, estimated VRAM and the fit class per host."""
@@ -196,7 +259,13 @@ async def hf_quantizations(
         body = QuantizationsRequest(repo_id=repo, revision=revision, context_tokens=context_tokens)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
-    return await bus_of(request).ask(body, timeout_s=60.0)
+    try:
+        return await bus_of(request).ask(body, timeout_s=HF_ASK_TIMEOUT_S)
+    except RpcError as exc:
+        if exc.code != "timeout":
+            raise
+        detail = f"the provisioner did not answer in {HF_ASK_TIMEOUT_S:g}s: the Hugging Face hub it asks may be "
+        raise RpcError(504, detail + f"unreachable ({exc.detail})", code="timeout", field="repo") from exc
 
 
 @router.post(

@@ -20,12 +20,12 @@ router = APIRouter(tags=["router"], responses=ERROR_RESPONSES)
 class RouteBody(BaseModel):
     """Exactly one of role, profile_id, model; `user` defaults to the caller (another user's needs the admin)."""
 
-    role: str | None = Field(default=None, max_length=256, examples=["coding"])
+    role: str | None = Field(default=None, min_length=1, max_length=256, examples=["coding"])
     profile_id: uuid.UUID | None = None
-    model: str | None = Field(default=None, max_length=256)
-    user: str | None = Field(default=None, max_length=256)
-    prompt_tokens: int | None = Field(default=None, ge=0)
-    required_context: int | None = Field(default=None, ge=1)
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    user: str | None = Field(default=None, min_length=1, max_length=128)
+    prompt_tokens: int | None = Field(default=None, ge=0, le=100_000_000)
+    required_context: int | None = Field(default=None, ge=1, le=100_000_000)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
