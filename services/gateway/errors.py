@@ -86,6 +86,10 @@ async def http_error_response(request: Request, exc: Exception) -> Response:
         headers["Allow"] = ", ".join(allowed_methods(request))
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=headers)
+    if request.url.path.startswith("/v1/"):  # OpenAI's error body under /v1/ (an unparsable body, before the route)
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        body = {"error": {"message": str(exc.detail), "type": kind, "code": None, "param": None}}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers or None)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers or None)
 
 

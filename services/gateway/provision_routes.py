@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from pydantic import BaseModel, Field, StrictBool, ValidationError
+from pydantic import BaseModel, Field, StrictBool, StringConstraints, ValidationError
 
 from contracts.catalog import Caller
 from contracts.provisioner import (
@@ -52,10 +52,19 @@ HostQuery = Annotated[str | None, Query(min_length=1, max_length=253, descriptio
 ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$"
 
 
+#: A role, model reference or host id in a body: never empty.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+#: A Hugging Face repo id as the hub accepts it (huggingface_hub's own check): `owner/name`, each part alphanumeric
+#: with `-`, `_`, `.` inside, at most 96 characters.
+HF_REPO = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$"
+
+
 class ProvisionBody(BaseModel):
-    roles: list[str] = Field(default_factory=list, max_length=256, description="Default: every role of the active set.")
-    models: list[str] = Field(default_factory=list, max_length=256, description="Explicit model references.")
-    hosts: list[str] = Field(default_factory=list, max_length=1024, description="Default: every reachable host.")
+    roles: list[Name] = Field(
+        default_factory=list, max_length=256, description="Default: every role of the active set."
+    )
+    models: list[Name] = Field(default_factory=list, max_length=256, description="Explicit model references.")
+    hosts: list[Name] = Field(default_factory=list, max_length=1024, description="Default: every reachable host.")
     force: StrictBool = False
     wait: StrictBool = Field(default=False, description="Answer with the per-role actions instead of 202.")
     allow_unpinned: StrictBool = False
@@ -250,7 +259,7 @@ async def inventory_delete(
 
 @router.get("/api/v1/hf/quantizations", response_model=QuantizationsReply)
 async def hf_quantizations(
-    request: Request, repo: str = Query(min_length=3, max_length=200),
+    request: Request, repo: str = Query(min_length=3, max_length=193, pattern=HF_REPO),
     revision: str = Query("main", min_length=1, max_length=128),
     context_tokens: int = Query(4096, ge=0, le=10_000_000), _: Caller = Depends(caller),
 ) -> QuantizationsReply:  # fmt: skip

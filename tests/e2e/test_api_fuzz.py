@@ -37,7 +37,8 @@ RUN_TIMEOUT_S = 600.0
 #:   need a backend (`no_backend`: no model of the default roles is installed in this fleet); 502 from the hub
 #:   listing when the hub has no such repo file (`upstream_failed`).
 #: - 422 for a schema-valid request the catalog refuses by its content: profile types it knows, a manifest's
-#:   content, an expiry that is in the past, a model name's syntax, `exactly one of` in /api/v1/fit.
+#:   content, an expiry that is in the past, a model name's syntax, `exactly one of` in /api/v1/fit and
+#:   /api/v1/route.
 CONFIG = """
 [[operations]]
 include-path = ["/api/v1/health", "/api/v1/route", "/v1/chat/completions", "/v1/embeddings"]
@@ -49,7 +50,8 @@ checks.not_a_server_error.expected-statuses = ["2XX", "3XX", "4XX", "502"]
 
 [[operations]]
 include-path = ["/api/v1/profiles", "/api/v1/profiles/{profile_id}", "/api/v1/users/{user_id}/profile-config",
-                "/api/v1/users/{user_id}/tokens", "/api/v1/catalog/import", "/api/v1/models/default", "/api/v1/fit"]
+                "/api/v1/users/{user_id}/tokens", "/api/v1/catalog/import", "/api/v1/models/default", "/api/v1/fit",
+                "/api/v1/route", "/v1/chat/completions", "/v1/embeddings"]
 checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", "401", "403", "404", "409", "422"]
 """
 
