@@ -83,6 +83,10 @@ async def test_nats_restarted_under_provisioning_and_request_load_loses_and_dupl
 
             server.stop()  # mid-flow: pulls running, commands queued, health asks in flight
             server.start()
+            answered_before = tally["answered"]
+
+            async def answered_again() -> bool:
+                return tally["answered"] > answered_before
 
             wanted = {str(c.request_id) for c in commands}
 
@@ -91,7 +95,7 @@ async def test_nats_restarted_under_provisioning_and_request_load_loses_and_dupl
                 return seen if wanted <= set(seen) else None
 
             seen = await eventually(all_completed, 120, "every command completed after the restart")
-            await eventually(lambda: _answered_again(tally), 30, "health answered again after the restart")
+            await eventually(answered_again, 30, "health answered again after the restart")
             assert {rid: seen[rid] for rid in wanted} == dict.fromkeys(wanted, 1)  # 0 lost, 0 duplicated
             assert set(MODELS) <= set(peer.installed)
     finally:
@@ -101,12 +105,6 @@ async def test_nats_restarted_under_provisioning_and_request_load_loses_and_dupl
         await bus.close()
         server.stop()
     assert tally["answered"] > 0
-
-
-async def _answered_again(tally: Counter[str]) -> bool:
-    before = tally["answered"]
-    await asyncio.sleep(0.2)
-    return tally["answered"] > before
 
 
 async def test_postgres_restarted_mid_provision_completes_once(
