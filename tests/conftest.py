@@ -19,6 +19,9 @@ TIERS = ("unit", "integration", "e2e", "chaos")
 #: A test of the policy itself passes its own `MODELFLEET_EGRESS_ALLOW` (`""` for none) to `service_env`.
 TEST_EGRESS_ALLOW = "127.0.0.0/8,::1"
 os.environ.setdefault("MODELFLEET_EGRESS_ALLOW", TEST_EGRESS_ALLOW)
+#: Service processes serve no `/metrics` unless a test asks for one on a free port: the documented default ports
+#: (services/runtime/metrics.py) would be shared by the many fleets a session starts, one after another.
+os.environ.setdefault("MODELFLEET_METRICS_PORT", "0")
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +67,7 @@ def service_env(nats_url: str, tmp_path: Path) -> Callable[..., dict[str, str]]:
             "MODELFLEET_LOG_LEVEL": "INFO",
             "OTEL_SDK_DISABLED": "false",
             "MODELFLEET_EGRESS_ALLOW": TEST_EGRESS_ALLOW,
+            "MODELFLEET_METRICS_PORT": "0",
         }
         if database_url:
             env["MODELFLEET_DATABASE_URL"] = database_url

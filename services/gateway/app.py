@@ -36,6 +36,7 @@ from services.gateway.errors import (
 )
 from services.gateway.settings import GatewaySettings
 from services.runtime.bus import BusState, build_broker
+from services.runtime.metrics import install_metrics
 from services.runtime.rpc import Rpc
 from services.runtime.service import package_version
 from services.runtime.telemetry import build_tracer_provider
@@ -43,6 +44,7 @@ from services.runtime.telemetry import build_tracer_provider
 
 def build_app(settings: GatewaySettings) -> FastAPI:
     tracer_provider = build_tracer_provider("gateway")
+    metrics = install_metrics("gateway", port=settings.metrics_port, bind=settings.metrics_bind)
     state = BusState()
     broker = build_broker(settings.nats_url, "gateway", tracer_provider, state)
     bus = BusClient(
@@ -79,6 +81,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             await http.aclose()
             await ollama_backend.aclose()
             await bus.stop()
+            metrics.flush()
             tracer_provider.shutdown()
 
     app = FastAPI(

@@ -14,6 +14,7 @@ from services.runtime.bus import BusState, build_broker
 from services.runtime.db import Database
 from services.runtime.dlq import Deliveries, StreamRouter
 from services.runtime.hostid import stable_host_id
+from services.runtime.metrics import MetricsEndpoint, install_metrics
 from services.runtime.outbox import Outbox
 from services.runtime.rpc import Rpc
 from services.runtime.service import Service, Task
@@ -33,6 +34,7 @@ class ServiceParts:
     tracer_provider: TracerProvider
     #: Stream subscribers go here: it carries the dead-letter middleware and each consumer's delivery policy.
     streams: StreamRouter
+    metrics: MetricsEndpoint | None = None
     database: Database | None = None
     outbox: Outbox | None = None
 
@@ -49,6 +51,7 @@ class ServiceParts:
             rpc=self.rpc,
             bus_state=self.bus_state,
             tracer_provider=self.tracer_provider,
+            metrics=self.metrics,
             database=self.database,
             tasks=all_tasks,
             publishes=publishes,
@@ -60,6 +63,7 @@ class ServiceParts:
 def build_parts(name: str, settings: RuntimeSettings, *, migrations: Path | None = None) -> ServiceParts:
     """Broker (with tracing), stream router (with dead-lettering), and, given migrations, database + outbox."""
     tracer_provider = build_tracer_provider(name)
+    metrics = install_metrics(name, port=settings.metrics_port, bind=settings.metrics_bind)
     bus_state = BusState()
     broker = build_broker(settings.nats_url, name, tracer_provider, bus_state)
     host_id = stable_host_id(settings.state_dir, settings.host_id)
@@ -82,6 +86,7 @@ def build_parts(name: str, settings: RuntimeSettings, *, migrations: Path | None
         rpc=Rpc(broker, name, tracer_provider),
         bus_state=bus_state,
         tracer_provider=tracer_provider,
+        metrics=metrics,
         streams=streams,
         database=database,
         outbox=outbox,

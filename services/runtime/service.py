@@ -20,6 +20,7 @@ from contracts.health import DependencyState, HealthReply, HealthRequest
 from contracts.subjects import fill
 from services.runtime.bus import BusState, start_broker, stop_broker
 from services.runtime.db import Database, DbState
+from services.runtime.metrics import MetricsEndpoint
 from services.runtime.rpc import Rpc
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Service:
         rpc: Rpc,
         bus_state: BusState,
         tracer_provider: TracerProvider,
+        metrics: MetricsEndpoint | None = None,
         database: Database | None = None,
         tasks: Sequence[Task] = (),
         publishes: Sequence[type[Envelope]] = (),
@@ -58,6 +60,7 @@ class Service:
         self.rpc = rpc
         self.bus_state = bus_state
         self.tracer_provider = tracer_provider
+        self.metrics = metrics
         self.database = database
         self.tasks = list(tasks)
         #: The events and commands this service publishes; its AsyncAPI document is generated from them.
@@ -137,6 +140,8 @@ class Service:
         await stop_broker(self.broker)
         if self.database is not None:
             await self.database.close()
+        if self.metrics is not None:
+            self.metrics.flush()
         self.tracer_provider.shutdown()
 
     async def run(self) -> None:

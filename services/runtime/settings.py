@@ -35,6 +35,13 @@ class RuntimeSettings(BaseSettings):
         validation_alias=AliasChoices("MODELFLEET_HOST_ID", "host_id"),
         description="This host's id; when unset, a stable id is kept in the state dir.",
     )
+    #: Port of this process's Prometheus `/metrics` (docs/observability.md); unset: the service's own default
+    #: (`services.runtime.metrics.METRICS_PORTS`: gateway 9464 up to inference-fallback 9469); 0: off.
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, validation_alias=AliasChoices("MODELFLEET_METRICS_PORT")
+    )
+    #: Address `/metrics` listens on: loopback by default; `0.0.0.0` in a container so Prometheus can scrape it.
+    metrics_bind: str = Field(default="127.0.0.1", validation_alias=AliasChoices("MODELFLEET_METRICS_BIND"))
     #: Seconds between reconnect / re-check attempts when NATS or PostgreSQL is away (doubles up to the cap).
     retry_initial_s: float = Field(default=0.2, gt=0, validation_alias=AliasChoices("MODELFLEET_RETRY_INITIAL_S"))
     retry_max_s: float = Field(default=5.0, gt=0, validation_alias=AliasChoices("MODELFLEET_RETRY_MAX_S"))

@@ -1,0 +1,131 @@
+"""Metrics: one OpenTelemetry meter provider per process, read by Prometheus on `/metrics`, pushed over OTLP if set.
+
+Code records through the OpenTelemetry API only: a module creates its instruments once with
+`meter("modelfleet.<service>")` and records on them; the provider installed here decides where they go.
+Each process serves Prometheus's text format on its own port (`METRICS_PORTS`, or `MODELFLEET_METRICS_PORT`;
+0 turns the endpoint off), and also exports over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`) is set. docs/observability.md lists the series.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from opentelemetry import metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import Meter
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import start_http_server
+
+log = logging.getLogger(__name__)
+
+#: Each process's Prometheus port when `MODELFLEET_METRICS_PORT` is unset: distinct, so that `modelfleet up`
+#: runs them all on one machine. 9464 is the OpenTelemetry Prometheus exporter's conventional port.
+METRICS_PORTS: dict[str, int] = {
+    "gateway": 9464,
+    "catalog": 9465,
+    "provisioner": 9466,
+    "router": 9467,
+    "hardware-probe": 9468,
+    "inference-fallback": 9469,
+}
+
+#: Histogram buckets in seconds for request-path durations: from 1 ms (the gateway's own overhead) to 5 min.
+DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+#: Buckets for token counts per request (gen_ai.client.token.usage).
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+
+
+def meter(name: str) -> Meter:
+    """The meter a module records on; instruments made before `install_metrics` start recording once it runs."""
+    return metrics.get_meter(name)
+
+
+@dataclass
+class MetricsEndpoint:
+    """What `install_metrics` started: the provider, and the Prometheus server when one listens."""
+
+    provider: MeterProvider
+    port: int | None
+    _server: WSGIServer | None = None
+    _thread: threading.Thread | None = None
+
+    def flush(self) -> None:
+        """Push what was recorded to OTLP now (at stop). The provider stays: a process installs it once."""
+        self.provider.force_flush(timeout_millis=2_000)
+
+
+_installed: MetricsEndpoint | None = None
+_lock = threading.Lock()
+
+
+def resolve_port(service_name: str, configured: int | None) -> int:
+    """The port this process serves `/metrics` on; 0 when the operator turned it off."""
+    if configured is not None:
+        return configured
+    return METRICS_PORTS.get(service_name, 0)
+
+
+def install_metrics(
+    service_name: str,
+    *,
+    port: int | None = None,
+    bind: str = "127.0.0.1",
+    readers: tuple[MetricReader, ...] = (),
+) -> MetricsEndpoint:
+    """Install the process's meter provider (once: a second call returns the first) and start `/metrics`.
+
+    A port that is taken logs a warning and leaves the endpoint off: a metrics port never stops a service.
+    """
+    global _installed
+    with _lock:
+        if _installed is not None:
+            return _installed
+        os.environ.setdefault("OTEL_SERVICE_NAME", service_name)
+        resource = Resource.create({"service.name": os.environ["OTEL_SERVICE_NAME"], "service.namespace": "modelfleet"})
+        all_readers: list[MetricReader] = [PrometheusMetricReader(), *readers]
+        if _otlp_metrics_configured():
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+            all_readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=10_000))
+        provider = MeterProvider(resource=resource, metric_readers=all_readers, views=_views())
+        metrics.set_meter_provider(provider)
+        endpoint = MetricsEndpoint(provider, None)
+        chosen = resolve_port(service_name, port)
+        if chosen > 0:
+            try:
+                server, thread = start_http_server(chosen, addr=bind)
+            except OSError as exc:
+                log.warning("metrics: cannot listen on %s:%d (%s); /metrics is off for this process", bind, chosen, exc)
+            else:
+                endpoint.port, endpoint._server, endpoint._thread = chosen, server, thread
+                log.info("metrics: Prometheus /metrics on %s:%d", bind, chosen)
+        _installed = endpoint
+        return endpoint
+
+
+def _views() -> list[View]:
+    """Bucket boundaries that suit what is measured (the SDK's defaults are in milliseconds up to 10 s)."""
+    return [
+        View(
+            instrument_type=Histogram,
+            instrument_unit="s",
+            aggregation=ExplicitBucketHistogramAggregation(DURATION_BUCKETS_S),
+        ),
+        View(
+            instrument_type=Histogram,
+            instrument_unit="{token}",
+            aggregation=ExplicitBucketHistogramAggregation(TOKEN_BUCKETS),
+        ),
+    ]
+
+
+def _otlp_metrics_configured() -> bool:
+    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
