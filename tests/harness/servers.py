@@ -82,7 +82,7 @@ def postgres_server(tmp: Path) -> Iterator[str]:
     elif kind == "docker":
         from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
 
-        with PostgresContainer("postgres:16-alpine", driver="asyncpg") as c:
+        with PostgresContainer("postgres:18-alpine", driver="asyncpg") as c:
             yield c.get_connection_url()
     else:
         server = EmbeddedPostgres(tmp / "pg" / "data", fsync=False).start()
