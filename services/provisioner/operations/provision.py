@@ -113,7 +113,7 @@ class Operations:
         if fresh:  # progress is best effort (like every progress event); outcomes go through the outbox
             accepted = ProvisionProgress(
                 producer="provisioner", host=self.host_id, correlation_id=cmd.request_id, request_id=cmd.request_id,
-                target_host="*", model="*", status=f"accepted: {domain.describe(cmd)}",
+                target_host="*", model="*", status=f"accepted: {domain.describe(cmd)}"[:256],  # the contract's bound
             )  # fmt: skip
             self.jobs.spawn(self._announce(accepted))
         if stored is not None and stored.completed_at is not None:
