@@ -13,6 +13,7 @@ from contracts.dlq import DeadLetter
 from contracts.subjects import dlq_subject
 from services.gateway.bus_client import BusClient
 from services.runtime.bus import publish_event
+from services.runtime.dlq import record_dead_letter
 
 log = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("0b5f4c1e-6a2d-4f7e-9c3b-2d8e1a7f4b60")
@@ -43,5 +44,6 @@ async def dead_letter(bus: BusClient, msg: Any, exc: BaseException, consumer: st
             headers={str(k): str(v) for k, v in (getattr(msg, "headers", None) or {}).items()},
         )
         await publish_event(bus.broker, letter, dlq_subject(subject))
+        record_dead_letter(subject, consumer)
     except Exception as publish_exc:  # the stream goes on whatever the DLQ trouble
         log.error("cannot dead-letter the message on %s: %s", subject, publish_exc)

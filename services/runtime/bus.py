@@ -15,9 +15,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from contracts.envelope import Envelope
 from contracts.hardware import HOSTS_BUCKET
 from contracts.subjects import COMMANDS_STREAM, DLQ_STREAM, EVENTS_STREAM, STREAMS, stream_for
+from services.runtime.metrics import meter
 from services.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
+
+_meter = meter("modelfleet.runtime")
+_connection_events = _meter.create_counter(
+    "modelfleet.nats.connection.events",
+    unit="{event}",
+    description="NATS connection lost (disconnected) and restored (reconnected) by this process's client",
+)
 
 #: Deduplication window: a redelivered publish with the same Nats-Msg-Id within it is dropped by the server.
 DUPLICATE_WINDOW_S = 120.0
@@ -77,10 +85,12 @@ class BusState:
     async def on_disconnected(self) -> None:
         self.connected = False
         if not self.closing:
+            _connection_events.add(1, {"modelfleet.nats.event": "disconnected"})
             log.warning("lost NATS connection; reconnecting")
 
     async def on_reconnected(self) -> None:
         self.connected = True
+        _connection_events.add(1, {"modelfleet.nats.event": "reconnected"})
         log.info("NATS connection restored")
 
     async def on_error(self, exc: Exception) -> None:

@@ -37,9 +37,29 @@ from contracts.dlq import DeadLetter
 from contracts.envelope import Envelope
 from contracts.subjects import dlq_subject
 from services.runtime.bus import publish_event
+from services.runtime.metrics import meter
 from services.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
+
+_meter = meter("modelfleet.runtime")
+_consumed = _meter.create_counter(
+    "modelfleet.messages.consumed", unit="{message}", description="Stream deliveries handed to a handler"
+)
+_failed = _meter.create_counter(
+    "modelfleet.messages.failed",
+    unit="{message}",
+    description="Stream deliveries whose handler raised (nak'd or dead-lettered)",
+)
+_dead_letters = _meter.create_counter(
+    "modelfleet.dead_letters", unit="{message}", description="Messages published to dlq.<subject>, by original subject"
+)
+
+
+def record_dead_letter(subject: str, consumer: str) -> None:
+    """Count one dead letter published for `subject` (the gateway's raw subscriptions count theirs here too)."""
+    _dead_letters.add(1, {"messaging.destination.name": subject, "messaging.consumer.group.name": consumer})
+
 
 #: Errors that no redelivery can fix: the bytes or their shape are wrong.
 POISON = (ValidationError, json.JSONDecodeError, UnicodeDecodeError)
@@ -141,6 +161,13 @@ class Deliveries:
     def policy(self, subject: str) -> Policy:
         return self.policies.get(subject, Policy(retry=True))
 
+    def consumer_label(self, subject: str) -> str:
+        """A metric's consumer: the durable name, or the service for an ephemeral consumer (whose name is random)."""
+        return self.policy(subject).durable or self.service
+
+    def labels(self, subject: str) -> dict[str, str]:
+        return {"messaging.destination.name": subject, "messaging.consumer.group.name": self.consumer_label(subject)}
+
     async def failed(self, raw: Any, exc: BaseException | None, *, request_id: uuid.UUID | None = None) -> None:
         """One delivery of `raw` failed with `exc`: nak it with a delay, or dead-letter and ack it. Raises when the
         dead letter cannot be published (the message stays unacked, and is delivered again)."""
@@ -148,6 +175,7 @@ class Deliveries:
         attempts = num_delivered(raw)
         reason = f"{type(exc).__name__}: {exc}" if exc is not None else "the handler gave up (no reason given)"
         poison = isinstance(exc, POISON)
+        _failed.add(1, {**self.labels(raw.subject), "error.type": type(exc).__name__ if exc is not None else "gave_up"})
         if policy.retry and not poison and attempts < self.max_deliver:
             delay = self.delay_after(attempts)
             log.warning(
@@ -181,6 +209,7 @@ class Deliveries:
             delivery_attempts=max(attempts, 1),
         )
         await publish_event(self.broker, letter, dlq_subject(raw.subject))
+        record_dead_letter(raw.subject, self.consumer_label(raw.subject))
         log.warning("dead-lettered a message on %s (%s): %s", raw.subject, consumer, reason[:300])
         request_id = request_id or _request_id(raw.data)
         if policy.failed is not None and request_id is not None:
@@ -199,6 +228,7 @@ class _DeadLetterMiddleware(BaseMiddleware):
     async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
         raw: Any = self.msg
         attempts = num_delivered(raw)
+        _consumed.add(1, self.deliveries.labels(str(getattr(raw, "subject", "") or "unknown")))
         if attempts > self.deliveries.max_deliver:  # the last delivery's dead letter could not be published
             policy = self.deliveries.policy(raw.subject)
             reason = f"gave up after {attempts - 1} deliveries (the dead letter is published late)"

@@ -11,22 +11,57 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from faststream.nats import NatsBroker
 from opentelemetry import propagate, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.envelope import Envelope
 from contracts.subjects import stream_for
 from services.runtime.db import Database
+from services.runtime.metrics import meter
 from services.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
+
+_outboxes: weakref.WeakSet[Outbox] = weakref.WeakSet()
+
+
+def _pending(options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(o.pending, {"db.namespace": o.database.schema}) for o in list(_outboxes)]
+
+
+def _lag(options: CallbackOptions) -> Iterable[Observation]:
+    now = time.time()
+    return [
+        Observation(
+            max(now - o.oldest_at, 0.0) if o.oldest_at is not None else 0.0, {"db.namespace": o.database.schema}
+        )
+        for o in list(_outboxes)
+    ]
+
+
+_meter = meter("modelfleet.runtime")
+_published = _meter.create_counter(
+    "modelfleet.outbox.published", unit="{message}", description="Outbox rows published to JetStream"
+)
+_meter.create_observable_gauge(
+    "modelfleet.outbox.pending", callbacks=[_pending], unit="{message}", description="Outbox rows not yet published"
+)
+_meter.create_observable_gauge(
+    "modelfleet.outbox.lag",
+    callbacks=[_lag],
+    unit="s",
+    description="Age of the oldest unpublished outbox row (0 when none waits)",
+)
 
 
 def outbox_columns() -> list[sa.Column[object]]:
@@ -81,7 +116,11 @@ class Outbox:
         self.batch = batch
         self.pruning = pruning or Pruning.from_settings(RuntimeSettings())
         self.pruned = 0
+        #: Rows not yet published, and the oldest one's creation (epoch s), as last counted (`measure_once`).
+        self.pending = 0
+        self.oldest_at: float | None = None
         self._wake = asyncio.Event()
+        _outboxes.add(self)
 
     async def add(self, session: AsyncSession, event: Envelope, subject: str | None = None) -> None:
         """Stage `event` in the caller's transaction; call `wake()` after the commit."""
@@ -125,7 +164,21 @@ class Outbox:
                 await session.execute(
                     t.update().where(t.c.id.in_([r.id for r in rows])).values(published_at=datetime.now(UTC))
                 )
+        if rows:
+            _published.add(len(rows), {"db.namespace": self.database.schema})
         return len(rows)
+
+    async def measure_once(self) -> None:
+        """Count the unpublished rows and note the oldest one's age, for the `modelfleet.outbox.*` gauges."""
+        t = self.table
+        async with self.database.transaction() as session:
+            count, oldest = (
+                await session.execute(
+                    sa.select(sa.func.count(), sa.func.min(t.c.created_at)).where(t.c.published_at.is_(None))
+                )
+            ).one()
+        self.pending = int(count)
+        self.oldest_at = oldest.timestamp() if oldest is not None else None
 
     async def prune_once(self) -> int:
         """Delete one batch of rows published more than `keep_s` ago (oldest first); returns how many."""
@@ -165,6 +218,10 @@ class Outbox:
                     pass
             except Exception as exc:
                 log.warning("outbox drain failed, will retry: %s", exc)
+            try:
+                await self.measure_once()
+            except Exception as exc:
+                log.debug("outbox not measured: %s", exc)
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + self.pruning.interval_s
                 try:

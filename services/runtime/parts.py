@@ -11,6 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from contracts.envelope import Envelope
 from services.runtime.bus import BusState, build_broker
+from services.runtime.consumer_lag import ConsumerLag
 from services.runtime.db import Database
 from services.runtime.dlq import Deliveries, StreamRouter
 from services.runtime.hostid import stable_host_id
@@ -42,6 +43,7 @@ class ServiceParts:
         """The service process; `publishes` names every event or command its code publishes (for its AsyncAPI)."""
         self.broker.include_router(self.streams)
         all_tasks = list(tasks or [])
+        all_tasks.append(ConsumerLag(self.broker, self.name).run)
         if self.outbox is not None:
             all_tasks.append(self.outbox.run)
         return Service(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -40,6 +41,7 @@ from contracts.rpc import (
     StreamEnd,
     StreamRequest,
 )
+from services.runtime.metrics import meter
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,29 @@ DEFAULT_WINDOW = 256
 _PROPAGATOR = TraceContextTextMapPropagator()
 _ERROR_HEADERS = {RPC_HEADER: Frame.ERROR.value}
 _NO_RESPONDERS = "503"
+#: Pauses before asking again after a "no responders": nats-server can answer it for a subscription another
+#: connection made (and flushed) a moment earlier (nats-io/nats-server#2876), so a just-started service would
+#: look absent. Two re-asks 20 + 40 ms apart cover that window; a subject nobody serves still gets its 503 at once.
+_REASK_AFTER_S = (0.02, 0.04)
+
+_meter = meter("modelfleet.runtime")
+_handled = _meter.create_counter(
+    "modelfleet.rpc.requests", unit="{request}", description="Requests this process answered, by subject and outcome"
+)
+_failures = _meter.create_counter(
+    "modelfleet.rpc.failures", unit="{request}", description="Requests answered with an error reply, by status"
+)
+_duration = _meter.create_histogram(
+    "modelfleet.rpc.server.duration", unit="s", description="Time from a request's arrival to its (last) answer"
+)
+
+
+def _record(reg: Registration, started: float, error: RpcError | None) -> None:
+    labels = {"rpc.subject": reg.subject, "rpc.kind": reg.kind}
+    _handled.add(1, {**labels, "rpc.outcome": "ok" if error is None else "error"})
+    _duration.record(time.perf_counter() - started, labels)
+    if error is not None:
+        _failures.add(1, {**labels, "rpc.response.status_code": str(error.status), "error.type": error.code or "error"})
 
 
 def invalid_request(exc: ValidationError, what: str) -> RpcError:
@@ -222,15 +247,18 @@ class Rpc:
         return translated
 
     async def _serve(self, reg: Registration, msg: Msg) -> None:
+        started = time.perf_counter()
         with self._server_span(reg.subject, msg) as span:
             headers: dict[str, str] | None = None
             try:
                 reply = await reg.call(self._decode(reg, msg))
                 data = reply.model_dump_json().encode()
                 self.stats.served[reg.subject] += 1
+                _record(reg, started, None)
             except Exception as exc:
                 error = self._error(reg, exc)
                 self.stats.failed[reg.subject] += 1
+                _record(reg, started, error)
                 span.set_status(Status(StatusCode.ERROR, error.code))
                 span.set_attribute("rpc.error.status", error.status)
                 data, headers = ErrorReply(error=error.body).model_dump_json().encode(), _ERROR_HEADERS
@@ -244,6 +272,7 @@ class Rpc:
         credit = _Credit(_window(msg.headers))
         control = nc.new_inbox()
         sent = 0
+        started = time.perf_counter()
         with self._server_span(reg.subject, msg) as span:
             pump: asyncio.Task[Contract | None] | None = None
 
@@ -280,6 +309,7 @@ class Rpc:
                 totals = await pump
                 end = StreamEnd(chunks=sent, totals=totals.model_dump(mode="json") if totals is not None else None)
                 self.stats.served[reg.subject] += 1
+                _record(reg, started, None)
             except asyncio.CancelledError:
                 if not credit.cancelled:
                     raise  # we are being shut down, not cancelled by the caller
@@ -289,6 +319,7 @@ class Rpc:
             except Exception as exc:
                 error = self._error(reg, exc)
                 self.stats.failed[reg.subject] += 1
+                _record(reg, started, error)
                 span.set_status(Status(StatusCode.ERROR, error.code))
                 end = StreamEnd(chunks=sent, error=error.body)
             finally:
@@ -332,9 +363,7 @@ class Rpc:
         with self._client_span(subject) as span:
             _PROPAGATOR.inject(headers)
             try:
-                msg = await nc.request(
-                    subject, request.model_dump_json().encode(), timeout=timeout_s, headers=headers or None
-                )
+                msg = await self._request(nc, subject, request.model_dump_json().encode(), timeout_s, headers)
             except NoRespondersError:
                 raise RpcError(503, f"no service answers {subject}", code="no_responders") from None
             except (NatsTimeoutError, TimeoutError):
@@ -348,6 +377,18 @@ class Rpc:
                 return reply_type.model_validate_json(msg.data)
             except ValidationError as exc:
                 raise RpcError(502, f"{subject}: the reply is not a {reply_type.__name__}: {exc}"[:2000]) from None
+
+    @staticmethod
+    async def _request(nc: NatsClient, subject: str, data: bytes, timeout_s: float, headers: dict[str, str]) -> Msg:
+        """One request, asked again after a short pause while the server says nobody serves it (`_REASK_AFTER_S`)."""
+        for pause in (*_REASK_AFTER_S, None):
+            try:
+                return await nc.request(subject, data, timeout=timeout_s, headers=headers or None)
+            except NoRespondersError:
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def stream(
         self,
@@ -381,7 +422,9 @@ class Rpc:
         )
         _PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
         try:
-            await nc.publish(subject, request.model_dump_json().encode(), reply=inbox, headers=headers)
+            payload = request.model_dump_json().encode()
+            await nc.publish(subject, payload, reply=inbox, headers=headers)
+            reasks = list(_REASK_AFTER_S)
             while True:
                 msg = await _next_frame(frames, subject, timeout_s, started=control is not None)
                 frame = (msg.headers or {}).get(RPC_HEADER) if msg.headers else None
@@ -410,6 +453,10 @@ class Rpc:
                         yield end_type.model_validate(end.totals)  # type: ignore[misc]
                     return
                 elif (msg.headers or {}).get("Status") == _NO_RESPONDERS:
+                    if control is None and reasks:
+                        await asyncio.sleep(reasks.pop(0))
+                        await nc.publish(subject, payload, reply=inbox, headers=headers)
+                        continue
                     finished = True
                     raise RpcError(503, f"no service answers {subject}", code="no_responders")
         except RpcError as exc:
