@@ -6,7 +6,7 @@ from pathlib import Path
 
 from contracts.envelope import Envelope
 from contracts.provisioner import ModelPulled, ProvisionCompleted, ProvisionFailed, ProvisionProgress, UpdateAvailable
-from services.provisioner import handlers
+from services.provisioner import handlers, metrics
 from services.provisioner.catalog_client import CatalogClient
 from services.provisioner.hosts import HostDirectory
 from services.provisioner.hub import HubClient
@@ -49,6 +49,7 @@ def build_app(settings: ProvisionerSettings) -> Service:
         store=store, hosts=hosts, hub=hub, host_id=parts.host_id, backend=provisioner.backend, cache=provisioner.cache
     )
     jobs = Jobs(settings.max_concurrent)
+    metrics.watch(jobs, provisioner)
     ops = Operations(
         store=store,
         outbox=parts.outbox,

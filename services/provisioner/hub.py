@@ -25,6 +25,7 @@ from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status  # type: ignore[attr-defined]
 
 from services.provisioner import domain
+from services.provisioner.metrics import DOWNLOADED, VERIFICATION_FAILURES
 from services.runtime.egress import EgressPolicy, SyncEgressTransport
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,11 @@ class HubClient:
             if have < file.size:
                 fetched = self._stream(meta.location, pipeline, have, file.size, progress)
         finally:
+            DOWNLOADED.add(pipeline.received, {"source": "hub"})  # a failed transfer's bytes were received too
             pipeline.close()
         digest = pipeline.hasher.hexdigest()
         if file.sha256 is not None and digest != expected:
+            VERIFICATION_FAILURES.add(1, {"stage": "download"})
             quarantined = self.quarantine(partial, digest)
             raise VerificationFailed(
                 f"sha256 mismatch for {repo_id}/{file.path}@{commit}: hub says {expected}, got {digest}; "
@@ -237,6 +240,7 @@ class _Pipeline:
         os.lseek(self.fd, have, os.SEEK_SET)
         self.hasher = hasher
         self.error: BaseException | None = None
+        self.received = 0  # bytes fed, over restarts too: what came over the network
         self._pending: list[bytes] = []
         self._size = 0
         self._queues: list[queue.Queue[list[bytes] | None]] = [queue.Queue(maxsize=4), queue.Queue(maxsize=4)]
@@ -259,6 +263,7 @@ class _Pipeline:
                     self.error = exc
 
     def feed(self, piece: bytes) -> None:
+        self.received += len(piece)
         self._pending.append(piece)
         self._size += len(piece)
         if self._size >= self.GROUP:

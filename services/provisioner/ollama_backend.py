@@ -11,6 +11,7 @@ import httpx
 import ollama
 
 from services.provisioner import domain
+from services.provisioner.metrics import DOWNLOADED, VERIFICATION_FAILURES
 from services.runtime.egress import EgressDenied, EgressPolicy, default_policy
 
 Progress = Callable[[int, int | None, str], None]
@@ -100,7 +101,10 @@ class OllamaBackend:
                 done, total = meter.update(part.digest or "", part.completed, part.total)
                 progress(done, total or None, part.status or "")
 
-        await self._call(run())
+        try:
+            await self._call(run())
+        finally:  # what Ollama reported having pulled, a failed pull's part included
+            DOWNLOADED.add(sum(c for c, _ in meter.layers.values()), {"source": "ollama"})
 
     async def register(self, name: str, path: Path, sha256: str) -> None:
         """POST /api/blobs/sha256:<digest> (unless present), then /api/create with `files`."""
@@ -109,6 +113,7 @@ class OllamaBackend:
         if head.status_code != 200:
             uploaded = await self._call(self.client.create_blob(path))
             if uploaded != digest:
+                VERIFICATION_FAILURES.add(1, {"stage": "register"})
                 raise BackendError(f"Ollama at {self.url} holds {uploaded} for a file verified as {digest}", "verify")
         await self._call(self.client.create(model=name, files={path.name: digest}))
 

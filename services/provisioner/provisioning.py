@@ -8,11 +8,14 @@ and their events (model.pulled / failed) through the outbox, in one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +29,7 @@ from contracts.provisioner import (
     ProvisionFailed,
     ProvisionProgress,
 )
-from services.provisioner import domain
+from services.provisioner import domain, metrics
 from services.provisioner.catalog_client import CatalogClient
 from services.provisioner.flights import FleetLease, ResultCache, SingleFlight, lease_key
 from services.provisioner.hosts import HostDirectory
@@ -78,6 +81,19 @@ class Provisioner:
             poll_s=settings.flight_lease_poll_s,
         )
         self._kv: KeyValue | None = None
+        #: Transfers running now by kind (read by the metrics' gauge): Ollama pulls, hub files, checkpoints.
+        self.transfers: Counter[str] = Counter(ollama_pull=0, hub_file=0, checkpoint=0)
+
+    def transfers_in_flight(self) -> dict[str, int]:
+        return dict(self.transfers)
+
+    @contextlib.contextmanager
+    def _transferring(self, kind: str) -> Iterator[None]:
+        self.transfers[kind] += 1
+        try:
+            yield
+        finally:
+            self.transfers[kind] -= 1
 
     async def _flights_bucket(self) -> KeyValue:
         if self._kv is None:
@@ -156,26 +172,36 @@ class Provisioner:
             return False
 
     async def _ensure(self, cmd: ProvisionCommand, t: Target, host: str, url: str) -> ProvisionActionResult:
+        """`_attempt`, counted and timed (metrics.py: operations by kind and result)."""
+        started = time.perf_counter()
+        result, error = await self._attempt(cmd, t, host, url)
+        metrics.operation_done(kind_of(t.model) or "unknown", result.action, time.perf_counter() - started, error)
+        return result
+
+    async def _attempt(
+        self, cmd: ProvisionCommand, t: Target, host: str, url: str
+    ) -> tuple[ProvisionActionResult, str | None]:
+        """The action result, and for a failure its error type (the failure's channel, or `reference`)."""
         try:
             ref = parse_model_ref(t.model)
         except ModelRefError as exc:
-            return action(t, host, "failed", str(exc))
+            return action(t, host, "failed", str(exc)), "reference"
         reason = domain.skip_reason(auto_download=t.auto_download, skip_downloads=False, provider=t.provider)
         if reason is not None:
-            return action(t, host, "skipped", reason)
+            return action(t, host, "skipped", reason), None
         try:
             provision = domain.provision_of(ref)
         except domain.BadReference as exc:
-            return action(t, host, "failed", str(exc))
+            return action(t, host, "failed", str(exc)), "reference"
         try:
             if provision == "ollama_pull":
-                return await self._ollama(cmd, t, ref, host, url)
+                return await self._ollama(cmd, t, ref, host, url), None
             if provision == "gguf_import":
-                return await self._import(cmd, t, ref, host, url)
-            return await self._checkpoint(cmd, t, ref)
+                return await self._import(cmd, t, ref, host, url), None
+            return await self._checkpoint(cmd, t, ref), None
         except Failure as exc:
             await self._failed(cmd, t, host, str(exc), exc.channel, exc.status)
-            return action(t, host, "failed", str(exc))
+            return action(t, host, "failed", str(exc)), exc.channel or "other"
 
     def _skip(self, t: Target) -> str | None:
         return domain.skip_reason(
@@ -214,7 +240,8 @@ class Provisioner:
         async with ProgressRelay(
             self.publish, self._progress(cmd, host, name), self.settings.progress_interval_s
         ) as relay:
-            await backend_call(backend.pull(name, relay.update))
+            with self._transferring("ollama_pull"):
+                await backend_call(backend.pull(name, relay.update))
         size = (await backend_call(backend.installed())).get(name)
         details = await backend_call(backend.details(name))
         row = inventory_row(host, ref, name, size.size if size else None, None, None)
@@ -266,7 +293,8 @@ class Provisioner:
             template = self._progress(cmd, host, ref.canonical)
             async with ProgressRelay(self.publish, template, self.settings.progress_interval_s) as relay:
                 relay.update(0, file.size, "downloading")
-                return await hub_call(in_thread(self.hub.download, repo_id, commit, file, relay.update))
+                with self._transferring("hub_file"):
+                    return await hub_call(in_thread(self.hub.download, repo_id, commit, file, relay.update))
 
         return await self.files.run((repo_id, commit, file.path), work)
 
@@ -311,7 +339,8 @@ class Provisioner:
         async with ProgressRelay(
             self.publish, self._progress(cmd, host, ref.canonical), self.settings.progress_interval_s
         ) as relay:
-            folder, got = await hub_call(in_thread(self.hub.fetch_checkpoint, pinned, relay.update))
+            with self._transferring("checkpoint"):
+                folder, got = await hub_call(in_thread(self.hub.fetch_checkpoint, pinned, relay.update))
         size = sum(g.size for g in got)
         row = inventory_row(host, ref, None, size, None, pinned.commit)
         row.file_name = str(Path(folder).relative_to(self.hub.models_dir))

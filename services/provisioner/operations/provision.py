@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Protocol
 
 from huggingface_hub.errors import (
@@ -57,6 +58,24 @@ class Jobs:
     def __init__(self, limit: int):
         self.running: set[asyncio.Task[None]] = set()
         self.limit = asyncio.Semaphore(limit)
+        #: Requests waiting for the limit, and running (read by the metrics' queue gauge).
+        self.queued = 0
+        self.active = 0
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait for one of the `limit` places, then hold it while the body runs."""
+        self.queued += 1
+        try:
+            await self.limit.acquire()
+        finally:
+            self.queued -= 1
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self.limit.release()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -128,7 +147,7 @@ class Operations:
             log.warning("progress event not published: %s", exc)
 
     async def _work(self, cmd: ProvisionCommand, delivery: Delivery) -> None:
-        async with self.jobs.limit:
+        async with self.jobs.turn():
             # JetStream redelivers after ack_wait: a long pull keeps the message ours by saying it is in progress.
             beat = asyncio.create_task(_heartbeat(delivery, self.ack_wait_s / 3))
             try:
