@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -40,6 +41,7 @@ from contracts.rpc import (
     StreamEnd,
     StreamRequest,
 )
+from services.runtime.metrics import meter
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,25 @@ _NO_RESPONDERS = "503"
 #: connection made (and flushed) a moment earlier (nats-io/nats-server#2876), so a just-started service would
 #: look absent. Two re-asks 20 + 40 ms apart cover that window; a subject nobody serves still gets its 503 at once.
 _REASK_AFTER_S = (0.02, 0.04)
+
+_meter = meter("modelfleet.runtime")
+_handled = _meter.create_counter(
+    "modelfleet.rpc.requests", unit="{request}", description="Requests this process answered, by subject and outcome"
+)
+_failures = _meter.create_counter(
+    "modelfleet.rpc.failures", unit="{request}", description="Requests answered with an error reply, by status"
+)
+_duration = _meter.create_histogram(
+    "modelfleet.rpc.server.duration", unit="s", description="Time from a request's arrival to its (last) answer"
+)
+
+
+def _record(reg: Registration, started: float, error: RpcError | None) -> None:
+    labels = {"rpc.subject": reg.subject, "rpc.kind": reg.kind}
+    _handled.add(1, {**labels, "rpc.outcome": "ok" if error is None else "error"})
+    _duration.record(time.perf_counter() - started, labels)
+    if error is not None:
+        _failures.add(1, {**labels, "rpc.response.status_code": str(error.status), "error.type": error.code or "error"})
 
 
 def invalid_request(exc: ValidationError, what: str) -> RpcError:
@@ -226,15 +247,18 @@ class Rpc:
         return translated
 
     async def _serve(self, reg: Registration, msg: Msg) -> None:
+        started = time.perf_counter()
         with self._server_span(reg.subject, msg) as span:
             headers: dict[str, str] | None = None
             try:
                 reply = await reg.call(self._decode(reg, msg))
                 data = reply.model_dump_json().encode()
                 self.stats.served[reg.subject] += 1
+                _record(reg, started, None)
             except Exception as exc:
                 error = self._error(reg, exc)
                 self.stats.failed[reg.subject] += 1
+                _record(reg, started, error)
                 span.set_status(Status(StatusCode.ERROR, error.code))
                 span.set_attribute("rpc.error.status", error.status)
                 data, headers = ErrorReply(error=error.body).model_dump_json().encode(), _ERROR_HEADERS
@@ -248,6 +272,7 @@ class Rpc:
         credit = _Credit(_window(msg.headers))
         control = nc.new_inbox()
         sent = 0
+        started = time.perf_counter()
         with self._server_span(reg.subject, msg) as span:
             pump: asyncio.Task[Contract | None] | None = None
 
@@ -284,6 +309,7 @@ class Rpc:
                 totals = await pump
                 end = StreamEnd(chunks=sent, totals=totals.model_dump(mode="json") if totals is not None else None)
                 self.stats.served[reg.subject] += 1
+                _record(reg, started, None)
             except asyncio.CancelledError:
                 if not credit.cancelled:
                     raise  # we are being shut down, not cancelled by the caller
@@ -293,6 +319,7 @@ class Rpc:
             except Exception as exc:
                 error = self._error(reg, exc)
                 self.stats.failed[reg.subject] += 1
+                _record(reg, started, error)
                 span.set_status(Status(StatusCode.ERROR, error.code))
                 end = StreamEnd(chunks=sent, error=error.body)
             finally:
