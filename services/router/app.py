@@ -5,7 +5,7 @@ from __future__ import annotations
 from contracts.envelope import Envelope
 from contracts.provisioner import ProvisionCommand
 from contracts.router import BackendChecked, LlmDegraded, LlmRecovered
-from services.router import handlers
+from services.router import handlers, metrics
 from services.router.fallbacks import Fallbacks
 from services.router.fallbacks import register as register_fallbacks
 from services.router.fleet import Fleet, HealthRules
@@ -33,7 +33,7 @@ def build_strategies(settings: RouterSettings) -> tuple[dict[str, Strategy], Str
 
 
 def build_fleet(settings: RouterSettings) -> Fleet:
-    return Fleet(
+    fleet = Fleet(
         HealthRules(
             allowed_fails=settings.allowed_fails, cooldown_s=settings.cooldown_s, window_s=settings.failure_window_s,
             ewma_alpha=settings.ewma_alpha, in_flight_ttl_s=settings.in_flight_ttl_s,
@@ -41,6 +41,8 @@ def build_fleet(settings: RouterSettings) -> Fleet:
             limits={k.rstrip("/"): v for k, v in settings.max_in_flight_by_backend.items()},
         )
     )  # fmt: skip
+    fleet.on_circuit = metrics.circuit_changed
+    return fleet
 
 
 def build_app(settings: RouterSettings) -> Service:
@@ -57,6 +59,7 @@ def build_app(settings: RouterSettings) -> Service:
     router = Router(fleet, parts.rpc, settings, per_role, default, on_demand=on_demand, fallbacks=fallbacks)
     watch = RoleWatch(fleet, parts.rpc, parts.broker, settings, RoleStates())
     checker = Checker(fleet, parts.broker, settings)
+    metrics.watch(fleet, watch)
     handlers.register(parts.rpc, parts.streams, fleet, router, watch, settings.replay_s, on_demand,
                       settings.route_concurrency)  # fmt: skip
     register_fallbacks(parts.streams, fallbacks)

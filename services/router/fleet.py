@@ -199,6 +199,8 @@ class Fleet:
         self.installed_by: dict[ModelKey, dict[str, Backend]] = {}
         #: the latest deadline of any host: below `now`, every view is stale and routing fails open
         self.freshest: float = 0.0
+        #: told (backend, from, to) when a fold moves a backend's circuit (the metrics' transitions counter)
+        self.on_circuit: Callable[[Backend, str, str], None] | None = None
 
     # --- hosts and backends ----------------------------------------------------------------------------------------
 
@@ -328,6 +330,8 @@ class Fleet:
     def _succeeded(self, b: Backend, at: float) -> None:
         if at >= b.open_until:  # a success while open is a call that started before the trip: the cooldown holds
             b.failures.clear()
+            if b.tripped and self.on_circuit is not None:
+                self.on_circuit(b, "half_open", "closed")
             b.tripped = False
 
     def _failed(self, b: Backend, at: float, outcome: str) -> None:
@@ -337,8 +341,11 @@ class Fleet:
             b.failures.popleft()
         half_open_trial = b.tripped and at >= b.open_until
         if outcome in TRIPPING or len(b.failures) >= rules.allowed_fails or half_open_trial:
+            before = b.circuit(at)
             b.open_until = max(b.open_until, at + rules.cooldown_s)
             b.tripped = True
+            if before != "open" and self.on_circuit is not None:
+                self.on_circuit(b, before, "open")
 
     # --- reads -----------------------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from contracts.router import (
     RouteRequest,
 )
 from contracts.rpc import RpcError
-from services.router import domain
+from services.router import domain, metrics
 from services.router.domain import Pick, Target
 from services.router.fallbacks import Fallbacks
 from services.router.fleet import Backend, Fleet
@@ -86,6 +86,16 @@ class Router:
             self.on_demand.invalidate()
 
     async def route(self, req: RouteRequest) -> RouteReply:
+        """The backend for `req` and its fallback chain; every answer (or refusal) is counted by strategy and reason."""
+        try:
+            reply = await self._route(req)
+        except RpcError as exc:
+            metrics.refused(self.strategy_for(req.role.removeprefix("role:") if req.role else None).name, exc)
+            raise
+        metrics.decided(reply)
+        return reply
+
+    async def _route(self, req: RouteRequest) -> RouteReply:
         role = req.role.removeprefix("role:") if req.role else None
         try:
             options = validate_parameters(req.options, "request options")
