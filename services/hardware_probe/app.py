@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contracts.hardware import GpuSampled, HostHeartbeat
-from services.hardware_probe import handlers
+from services.hardware_probe import handlers, metrics
 from services.hardware_probe.host_stats import HostStats
 from services.hardware_probe.ollama_status import OllamaStatus
 from services.hardware_probe.openai_backends import OpenAIBackends
@@ -28,6 +28,7 @@ def build_sampler(settings: HardwareProbeSettings, host_id: str, nvml: NvmlReade
 def build_app(settings: HardwareProbeSettings, nvml: NvmlReader | None = None) -> Service:
     parts = build_parts("hardware-probe", settings)
     sampler = build_sampler(settings, parts.host_id, nvml)
+    metrics.watch(sampler)
     handlers.register(parts.rpc, sampler)
     return parts.service(
         tasks=[handlers.sample_task(parts.broker, sampler, settings.history)], publishes=[GpuSampled, HostHeartbeat]
