@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from services.provisioner.hub import HubClient
+from services.runtime.egress import EgressPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -71,7 +72,9 @@ def main() -> None:
     try:
         assert server.stdout is not None
         info = json.loads(server.stdout.readline())
-        hub = HubClient(info["url"], None, tmp / "models", tmp / "quarantine")
+        # The hub peer and its "CDN" are on loopback, which the egress policy refuses unless allowlisted.
+        egress = EgressPolicy(allow=["127.0.0.0/8"])
+        hub = HubClient(info["url"], None, tmp / "models", tmp / "quarantine", egress=egress)
         blob = f"{info['url']}/{info['repo']}/resolve/{info['commit']}/model.Q4_K_M.gguf"
         size = args.size_mib * MIB
         curl_s, same_s, ours_s = [], [], []
