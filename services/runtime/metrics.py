@@ -4,7 +4,8 @@ Code records through the OpenTelemetry API only: a module creates its instrument
 `meter("modelfleet.<service>")` and records on them; the provider installed here decides where they go.
 Each process serves Prometheus's text format on its own port (`METRICS_PORTS`, or `MODELFLEET_METRICS_PORT`;
 0 turns the endpoint off), and also exports over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`) is set. docs/observability.md lists the series.
+`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`) is set and `OTEL_METRICS_EXPORTER`, if set, names `otlp`.
+docs/observability.md lists the series.
 """
 
 from __future__ import annotations
@@ -128,4 +129,9 @@ def _views() -> list[View]:
 
 
 def _otlp_metrics_configured() -> bool:
+    """OTLP push when an OTLP endpoint is set, unless `OTEL_METRICS_EXPORTER` (the SDK's standard variable) leaves
+    `otlp` out: compose sets it to `prometheus`, so Prometheus scrapes each process and nothing is counted twice."""
+    chosen = os.environ.get("OTEL_METRICS_EXPORTER")
+    if chosen is not None and "otlp" not in {part.strip() for part in chosen.split(",")}:
+        return False
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
