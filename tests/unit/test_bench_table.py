@@ -1,0 +1,66 @@
+"""`python -m scripts.bench.all` writes the benchmarks table from the run it makes, never from a snapshot.
+
+One cheap benchmark (the probe sample: a few seconds) runs for real into a temporary file; every figure and baseline
+in the table must be that run's (its raw JSON, tied to the table by the run id), and docs/benchmarks.md must be a
+table this runner wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scripts.bench import all as bench_all
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def table(text: str) -> list[list[str]]:
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| benchmark")]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in rows]
+
+
+def test_every_benchmark_under_scripts_bench_is_run() -> None:
+    assert set(bench_all.benchmark_modules()) == {b.name for b in bench_all.BENCHES}
+    for bench in bench_all.BENCHES:
+        assert bench.rows, bench.name
+        assert any(r.met for r in bench.rows), f"{bench.name}: no row holds the figure to its goal"
+        assert all(bool(r.baseline) == bool(r.baseline_is) for r in bench.rows), f"{bench.name}: baseline unnamed"
+        assert all(bool(r.goal) == (r.met is not None) for r in bench.rows), f"{bench.name}: a goal without a check"
+
+
+def test_the_table_holds_the_figures_of_the_run_it_made(tmp_path: Path) -> None:
+    output, raw_path = tmp_path / "benchmarks.md", tmp_path / "raw.json"
+    code = bench_all.main(["--quick", "--only", "probe_sample", "--output", str(output), "--raw", str(raw_path)])
+    assert code == 0
+    raw = json.loads(raw_path.read_text())
+    text = output.read_text()
+    assert f"run id: `{raw['run_id']}`" in text
+    figures = raw["results"]["probe_sample"]["figures"]
+    assert raw["results"]["probe_sample"]["error"] is None
+    rows = table(text)
+    (bench,) = [b for b in bench_all.BENCHES if b.name == "probe_sample"]
+    assert len(rows) == len(bench.rows)
+    for cells, row in zip(rows, bench.rows, strict=True):
+        name, figure, baseline, ratio, goal, met = cells
+        assert name.startswith(row.what)
+        assert figure == f"{bench_all.number(float(figures[row.figure]))} {row.unit}"
+        assert row.baseline is not None
+        assert baseline.startswith(f"{bench_all.number(float(figures[row.baseline]))} {row.unit}")
+        assert float(ratio) == pytest.approx(float(figures[row.figure]) / float(figures[row.baseline]), rel=1e-2)
+        assert goal == row.goal and met in {"yes", "**no**"}
+    assert "logical cores" in text and "load average" in text
+
+
+def test_a_failing_benchmark_is_written_as_failed_not_dropped(tmp_path: Path) -> None:
+    broken = bench_all.Bench("probe_sample", (bench_all.Row("x", "no_such_key", "ms", goal="< 1", met=lambda f: True),))
+    result = bench_all.run_bench(broken, quick=True)
+    assert result.error == "its JSON has no no_such_key"
+    (cells,) = bench_all.table_rows(result)
+    assert cells[1] == "failed: its JSON has no no_such_key"
+    missing = bench_all.Result(broken, error="exit 1: boom")
+    assert bench_all.table_rows(missing)[0][1] == "failed: exit 1: boom"
