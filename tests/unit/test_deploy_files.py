@@ -80,8 +80,22 @@ def compose() -> dict[str, Any]:
     return document
 
 
-def test_compose_runs_every_service_plus_nats_and_postgres(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {*APP_SERVICES, "nats", "postgres"}
+#: Compose services that are further replicas of a service (their own host id and volume: deploy/README.md).
+COMPOSE_REPLICAS = {"provisioner-2": "provisioner"}
+
+
+def test_compose_runs_every_service_plus_nats_postgres_and_ollama(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {*APP_SERVICES, *COMPOSE_REPLICAS, "nats", "postgres", "ollama"}
+
+
+@pytest.mark.parametrize("replica", COMPOSE_REPLICAS)
+def test_compose_replica_runs_its_service_like_the_first(compose: dict[str, Any], replica: str) -> None:
+    service = COMPOSE_REPLICAS[replica]
+    spec, first = compose["services"][replica], compose["services"][service]
+    assert spec["command"] == first["command"] and spec["build"] == first["build"]
+    assert spec["depends_on"] == first["depends_on"] and spec["healthcheck"] == first["healthcheck"]
+    check_env(service, spec["environment"])
+    assert set(spec["environment"]) == set(first["environment"])
 
 
 def test_compose_nats_has_jetstream_and_a_healthcheck(compose: dict[str, Any]) -> None:
@@ -115,6 +129,8 @@ def test_compose_service_env_is_what_the_code_reads(compose: dict[str, Any], ser
 def test_compose_service_waits_for_its_servers_and_has_a_healthcheck(compose: dict[str, Any], service: str) -> None:
     spec = compose["services"][service]
     needs = {"nats", "postgres"} if uses_database(service) else {"nats"}
+    if service == "hardware-probe":
+        needs.add("ollama")  # the Ollama it reports to the fleet
     assert set(spec["depends_on"]) == needs
     assert all(cond["condition"] == "service_healthy" for cond in spec["depends_on"].values())
     assert spec["healthcheck"]["test"] == ["CMD", "python", "deploy/healthcheck.py", service]
@@ -150,8 +166,8 @@ def test_compose_gpu_overlay_names_known_services(compose: dict[str, Any]) -> No
 
 def test_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
     text = (ROOT / "deploy/Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.1[1-9]", text, re.M)
-    assert 'pip install ".[${EXTRAS}]"' in text
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.1[1-9]", text, re.M)
+    assert 'pip wheel --wheel-dir /wheels ".[${EXTRAS}]"' in text  # the stages: tests/unit/test_compose_schema.py
     assert "COPY deploy/healthcheck.py" in text and "WORKDIR /app" in text
     assert re.search(r"^USER (?!root)\S+", text, re.M)
     for needed in ("pyproject.toml", "contracts", "services"):

@@ -82,6 +82,7 @@ def k8s_receivers(docs: list[dict[str, Any]]) -> set[str]:
 def test_compose_gives_the_admin_token_to_the_gateway_only() -> None:
     assert compose_receivers(ROOT / "docker-compose.yml") == {"gateway"}
     assert compose_receivers(ROOT / "deploy" / "compose.gpu.yml") <= {"gateway"}
+    assert compose_receivers(ROOT / "observability" / "compose.yml") == set()  # included by docker-compose.yml
 
 
 def test_kubernetes_gives_the_admin_token_to_the_gateway_only() -> None:
