@@ -10,6 +10,7 @@ from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 from contracts.envelope import Contract, Envelope
 from contracts.fallback import FallbackSpec
 from contracts.rpc import RpcRequest
+from contracts.vram import ModelArchitecture
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
@@ -277,6 +278,10 @@ class ModelDoc(Contract):
     origin: Annotated[str, StringConstraints(pattern=r"^(curated|imported|custom)$")] = "curated"
     extra: dict[str, Any] = Field(default_factory=dict, description="Fields of the source format kept for export.")
     edited_fields: list[str] = Field(default_factory=list, description="Edited locally; kept on updates.")
+    # Added with library shapes (optional, so the major version holds):
+    architecture: ModelArchitecture | None = Field(
+        default=None, description="Published architecture figures: `fit` sizes the model from them and a file size."
+    )
 
 
 class CatalogModelsReply(Contract):

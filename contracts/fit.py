@@ -5,23 +5,28 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterator
 from itertools import combinations
-from typing import Annotated, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from contracts.catalog import ModelDoc
 from contracts.hardware import GpuSampled
 from contracts.vram import (
     EstimateSettings,
     FitClass,
+    ModelChoice,
     ModelShape,
     Placement,
     QuantOption,
+    Recommendation,
     compute_bytes,
     cpu_estimate,
     estimate,
     fit_class,
     layer_kv_bytes,
     pick_quantization,
+    recommend_model,
+    shape_from_architecture,
     simple_estimate,
 )
 
@@ -249,10 +254,19 @@ class QuantFit(_Frozen):
     needed_bytes: int
 
 
+#: How an estimate was made: from published architecture figures + the file size (`shape`), from the model's GGUF
+#: header (`header`), or from the file size alone (`file-size`: the simple form, which ignores most of the context).
+SizingMethod = Literal["shape", "header", "file-size"]
+
+
 class FitReport(_Frozen):
     model: Annotated[str, StringConstraints(max_length=1024)]
     quant: str | None = None
     source: Annotated[str, StringConstraints(pattern=r"^(gguf|size|catalog)$")]
+    # Added with library shapes (optional, so older replies stay valid):
+    method: SizingMethod | None = Field(
+        default=None, description="shape (library figures), header (GGUF header) or file-size (the simple form)"
+    )
     num_ctx: int
     parallel: int
     cache_type: str
@@ -273,8 +287,13 @@ class FitReport(_Frozen):
     warnings: list[str] = Field(default_factory=list)
 
 
-def _quant_fit(h: HostCapacity, q: QuantFit, s: EstimateSettings) -> FitClass:
-    """A catalog quantization on a host: split over its GPUs like any simple-form model, else in RAM."""
+def _quant_fit(h: HostCapacity, q: QuantFit, s: EstimateSettings, shape: ModelShape | None = None) -> FitClass:
+    """A catalog quantization on a host: with its shape, the layer split like any GGUF; else split over the GPUs
+    in the simple form; without a GPU, in RAM."""
+    if shape is not None:
+        return fit_on_host(
+            h.host_id, shape, s, gpus_free=h.gpus_free, ram_available=h.ram_available, gpu_indexes=h.gpu_indexes
+        ).fit
     if not h.gpus_free:
         return fit_class(q.needed_bytes, h.ram_available)
     return fit_on_host(h.host_id, None, s, gpus_free=h.gpus_free, ram_available=0, file_size_bytes=q.size_bytes).fit
@@ -283,8 +302,14 @@ def _quant_fit(h: HostCapacity, q: QuantFit, s: EstimateSettings) -> FitClass:
 def fit_report(
     model: str, source: str, s: EstimateSettings, hosts: list[HostCapacity], *, shape: ModelShape | None = None,
     size_bytes: int = 0, quant: str | None = None, quants: list[tuple[str, int]] | None = None,
+    quant_shapes: dict[str, ModelShape] | None = None, method: SizingMethod | None = None,
+    warnings: list[str] | None = None,
 ) -> FitReport:  # fmt: skip
-    """The full-GPU estimate's parts, the CPU-only total, and per host its fit (and best quant of `quants`)."""
+    """The full-GPU estimate's parts, the CPU-only total, and per host its fit (and best quant of `quants`).
+
+    `quant_shapes` gives a shape per quantization name (library figures or a rescaled header): those are judged by
+    the layer split; the others by the simple form. `method` defaults to header with a shape, else file-size."""
+    shapes = quant_shapes or {}
     if shape is not None:
         e = estimate(shape, s)
         cpu_total = cpu_estimate(shape, s).total_bytes
@@ -305,20 +330,29 @@ def fit_report(
         for h in hosts
     ]
     qfits = [
-        QuantFit(quant=q, size_bytes=b, needed_bytes=simple_estimate(b, s.num_ctx, s.parallel).total_bytes)
+        QuantFit(
+            quant=q, size_bytes=b,
+            needed_bytes=estimate(shapes[q], s).total_bytes if q in shapes
+            else simple_estimate(b, s.num_ctx, s.parallel).total_bytes,
+        )
         for q, b in quants or []
-    ]
+    ]  # fmt: skip
     best: dict[str, str | None] = {}
     for h in hosts if qfits else []:
-        classed = [(QuantOption(quant=q.quant, needed_bytes=q.needed_bytes), _quant_fit(h, q, s)) for q in qfits]
+        classed = [
+            (QuantOption(quant=q.quant, needed_bytes=q.needed_bytes), _quant_fit(h, q, s, shapes.get(q.quant)))
+            for q in qfits
+        ]
         pick = pick_quantization(classed)
         best[h.host_id] = pick[0].quant if pick else None
+    method = method or ("file-size" if shape is None else "header")
     return FitReport(
-        model=model, quant=quant, source=source, num_ctx=s.num_ctx, parallel=s.parallel, cache_type=s.cache_type,
+        model=model, quant=quant, source=source, method=method, num_ctx=s.num_ctx, parallel=s.parallel,
+        cache_type=s.cache_type,
         weights_bytes=e.weights_bytes, kv_cache_bytes=e.kv_cache_bytes, compute_bytes=e.compute_bytes,
         output_bytes=cpu_out, overhead_bytes=e.overhead_bytes, total_bytes=e.total_bytes, gpu_layers=e.gpu_layers,
         total_layers=e.total_layers, cpu_total_bytes=cpu_total, simple=e.simple, shape=shape, hosts=fits,
-        quants=qfits, best_quant=best, warnings=e.warnings,
+        quants=qfits, best_quant=best, warnings=[*e.warnings, *(warnings or [])],
     )  # fmt: skip
 
 
@@ -329,3 +363,101 @@ def capacity(sample: GpuSampled) -> HostCapacity:
         gpu_indexes=[g.index for g in sample.gpus] if sample.has_gpu else [],
         ram_available=sample.memory_available_bytes,
     )
+
+
+# --- Catalog models: shapes from the library's figures, GGUF sources, recommendations across GPUs -------------------
+
+#: What a catalog model is sized as when no quantization is asked for (the one Ollama pulls by default).
+DEFAULT_QUANT = "Q4_K_M"
+
+
+def library_shapes(doc: ModelDoc) -> dict[str, ModelShape]:
+    """A shape per quantization of `doc` from its architecture figures and each file size (empty without figures,
+    for a diffusion model, or for a quantization without a size)."""
+    arch = doc.architecture
+    if arch is None or arch.kind == "diffusion":
+        return {}
+    return {q.name: shape_from_architecture(arch, q.size_bytes, q.name) for q in doc.quantizations if q.size_bytes}
+
+
+def gguf_source_url(doc: ModelDoc, quant: str | None, hf_endpoint: str = "https://huggingface.co") -> str | None:
+    """Where the GGUF of `doc` (its `quant` file, else its `hf_file`) can be read by HTTP Range: a quantization's
+    file given as a URL, or `<endpoint>/<hf_repo>/resolve/<revision>/<file>`; None when it names no GGUF."""
+    q = next((q for q in doc.quantizations if quant and q.name.upper() == quant.upper()), None)
+    for file in (q.file if q else "", doc.sources.hf_file or ""):
+        if not file.lower().endswith(".gguf"):
+            continue
+        if file.startswith(("http://", "https://")):
+            return file
+        if doc.sources.hf_repo:
+            rev = doc.sources.hf_revision or "main"
+            return f"{hf_endpoint.rstrip('/')}/{doc.sources.hf_repo}/resolve/{rev}/{file}"
+    return None
+
+
+class CandidateFit(_Frozen):
+    """One library model judged on one host: its default quantization, how it was sized, and where it goes."""
+
+    model: ModelChoice
+    quant: str
+    method: SizingMethod
+    fit: HostFit
+
+
+class HostAdvice(_Frozen):
+    memory_bytes: int = Field(description="free memory of all the host's GPUs together, else available RAM")
+    memory_source: str = Field(description="'gpu' or 'ram'")
+    num_ctx: int = Field(description="the context each candidate is sized at")
+    model: Recommendation
+    placement: CandidateFit | None = Field(default=None, description="where the recommended model goes")
+    offload: list[CandidateFit] = Field(
+        default_factory=list,
+        description="larger or better models that run only partially offloaded here, with their layer split",
+    )
+
+
+#: At most this many partial-offload options are offered, best first.
+MAX_OFFLOAD_OPTIONS = 5
+
+
+def library_candidate(doc: ModelDoc) -> tuple[ModelChoice, str, ModelShape | None, int] | None:
+    """A library model as a candidate: its default (or smallest) quantization, its shape if known, its mean rating."""
+    sizes = {q.name: q.size_bytes for q in doc.quantizations if q.size_bytes}
+    if not sizes or not doc.parameter_count:
+        return None
+    quant = DEFAULT_QUANT if DEFAULT_QUANT in sizes else min(sizes, key=sizes.__getitem__)
+    quality = round(sum(doc.ratings.values()) / len(doc.ratings)) if doc.ratings else 0
+    choice = ModelChoice(name=doc.id, parameters_b=doc.parameter_count / 1e9, size_bytes=sizes[quant], quality=quality)
+    return choice, quant, library_shapes(doc).get(quant), sizes[quant]
+
+
+def advise_host(
+    cap: HostCapacity, candidates: list[tuple[ModelChoice, str, ModelShape | None, int]], s: EstimateSettings
+) -> HostAdvice:
+    """The memory tier's model among those that fit the host *fully* by the same placement as `fit` (the layer
+    split over every GPU, or a subset), and the better ones that only fit partially offloaded, with their split."""
+    judged = []
+    for choice, quant, shape, size in candidates:
+        hf = fit_on_host(
+            cap.host_id, shape, s, gpus_free=cap.gpus_free, ram_available=cap.ram_available, file_size_bytes=size,
+            gpu_indexes=cap.gpu_indexes,
+        )  # fmt: skip
+        judged.append(CandidateFit(model=choice, quant=quant, method="shape" if shape else "file-size", fit=hf))
+    memory = sum(max(0, f) for f in cap.gpus_free) if cap.gpus_free else cap.ram_available
+    fits = {c.model.name for c in judged if c.fit.placement == Placement.FULL and c.fit.fit != FitClass.WONT_FIT}
+    if not cap.gpus_free:
+        fits = {c.model.name for c in judged if c.fit.fit != FitClass.WONT_FIT}
+    rec = recommend_model(memory, [c.model for c in judged], fits=fits)
+    placed = next((c for c in judged if rec.model and c.model.name == rec.model.name), None)
+    bar = (rec.model.quality, rec.model.parameters_b) if rec.model and rec.model.name in fits else (-1, 0.0)
+    offload = sorted(
+        (
+            c for c in judged
+            if c.fit.placement == Placement.PARTIAL and (c.model.quality, c.model.parameters_b) > bar
+        ),
+        key=lambda c: (-c.model.quality, -c.model.parameters_b),
+    )[:MAX_OFFLOAD_OPTIONS]  # fmt: skip
+    return HostAdvice(
+        memory_bytes=memory, memory_source="gpu" if cap.gpus_free else "ram", num_ctx=s.num_ctx, model=rec,
+        placement=placed, offload=offload,
+    )  # fmt: skip

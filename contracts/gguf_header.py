@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from contracts.vram import SWA_PERIOD, ModelShape
+from contracts.vram import NO_KV_ARCHITECTURES, ModelShape, swa_layers
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -240,15 +240,10 @@ def _per_layer(value: Any, n: int, name: str) -> list[int]:
 
 
 def _swa_layers(header: GgufHeader, n: int, window: int) -> list[bool]:
-    if not window:
-        return [False] * n
     pattern = header.arch_value("attention.sliding_window_pattern")
-    if isinstance(pattern, list) and len(pattern) == n:
-        return [bool(p) for p in pattern]
-    period = pattern if isinstance(pattern, int) and pattern > 0 else SWA_PERIOD.get(header.architecture)
-    if not period:
-        return [False] * n  # a window in the metadata that llama.cpp does not apply to this architecture
-    return [(i + 1) % period != 0 for i in range(n)]
+    if isinstance(pattern, list):
+        pattern = [bool(p) for p in pattern]
+    return swa_layers(header.architecture, n, window, pattern if isinstance(pattern, int | list) else None)
 
 
 def model_shape(header: GgufHeader, file_size_bytes: int = 0) -> ModelShape:
@@ -290,8 +285,8 @@ def model_shape(header: GgufHeader, file_size_bytes: int = 0) -> ModelShape:
         else:
             has_output = has_output or t.name == "output.weight"
             output_bytes += size
-    if not has_output:
-        output_bytes += tied_bytes  # llama.cpp duplicates a tied embedding onto the output device
+    if not has_output and arch not in NO_KV_ARCHITECTURES:
+        output_bytes += tied_bytes  # llama.cpp duplicates a tied embedding onto the output device (an encoder has none)
     vocab = header.arch_value("vocab_size") or header.array_lengths.get("tokenizer.ggml.tokens")
     if not vocab:
         tokens = header.metadata.get("tokenizer.ggml.tokens")

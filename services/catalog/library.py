@@ -1,4 +1,5 @@
-"""The curated library file: models, the 19 system default profiles, the built-in profile set, the default model."""
+"""The curated library file: models (with their architecture figures), the 19 system default profiles, the built-in
+profile set, the default model."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from contracts.catalog import PROFILE_TYPES, ModelDoc, ProfileDoc, ProfileSetDoc, system_profile_id
 from contracts.parameters import validate_parameters
+from contracts.vram import ModelArchitecture
 
 LIBRARY_FILE = Path(__file__).with_name("library.toml")
 
@@ -24,6 +26,10 @@ class Library:
 def load_library(path: Path = LIBRARY_FILE) -> Library:
     """Parse and validate the library; a broken file fails the start loudly (it ships with the code)."""
     doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    for i, m in enumerate(doc.get("models", [])):
+        unknown = set(m.get("architecture") or {}) - set(ModelArchitecture.model_fields)
+        if unknown:  # the contract ignores unknown fields (newer writers); the shipped file must not have typos
+            raise ValueError(f"{path}: models[{i}] ({m.get('id')}): architecture has unknown keys {sorted(unknown)}")
     models = [ModelDoc.model_validate({**m, "origin": "curated"}) for m in doc.get("models", [])]
     ids = {m.id for m in models}
     base = validate_parameters(doc.get("profile_base", {}), "profile_base")

@@ -48,7 +48,25 @@ def hardware(
         name = pick["model"]["name"] if pick.get("model") else "none"
         warning = f" [yellow]{pick['warning']}[/yellow]" if pick.get("warning") else ""
         where = f"{advice_doc['memory_source']} {_gib(advice_doc['memory_bytes'])} GiB ({pick['tier']})"
-        Console().print(f"recommended for {where}: [bold]{name}[/bold]{warning}")
+        console = Console()
+        console.print(f"recommended for {where}: [bold]{name}[/bold]{warning}")
+        for label, option in [("placed", advice_doc.get("placement"))] + [
+            ("partial offload", o) for o in advice_doc.get("offload") or []
+        ]:
+            if option:
+                console.print(f"  {label}: {_option_line(option)}")
+
+
+def _option_line(option: dict[str, Any]) -> str:
+    """`llama3.3-70b Q4_K_M: full on gpu0+gpu1, 81/81 layers, 43.1 GiB (gpu0 41L 21.5/22.5; ...)`."""
+    f = option["fit"]
+    split = _per_gpu(f.get("gpus", []))
+    return (
+        f"{option['model']['name']} {option['quant']}: {f['placement']} on {f['device']}, "
+        f"{f['gpu_layers']}/{f['total_layers']} layers, {_gib(f['placed_bytes'] or f['needed_bytes'])} GiB"
+        + (f" ({split})" if split else "")
+        + f" [{option['method']}]"
+    )
 
 
 def render_hosts(hosts: list[dict[str, Any]], console: Console | None = None) -> None:
@@ -147,6 +165,14 @@ def fit(
     _print_fit(call("GET", "/api/v1/fit", params=params).json(), as_json)
 
 
+#: What each sizing method means, as `modelfleet fit` prints it under the totals.
+_METHODS = {
+    "shape": "the catalog's architecture figures and the file size",
+    "header": "the model's GGUF header",
+    "file-size": "the file size alone: the simple form, which ignores most of the context",
+}
+
+
 def _print_fit(doc: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
@@ -159,6 +185,8 @@ def _print_fit(doc: dict[str, Any], as_json: bool) -> None:
         f"[bold]{_gib(doc['total_bytes'])} GiB[/bold] on GPU ({doc['gpu_layers']}/{doc['total_layers']} layers); "
         f"CPU only {_gib(doc['cpu_total_bytes'])} GiB"
     )
+    method = doc.get("method") or ("file-size" if doc.get("simple") else "header")
+    console.print(f"method: {method} ({_METHODS.get(method, '?')})")
     for w in doc.get("warnings", []):
         console.print(f"[yellow]{w}[/yellow]")
     if doc.get("hosts"):

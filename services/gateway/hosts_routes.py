@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -12,32 +13,41 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
 from contracts.catalog import CatalogModelsRequest, ModelDoc, ModelInfoRequest
-from contracts.fit import FitReport, HostCapacity, capacity, fit_report
+from contracts.fit import (
+    DEFAULT_QUANT,
+    CandidateFit,
+    FitReport,
+    HostCapacity,
+    SizingMethod,
+    advise_host,
+    capacity,
+    fit_report,
+    gguf_source_url,
+    library_candidate,
+    library_shapes,
+)
 from contracts.gguf_header import GgufError, model_shape
 from contracts.hardware import HOSTS_BUCKET, GpuSampled
 from contracts.rpc import RpcError
 from contracts.subjects import EVENTS_STREAM
 from contracts.vram import (
     EstimateSettings,
-    ModelChoice,
     ModelShape,
     Recommendation,
     SettingsRecommendation,
-    recommend_model,
     recommend_settings,
+    rescale_shape,
 )
 from services.gateway.auth import caller
 from services.gateway.bus_client import BusClient, bus_of
 from services.gateway.errors import ERROR_RESPONSES
 from services.gateway.subscriptions import dead_letter
-from services.runtime.egress import EgressDenied
+from services.runtime.egress import EgressDenied, EgressSettings
 from services.runtime.gguf_io import read_url_header
 
 # Read-only, but fleet internals: any valid token (a user's or the admin's).
 router = APIRouter(dependencies=[Depends(caller)], responses=ERROR_RESPONSES)
 
-#: What a catalog model is sized as when no quantization is asked for (the one Ollama pulls by default).
-DEFAULT_QUANT = "Q4_K_M"
 #: A host whose latest sample is older than this many of its intervals is reported stale.
 STALE_INTERVALS = 3.0
 
@@ -161,25 +171,27 @@ async def get_host(
 
 class HostRecommendations(BaseModel):
     host_id: str
-    memory_bytes: int = Field(description="what the model tier is chosen by: the largest free GPU, else free RAM")
+    memory_bytes: int = Field(
+        description="what the model tier is chosen by: the free memory of all the host's GPUs together, else free RAM"
+    )
     memory_source: str = Field(description="'gpu' or 'ram'")
     model: Recommendation
     settings: SettingsRecommendation
-
-
-def _choice(doc: ModelDoc) -> ModelChoice | None:
-    """A library model as a candidate: its default (or smallest) quantization's size, its mean rating."""
-    sizes = {q.name: q.size_bytes for q in doc.quantizations if q.size_bytes}
-    if not sizes or not doc.parameter_count:
-        return None
-    size = sizes.get(DEFAULT_QUANT, min(sizes.values()))
-    quality = round(sum(doc.ratings.values()) / len(doc.ratings)) if doc.ratings else 0
-    return ModelChoice(name=doc.id, parameters_b=doc.parameter_count / 1e9, size_bytes=size, quality=quality)
+    # Added with recommendations across GPUs (optional, so older replies stay valid):
+    num_ctx: int | None = Field(default=None, description="the context candidates are sized at (the settings')")
+    placement: CandidateFit | None = Field(
+        default=None, description="where the recommended model goes: the same layer split as /api/v1/fit"
+    )
+    offload: list[CandidateFit] = Field(
+        default_factory=list, description="better models that run here only partially offloaded, with their split"
+    )
 
 
 @router.get("/api/v1/hosts/{host_id}/recommendations", response_model=HostRecommendations, tags=["hosts"])
 async def host_recommendations(request: Request, host_id: str) -> HostRecommendations:
-    """The library model for the host's memory tier, and the profile and settings for its RAM and cores."""
+    """The library model for the host's memory tier, judged by the same layer split as `fit` over all its GPUs
+    (a subset when better), the better models that fit only partially offloaded, and the profile and settings for
+    its RAM and cores."""
     bus = _bus(request)
     sample = {s.host_id: s for s in await latest_samples(bus)}.get(host_id)
     if sample is None:
@@ -188,13 +200,12 @@ async def host_recommendations(request: Request, host_id: str) -> HostRecommenda
         library = await bus.ask(CatalogModelsRequest())
     except RpcError as exc:  # the CLI shows the sample without advice on a 503, whatever the catalog's trouble
         raise RpcError(503, f"catalog unavailable: {exc.detail}", code="unavailable") from exc
-    choices = [c for c in map(_choice, library.models) if c is not None]
-    on_gpu = sample.has_gpu and bool(sample.gpus)
-    memory = sample.gpu_free_bytes() if on_gpu else sample.memory_available_bytes
+    settings = recommend_settings(sample.memory_total_bytes, sample.cpu_physical_cores or sample.cpu_logical_cores)
+    candidates = [c for c in map(library_candidate, library.models) if c is not None]
+    advice = advise_host(capacity(sample), candidates, EstimateSettings(num_ctx=settings.context_length))
     return HostRecommendations(
-        host_id=host_id, memory_bytes=memory, memory_source="gpu" if on_gpu else "ram",
-        model=recommend_model(memory, choices),
-        settings=recommend_settings(sample.memory_total_bytes, sample.cpu_physical_cores or sample.cpu_logical_cores),
+        host_id=host_id, memory_bytes=advice.memory_bytes, memory_source=advice.memory_source, model=advice.model,
+        settings=settings, num_ctx=advice.num_ctx, placement=advice.placement, offload=advice.offload,
     )  # fmt: skip
 
 
@@ -207,10 +218,61 @@ async def _capacities(bus: BusClient, host: str | None) -> list[HostCapacity]:
     return [capacity(s) for s in samples]
 
 
-async def _catalog_sizes(bus: BusClient, model: str) -> tuple[list[tuple[str, int]], int | None]:
-    """The catalog's quantizations (name, size) of `model` and its context window, via rpc.catalog.models.info.v1."""
-    doc = await bus.ask(ModelInfoRequest(model=model))
-    return [(q.name, q.size_bytes) for q in doc.quantizations if q.size_bytes], doc.context_window
+#: GGUF headers read for catalog models, by URL (a header is small and a published file does not change).
+_HEADER_CACHE: OrderedDict[str, ModelShape] = OrderedDict()
+HEADER_CACHE_SIZE = 64
+
+
+async def _header_shape(url: str) -> ModelShape:
+    """The shape from a remote GGUF's header (HTTP Range reads through the egress policy), cached by URL."""
+    if url in _HEADER_CACHE:
+        _HEADER_CACHE.move_to_end(url)
+        return _HEADER_CACHE[url]
+    header, total = await read_url_header(url)
+    shape = model_shape(header, total or 0)
+    _HEADER_CACHE[url] = shape
+    while len(_HEADER_CACHE) > HEADER_CACHE_SIZE:
+        _HEADER_CACHE.popitem(last=False)
+    return shape
+
+
+class CatalogSizing(NamedTuple):
+    sizes: list[tuple[str, int]]
+    shapes: dict[str, ModelShape]
+    method: SizingMethod
+    warnings: list[str]
+
+
+async def catalog_sizing(doc: ModelDoc, quant: str | None, hf_endpoint: str | None = None) -> CatalogSizing:
+    """How a catalog model is sized: its library architecture figures (`shape`); else the GGUF header of its file,
+    read by HTTP Range (`header`, other quantizations scaled by file size); else the file size alone (`file-size`),
+    with a warning saying why."""
+    sizes = [(q.name, q.size_bytes) for q in doc.quantizations if q.size_bytes]
+    shapes = library_shapes(doc)
+    if shapes:
+        return CatalogSizing(sizes, shapes, "shape", [])
+    if doc.architecture is not None and doc.architecture.kind == "diffusion":
+        why = f"{doc.id} is a diffusion model ({doc.architecture.architecture}): sized from its file size"
+        return CatalogSizing(sizes, {}, "file-size", [why])
+    wanted = quant or next((q for q, _ in sizes if q == DEFAULT_QUANT), sizes[0][0] if sizes else None)
+    url = gguf_source_url(doc, wanted, hf_endpoint or EgressSettings().hf_endpoint)
+    if url is None:
+        why = f"no architecture figures and no GGUF file known for {doc.id}: sized from its file size (simple form)"
+        return CatalogSizing(sizes, {}, "file-size", [why])
+    try:
+        shape = await _header_shape(url)
+    except (GgufError, EgressDenied) as exc:
+        return CatalogSizing(
+            sizes, {}, "file-size", [f"GGUF header of {doc.id} unreadable ({exc}): sized from its file size"]
+        )
+    if not sizes:  # the header's file is the one size known
+        sizes = [(shape.file_type or "GGUF", shape.file_size_bytes or shape.weights_bytes)]
+    header_quant = shape.file_type or ""
+    by_quant = {
+        q: shape if q.upper() == header_quant.upper() or len(sizes) == 1 else rescale_shape(shape, b, q)
+        for q, b in sizes
+    }
+    return CatalogSizing(sizes, by_quant, "header", [])
 
 
 @router.get("/api/v1/fit", response_model=FitReport, tags=["hosts"])
@@ -230,7 +292,9 @@ async def fit_get(
     """What a model needs (weights, KV cache, compute, overhead) and how it fits each host (or `host`).
 
     Give one of: `gguf_url` (its header is read with HTTP Range), `size_bytes` (file_size x 1.2 + ctx/1000 MiB
-    + 500 MiB), or `model` (the catalog's sizes for `quant`, or every quantization and the best per host)."""
+    + 500 MiB), or `model` (a catalog model: sized from its architecture figures and each quantization's file size,
+    else from its GGUF header, else from the file size; `method` says which; for `quant`, or every quantization
+    and the best per host)."""
     given = [n for n, v in (("model", model), ("size_bytes", size_bytes), ("gguf_url", gguf_url)) if v is not None]
     if len(given) != 1:
         raise HTTPException(422, f"give exactly one of model, size_bytes, gguf_url (got {given or 'none'})")
@@ -245,11 +309,13 @@ async def fit_get(
             raise HTTPException(422, f"gguf_url: {exc}") from exc
         except EgressDenied as exc:  # the egress policy (docs/gateway.md "Outbound requests"): nothing was contacted
             raise RpcError(403, f"gguf_url: {exc}", code="egress_not_allowed", field="gguf_url") from None
-        return fit_report(gguf_url, "gguf", s, hosts, shape=shape, quant=shape.file_type)
+        return fit_report(gguf_url, "gguf", s, hosts, shape=shape, quant=shape.file_type, method="header")
     if size_bytes is not None:
         return fit_report(f"{size_bytes} bytes", "size", s, hosts, size_bytes=size_bytes, quant=quant)
     assert model is not None
-    sizes, _ = await _catalog_sizes(bus, model)
+    doc = await bus.ask(ModelInfoRequest(model=model))
+    sizing = await catalog_sizing(doc, quant)
+    sizes = sizing.sizes
     if not sizes:
         raise HTTPException(422, f"model: the catalog knows no file sizes for {model!r}")
     chosen = [q for q in sizes if quant is None or q[0].upper() == quant.upper()]
@@ -257,7 +323,10 @@ async def fit_get(
         raise HTTPException(422, f"quant: {model!r} has no {quant!r} (has {', '.join(q for q, _ in sizes)})")
     # without --quant: the catalog's default quantization when it has it, else its smallest file
     pick = chosen[0] if quant else next((q for q in chosen if q[0] == DEFAULT_QUANT), min(chosen, key=lambda q: q[1]))
-    return fit_report(model, "catalog", s, hosts, size_bytes=pick[1], quant=pick[0], quants=sizes)
+    return fit_report(
+        model, "catalog", s, hosts, shape=sizing.shapes.get(pick[0]), size_bytes=pick[1], quant=pick[0],
+        quants=sizes, quant_shapes=sizing.shapes, method=sizing.method, warnings=sizing.warnings,
+    )  # fmt: skip
 
 
 @router.post("/api/v1/fit", response_model=FitReport, tags=["hosts"])

@@ -15,9 +15,19 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from contracts.fit import HostCapacity, fit_report
+from contracts.fit import HostCapacity, fit_on_host, fit_report
 from contracts.gguf_header import model_shape
-from contracts.vram import GIB, MEMORY_TIERS, EstimateSettings, QuantOption, best_quantization, simple_estimate
+from contracts.vram import (
+    GIB,
+    MEMORY_TIERS,
+    EstimateSettings,
+    ModelShape,
+    QuantOption,
+    estimate,
+    pick_quantization,
+    rescale_shape,
+    simple_estimate,
+)
 from services.cli.main import app as cli
 from services.runtime.gguf_io import read_file_header
 from tests.harness.gguf_builder import write_tiny_llama
@@ -203,14 +213,28 @@ async def test_fit_of_a_catalog_model_picks_the_best_quant_per_host(
         assert doc["source"] == "catalog" and doc["quant"] == "Q4_K_M"  # the default quantization
         sizes = {q["quant"]: q["size_bytes"] for q in doc["quants"]}
         assert sizes == {"Q4_K_M": 18_600_000_000, "Q8_0": 32_500_000_000}  # from the catalog's library
-        assert doc["total_bytes"] == simple_estimate(18_600_000_000, 8192).total_bytes
+        # sized from the library's architecture figures (docs/hardware.md), not the simple form
+        assert doc["method"] == "shape" and not doc["simple"]
+        shape = ModelShape.model_validate(doc["shape"])
+        assert doc["total_bytes"] == estimate(shape, EstimateSettings(num_ctx=8192)).total_bytes
+        assert doc["kv_cache_bytes"] == 48 * 4 * 128 * 2 * 2 * 8192
         [host] = doc["hosts"]
-        options = [QuantOption(quant=q["quant"], needed_bytes=q["needed_bytes"]) for q in doc["quants"]]
-        expected = best_quantization(options, host["free_bytes"])
+        ram = EstimateSettings(num_ctx=8192)
+        classed = [
+            (
+                QuantOption(quant=q["quant"], needed_bytes=q["needed_bytes"]),
+                fit_on_host(
+                    "test-host", rescale_shape(shape, q["size_bytes"], q["quant"]), ram, gpus_free=[],
+                    ram_available=host["free_bytes"],
+                ).fit,
+            )
+            for q in doc["quants"]
+        ]  # fmt: skip
+        expected = pick_quantization(classed)
         assert doc["best_quant"] == {"test-host": expected[0].quant if expected else None}
 
         q8 = (await client.get("/api/v1/fit", params={"model": "qwen3-30b-a3b", "quant": "q8_0"})).json()
-        assert q8["quant"] == "Q8_0" and q8["weights_bytes"] == int(32_500_000_000 * 1.2)
+        assert q8["quant"] == "Q8_0" and q8["shape"]["weights_bytes"] == 32_500_000_000
         missing_quant = await client.get("/api/v1/fit", params={"model": "qwen3-30b-a3b", "quant": "Q2_K"})
         assert missing_quant.status_code == 422 and "Q4_K_M" in missing_quant.json()["detail"]
         unknown = await client.get("/api/v1/fit", params={"model": "no-such-model"})
