@@ -24,6 +24,7 @@ from services.gateway import (
     route_routes,
     updates_routes,
 )
+from services.gateway import metrics as gateway_metrics
 from services.gateway.backends import Backend, FallbackBackend, OllamaBackend, OpenAIBackend
 from services.gateway.bus_client import BusClient
 from services.gateway.call_reports import CallReporter
@@ -105,5 +106,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(updates_routes.router)
     app.include_router(route_routes.router)
     app.include_router(openai_routes.router)
+    gateway_metrics.stable_http_semconv()  # http.server.request.duration in s, by http.route
     FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider, excluded_urls="healthz")
     return app

@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from contracts.catalog import Caller, CatalogModelsRequest, RolesRequest
 from contracts.router import RouteReply
 from contracts.rpc import RpcError
+from services.gateway import metrics
 from services.gateway import openai_wire as wire
 from services.gateway.auth import caller
 from services.gateway.backends import BACKEND_LABEL, BackendError, ChatCall
@@ -53,6 +54,15 @@ class OpenAIRoute(APIRoute):
 
         async def openai_handler(request: Request) -> Response:
             request.state.arrived = time.perf_counter()
+            operation = metrics.OPERATIONS.get(request.url.path)
+            exchange = metrics.Exchange(operation, request.state.arrived) if operation else None
+            request.state.exchange = exchange
+            response = await answer(request)
+            if exchange is not None and not isinstance(response, StreamingResponse):  # a stream finishes at its end
+                exchange.finish(response.status_code)
+            return response
+
+        async def answer(request: Request) -> Response:
             try:
                 return await handler(request)
             except NoBackendAnswered as exc:
@@ -98,6 +108,9 @@ def _headers(request: Request, reply: RouteReply, served: Served[Any]) -> dict[s
         reason += f" retried={served.retries}"
     overhead = (time.perf_counter() - request.state.arrived) * 1000 - served.backend_ms
     label = served.value.pop(BACKEND_LABEL, None) if isinstance(served.value, dict) else None
+    if (exchange := metrics.exchange_of(request.state)) is not None:
+        exchange.served(backend.host_id, backend.kind, reason.split(" ")[0], served.retries, overhead / 1000,
+                        served.last_ms / 1000)  # fmt: skip
     return {
         "x-modelfleet-backend": label or f"{backend.host_id} {backend.base_url}",
         "x-modelfleet-route-reason": reason,
@@ -118,24 +131,54 @@ async def chat_completions(
     plane = plane_of(request)
     estimate = wire.estimate_prompt_tokens(body.messages)
     reply = await plane.route(body.model, who.user_id, body.route_options(), estimate)
+    exchange = metrics.exchange_of(request.state)
+    if exchange is not None:
+        exchange.routed(body.model, reply.role)
     call = ChatCall(
         client_model=body.model, messages=wire.with_system_prompt(body.messages, reply.system_prompt),
         options=reply.options, include_usage=body.include_usage, passthrough=body.passthrough(),
     )  # fmt: skip
     if not body.stream:
         served = await plane.complete(reply, call)
-        return JSONResponse(served.value, headers=_headers(request, reply, served))
+        headers = _headers(request, reply, served)
+        if exchange is not None:
+            used = served.value.get("usage") or {}
+            exchange.tokens(int(used.get("prompt_tokens") or 0), int(used.get("completion_tokens") or 0),
+                            served.last_ms / 1000)  # fmt: skip
+        return JSONResponse(served.value, headers=headers)
     opened = await plane.open_stream(reply, call)
+    first_at = time.perf_counter()
+    headers = {**_headers(request, reply, opened.served), "Cache-Control": "no-cache"}
+    if exchange is not None:
+        exchange.first_token(first_at)
     tally = wire.UsageTally(wire.estimate_prompt_tokens(body.messages, reply.system_prompt))
+    measure = _StreamEnd(exchange, first_at - opened.served.last_ms / 1000)
     return StreamingResponse(
-        _events(opened, tally, call.include_usage), media_type="text/event-stream",
-        headers={**_headers(request, reply, opened.served), "Cache-Control": "no-cache"},
-    )  # fmt: skip
+        _events(opened, tally, call.include_usage, measure), media_type="text/event-stream", headers=headers
+    )
 
 
-async def _events(opened: Opened, tally: wire.UsageTally, include_usage: bool) -> AsyncIterator[bytes]:
+class _StreamEnd:
+    """Records a stream's tokens, rate and duration when it ends (`call_started`: when the answering call began)."""
+
+    def __init__(self, exchange: metrics.Exchange | None, call_started: float):
+        self.exchange = exchange
+        self.call_started = call_started
+
+    def __call__(self, tally: wire.UsageTally, error: str | None) -> None:
+        if self.exchange is None:
+            return
+        prompt, completion = tally.counts()
+        self.exchange.tokens(prompt, completion, time.perf_counter() - self.call_started)
+        self.exchange.finish(200, error)
+
+
+async def _events(
+    opened: Opened, tally: wire.UsageTally, include_usage: bool, measure: _StreamEnd
+) -> AsyncIterator[bytes]:
     """The server-sent events: the chunks as they come; once streaming has begun a failure is an error event, then
     `[DONE]`, never a silent cut. Leaving early (the client went away) closes the backend request."""
+    error: str | None = None
     try:
         tally.observe(opened.served.value)
         yield wire.sse(opened.served.value)
@@ -145,8 +188,10 @@ async def _events(opened: Opened, tally: wire.UsageTally, include_usage: bool) -
         if include_usage and (final := tally.final()) is not None:
             yield wire.sse(final)
     except BackendError as exc:
+        error = exc.outcome
         yield wire.sse(wire.error_body(502, f"the backend failed mid-stream: {exc}", exc.outcome))
     finally:
+        measure(tally, error)
         await opened.rest.aclose()  # type: ignore[attr-defined]
     yield wire.DONE
 
@@ -167,8 +212,13 @@ async def embeddings(request: Request, body: wire.EmbeddingsRequest, who: Caller
     base64 (what the official client asks by default)."""
     plane = plane_of(request)
     reply = await plane.route(body.model, who.user_id)
+    exchange = metrics.exchange_of(request.state)
+    if exchange is not None:
+        exchange.routed(body.model, reply.role)
     served = await plane.embed(reply, body.texts)
     vectors, prompt_tokens = served.value
+    if exchange is not None:
+        exchange.tokens(prompt_tokens, None)
     if body.dimensions:
         vectors = [v[: body.dimensions] for v in vectors]
     doc = wire.embedding_list(vectors, body.model, prompt_tokens, body.encoding_format)

@@ -220,6 +220,8 @@ class UsageTally:
         self.prompt_estimate = prompt_estimate
         self.content_chunks = 0
         self.seen = False
+        #: The backend's own usage, when one of its chunks carried it.
+        self.usage: Mapping[str, Any] = {}
         self.id = ""
         self.created = 0
         self.model = ""
@@ -227,11 +229,18 @@ class UsageTally:
     def observe(self, item: Mapping[str, Any]) -> None:
         if item.get("usage"):
             self.seen = True
+            self.usage = item["usage"]
         self.id, self.created, self.model = item.get("id", self.id), item.get("created", self.created), \
             item.get("model", self.model)  # fmt: skip
         for choice in item.get("choices") or ():
             if (choice.get("delta") or {}).get("content"):
                 self.content_chunks += 1  # one token a chunk: how llama.cpp and vLLM stream
+
+    def counts(self) -> tuple[int, int]:
+        """Prompt and completion tokens: the backend's count when it sent one, else the estimate and the chunks."""
+        if self.seen:
+            return int(self.usage.get("prompt_tokens") or 0), int(self.usage.get("completion_tokens") or 0)
+        return self.prompt_estimate, self.content_chunks
 
     def final(self) -> dict[str, Any] | None:
         if self.seen:

@@ -42,6 +42,8 @@ METRICS_PORTS: dict[str, int] = {
 DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 #: Buckets for token counts per request (gen_ai.client.token.usage).
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+#: Buckets for generation rates ({token}/s): from a CPU fallback's few tokens a second to a batched GPU server's.
+TOKEN_RATE_BUCKETS = (1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
 
 
 def meter(name: str) -> Meter:
@@ -124,6 +126,11 @@ def _views() -> list[View]:
             instrument_type=Histogram,
             instrument_unit="{token}",
             aggregation=ExplicitBucketHistogramAggregation(TOKEN_BUCKETS),
+        ),
+        View(
+            instrument_type=Histogram,
+            instrument_unit="{token}/s",
+            aggregation=ExplicitBucketHistogramAggregation(TOKEN_RATE_BUCKETS),
         ),
     ]
 
