@@ -18,6 +18,7 @@ from contracts.health import SERVICES
 from services.cli.status import render
 from services.cli.supervisor import Child, Supervisor, python_module
 from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, port_open
+from services.runtime.metrics import METRICS_PORTS
 from services.runtime.settings import default_state_dir
 
 console = Console()
@@ -44,6 +45,12 @@ def up(
     ),
     ready_timeout_s: float = typer.Option(
         60.0, "--ready-timeout", help="Seconds to wait for all-healthy before reporting."
+    ),
+    metrics: bool = typer.Option(
+        True,
+        "--metrics/--no-metrics",
+        help="Serve each process's Prometheus /metrics on its documented port (a free one when that is taken); "
+        "MODELFLEET_METRICS_PORT=0 in the environment turns them off too.",
     ),
 ) -> None:
     """Run a whole fleet on this machine until Ctrl-C or SIGTERM; then stop every process it started."""
@@ -81,10 +88,17 @@ def up(
         )  # fmt: skip
         logs = state_dir / "logs"
         names = [*SERVICES, "gateway"]
-        supervisor = Supervisor([Child(n, python_module(_module(n)), env, logs / f"{n}.log") for n in names])
+        ports = metrics_ports(names) if metrics and env.get("MODELFLEET_METRICS_PORT") != "0" else {}
+        supervisor = Supervisor([
+            Child(n, python_module(_module(n)), {**env, "MODELFLEET_METRICS_PORT": str(ports.get(n, 0))},
+                  logs / f"{n}.log")
+            for n in names
+        ])  # fmt: skip
         supervisor.start_all()
         url = f"http://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{port}"
         console.print(f"modelfleet gateway: [bold]{url}[/bold]  (logs in {logs})")
+        for line in _metrics_lines(ports, env.get("MODELFLEET_METRICS_BIND") or "127.0.0.1"):
+            console.print(line, soft_wrap=True)
         _wait_healthy(url, supervisor, ready_timeout_s, lambda: stopping)
         while not stopping:
             _tick(supervisor)
@@ -98,6 +112,24 @@ def up(
         if nats is not None:
             nats.stop()
     console.print("stopped cleanly")
+
+
+def metrics_ports(names: list[str]) -> dict[str, int]:
+    """Each child's /metrics port: its documented one (`METRICS_PORTS`), or a free one when another process has it
+    (a second fleet on the machine, an exporter), so that every child still serves its series."""
+    ports: dict[str, int] = {}
+    for name in names:
+        wanted = METRICS_PORTS.get(name, 0)
+        ports[name] = wanted if wanted and not port_open(wanted) and wanted not in ports.values() else free_port()
+    return ports
+
+
+def _metrics_lines(ports: dict[str, int], bind: str) -> list[str]:
+    """One line per process: `metrics <name> <url>` (docs/observability.md lists the series)."""
+    if not ports:
+        return ["[dim]metrics: off (--no-metrics or MODELFLEET_METRICS_PORT=0)[/dim]"]
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
+    return [f"metrics {name} http://{host}:{p}/metrics" for name, p in sorted(ports.items(), key=lambda kv: kv[1])]
 
 
 def _tick(supervisor: Supervisor) -> None:
