@@ -7,7 +7,7 @@ from typing import Any
 
 from contracts.envelope import Envelope
 from contracts.fallback import AdapterUpdated, FallbackAdvertised, SlotEvicted, SlotLoaded
-from services.inference_fallback import devices, handlers, loader
+from services.inference_fallback import devices, handlers, loader, metrics
 from services.inference_fallback.adapters import AdapterBook, AdapterWatcher
 from services.inference_fallback.operations import FallbackOps, HostMemory
 from services.inference_fallback.settings import InferenceFallbackSettings
@@ -43,6 +43,7 @@ def build_app(settings: InferenceFallbackSettings) -> Service:
 
     manager = SlotManager(limits, memory.get, loader.load, publish_slot, producer="inference-fallback",
                           host_id=parts.host_id)  # fmt: skip
+    metrics.watch(manager)
     finder = SourceFinder(settings.resolved_models_dir(), settings.ollama_models)
     book = AdapterBook()  # folded from evt.fallback.adapter.updated.v1 (every replica's watcher publishes there)
     ops = FallbackOps(settings, parts.rpc, manager, finder, memory, publish, parts.host_id, book, changed)

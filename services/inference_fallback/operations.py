@@ -22,7 +22,7 @@ from contracts.fallback import (
 )
 from contracts.router import LlmDegraded, LlmRecovered
 from contracts.rpc import RpcError
-from services.inference_fallback import domain
+from services.inference_fallback import domain, metrics
 from services.inference_fallback.adapters import AdapterBook, AdapterError
 from services.inference_fallback.devices import DevicePlan, HostFacts, choose_path
 from services.inference_fallback.generate import Generation, prompt_ids
@@ -148,6 +148,7 @@ class FallbackOps:
             raise RpcError(exc.status, str(exc), code=exc.code, field=exc.field) from None
 
     async def _generate(self, req: GenerateRequest) -> AsyncGenerator[GenerateChunk | GenerateEnd]:
+        started = time.perf_counter()
         sampling = domain.sampling(req.options, req.max_tokens)
         manifest = self.book.resolve(req.adapter, role=req.role, model_ref=req.model_ref) if req.adapter else None
         key = req.role or req.model_ref
@@ -155,16 +156,20 @@ class FallbackOps:
         async with self.manager.use(slot):
             loaded, adapters = slot.loaded, slot.adapters
             assert loaded is not None and adapters is not None  # use() refuses an evicted slot
+            generating = time.perf_counter()
             ids = await asyncio.to_thread(prompt_ids, loaded, req.messages, slot.max_seq_length)
             generation = Generation(loaded, ids, sampling, slot.max_seq_length, adapters=adapters, adapter=manifest)
             first = True
             async with contextlib.aclosing(generation.deltas()) as deltas:
                 async for text, tokens in deltas:
+                    if first:
+                        metrics.TIME_TO_FIRST_TOKEN.record(time.perf_counter() - started, {"slot": key})
                     yield GenerateChunk(
                         text=text, tokens=tokens, host_id=self.host_id if first else None, slot=key if first else None
                     )
                     first = False
             o = generation.outcome
+            _record(key, o.prompt_tokens, o.completion_tokens, started, generating)
             yield GenerateEnd(
                 host_id=self.host_id, slot=key, model=slot.source.description[:256], prompt_tokens=o.prompt_tokens,
                 completion_tokens=o.completion_tokens, finish_reason=o.finish_reason, path=slot.plan.path,
@@ -256,3 +261,14 @@ class FallbackOps:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.manager.close()
+
+
+def _record(slot: str, prompt_tokens: int, completion_tokens: int, started: float, generating: float) -> None:
+    """One finished generation's figures (metrics.py); `generating` is when its prompt went in."""
+    now = time.perf_counter()
+    at = {"slot": slot}
+    metrics.REQUEST_DURATION.record(now - started, at)
+    metrics.TOKENS.record(prompt_tokens, {**at, "gen_ai.token.type": "input"})
+    metrics.TOKENS.record(completion_tokens, {**at, "gen_ai.token.type": "output"})
+    if completion_tokens and now > generating:
+        metrics.OUTPUT_RATE.record(completion_tokens / (now - generating), at)

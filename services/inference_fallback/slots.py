@@ -9,14 +9,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from contracts.envelope import Envelope
 from contracts.fallback import SlotEvicted, SlotInfo, SlotLoaded
 from contracts.rpc import RpcError
-from services.inference_fallback import domain
+from services.inference_fallback import domain, metrics
 from services.inference_fallback.adapters import AdapterSet
 from services.inference_fallback.devices import DevicePlan
 from services.inference_fallback.loader import Loaded
@@ -101,7 +101,7 @@ class SlotManager:
         """The ready slot of `key`, loading it first if needed; every caller of a loading slot waits for that load."""
         slot = self.slots.get(key)
         if slot is not None and slot.source.location != source.location and slot.in_flight == 0:
-            await self.evict(key, f"its source changed to {source.description}")
+            await self.evict(key, f"its source changed to {source.description}", cause="source_changed")
             slot = None
         if slot is None:
             plan, self.budget_bytes = await self._host(source)
@@ -146,14 +146,16 @@ class SlotManager:
     # --- loading, eviction, expiry ---------------------------------------------------------------------------------
 
     async def _load_slot(self, slot: Slot) -> None:
+        started, result = time.perf_counter(), "failed"
         try:
             async with self._load_lock:
+                started = time.perf_counter()  # the load itself, not the wait for another slot's
                 max_memory = await self._make_room(slot)
                 slot.loaded = await asyncio.to_thread(
                     self._load, slot.source, slot.plan, max_memory, slot.max_seq_length
                 )
                 slot.adapters = AdapterSet(slot.loaded.model)
-            slot.state = "ready"
+            slot.state, result = "ready", "loaded"
             slot.last_used = self.clock()
             await self._emit(SlotLoaded(
                 producer=self.producer, host=self.host_id, model=slot.source.description[:256], device=slot.plan.device,
@@ -167,6 +169,7 @@ class SlotManager:
                 del self.slots[slot.key]
             self.failures[slot.key] = slot
         finally:
+            metrics.LOAD_DURATION.record(time.perf_counter() - started, {"path": slot.plan.path, "result": result})
             slot.ready.set()
 
     async def _make_room(self, slot: Slot) -> dict[Any, int] | None:
@@ -179,7 +182,7 @@ class SlotManager:
             victims = [s.key for s in others if s.in_flight == 0]
             used = sum(s.memory_bytes for s in others if s.key not in victims)
             for key in victims:
-                await self.evict(key, f"making room for {slot.key}")
+                await self.evict(key, f"making room for {slot.key}", cause="offload")
             return {0: max(0, cap - used), "cpu": max(0, self.budget_bytes)}
         if victims is None:
             used = sum(s.memory_bytes for s in others)
@@ -191,13 +194,16 @@ class SlotManager:
                 code="insufficient_memory",
             )
         for key in victims:
-            await self.evict(key, f"least recently used: making room for {slot.key}")
+            await self.evict(key, f"least recently used: making room for {slot.key}", cause="lru")
         return None
 
-    async def evict(self, key: str, reason: str) -> bool:
+    async def evict(self, key: str, reason: str, *, cause: str) -> bool:
+        """Take the slot out; `reason` is said in the event and the log, `cause` (lru, offload, idle,
+        source_changed) is the metrics' bounded label."""
         slot = self.slots.pop(key, None)
         if slot is None:
             return False
+        metrics.EVICTIONS.add(1, {"reason": cause})
         memory = slot.memory_bytes
         slot.loaded = slot.adapters = None  # the last references to the model: memory goes back at the next collection
         await asyncio.to_thread(_release_memory, slot.plan)
@@ -213,7 +219,9 @@ class SlotManager:
         now = self.clock()
         gone = domain.expired([s.use() for s in self.slots.values()], self.health, self.limits.idle_expiry_s, now)
         for key in gone:
-            await self.evict(key, f"idle for {self.limits.idle_expiry_s:g} s after its role recovered or last use")
+            await self.evict(
+                key, f"idle for {self.limits.idle_expiry_s:g} s after its role recovered or last use", cause="idle"
+            )
         return gone
 
     async def close(self) -> None:
@@ -228,6 +236,11 @@ class SlotManager:
             log.exception("could not publish %s", event.SUBJECT)
 
     # --- what the slots look like ----------------------------------------------------------------------------------
+
+    def views(self) -> Iterator[tuple[Slot, str]]:
+        """Each slot held now with its path, for the metrics' gauges."""
+        for slot in list(self.slots.values()):
+            yield slot, slot.plan.path
 
     def used_bytes(self) -> int:
         return sum(s.memory_bytes for s in self.slots.values())
