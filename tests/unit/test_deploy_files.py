@@ -220,8 +220,13 @@ def container_env(docs: list[dict[str, Any]], pod: dict[str, Any], container: di
     return env
 
 
+#: The workload kind of each service that is not a Deployment: the probe runs on every GPU node, and each
+#: provisioner replica keeps its own host id and download claim.
+KINDS = {"hardware-probe": "DaemonSet", "provisioner": "StatefulSet"}
+
+
 def workload(docs: list[dict[str, Any]], service: str) -> dict[str, Any]:
-    return find(docs, "DaemonSet" if service == "hardware-probe" else "Deployment", service)
+    return find(docs, KINDS.get(service, "Deployment"), service)
 
 
 def test_k8s_everything_lives_in_the_modelfleet_namespace(k8s: list[dict[str, Any]]) -> None:
@@ -252,14 +257,15 @@ def test_k8s_workload_runs_its_module_with_the_env_the_code_reads(k8s: list[dict
 
 @pytest.mark.parametrize("service", SCALABLE)
 def test_k8s_scalable_services_run_several_replicas(k8s: list[dict[str, Any]], service: str) -> None:
-    assert find(k8s, "Deployment", service)["spec"]["replicas"] >= 2
+    assert workload(k8s, service)["spec"]["replicas"] >= 2
 
 
-def test_k8s_admin_token_and_database_url_come_from_the_secret(k8s: list[dict[str, Any]]) -> None:
+def test_k8s_admin_token_hf_token_and_database_url_come_from_secrets(k8s: list[dict[str, Any]]) -> None:
     config = find(k8s, "ConfigMap", "modelfleet-config")["data"]
-    assert "MODELFLEET_ADMIN_TOKEN" not in config and "MODELFLEET_DATABASE_URL" not in config
-    secret = find(k8s, "Secret", "modelfleet-secrets")["stringData"]
-    assert {"MODELFLEET_ADMIN_TOKEN", "MODELFLEET_DATABASE_URL"} <= set(secret)
+    assert not {"MODELFLEET_ADMIN_TOKEN", "MODELFLEET_DATABASE_URL", "HF_TOKEN"} & set(config)
+    assert "MODELFLEET_ADMIN_TOKEN" in find(k8s, "Secret", "modelfleet-admin-token")["stringData"]
+    assert "HF_TOKEN" in find(k8s, "Secret", "modelfleet-hf-token")["stringData"]
+    assert "MODELFLEET_DATABASE_URL" in find(k8s, "Secret", "modelfleet-database")["stringData"]
 
 
 def test_k8s_probe_is_a_daemonset_with_a_stable_host_id(k8s: list[dict[str, Any]]) -> None:

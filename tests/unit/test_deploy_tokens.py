@@ -90,7 +90,7 @@ def test_kubernetes_gives_the_admin_token_to_the_gateway_only() -> None:
     assert k8s_receivers(docs) == {"gateway/gateway"}
     # The token lives in the Secret, never in the ConfigMap that every pod imports.
     keys = holders(docs)
-    assert TOKEN in keys[("Secret", "modelfleet-secrets")]
+    assert TOKEN in keys[("Secret", "modelfleet-admin-token")]
     assert all(TOKEN not in v for (kind, _), v in keys.items() if kind == "ConfigMap")
 
 
