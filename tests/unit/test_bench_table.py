@@ -57,10 +57,18 @@ def test_the_table_holds_the_figures_of_the_run_it_made(tmp_path: Path) -> None:
 
 
 def test_a_failing_benchmark_is_written_as_failed_not_dropped(tmp_path: Path) -> None:
-    broken = bench_all.Bench("probe_sample", (bench_all.Row("x", "no_such_key", "ms", goal="< 1", met=lambda f: True),))
-    result = bench_all.run_bench(broken, quick=True)
-    assert result.error == "its JSON has no no_such_key"
-    (cells,) = bench_all.table_rows(result)
-    assert cells[1] == "failed: its JSON has no no_such_key"
-    missing = bench_all.Result(broken, error="exit 1: boom")
-    assert bench_all.table_rows(missing)[0][1] == "failed: exit 1: boom"
+    """A benchmark whose JSON lacks a figure, one that exits non-zero, one that prints no JSON: each is a failed row."""
+    fake = tmp_path / "fake-python"
+    row = bench_all.Row("x", "no_such_key", "ms", goal="< 1", met=lambda f: True)
+    broken = bench_all.Bench("probe_sample", (row,))
+    for script, error in (
+        ("echo '{\"other\": 1}'", "its JSON has no no_such_key"),
+        ("echo boom >&2; exit 3", "exit 3: boom"),
+        ("echo 'not json'", "last line is not JSON: not json"),
+    ):
+        fake.write_text(f"#!/bin/sh\n{script}\n")
+        fake.chmod(0o755)
+        result = bench_all.run_bench(broken, quick=True, python=str(fake))
+        assert result.error == error
+        (cells,) = bench_all.table_rows(result)
+        assert cells[1] == f"failed: {error}" and cells[5] == "-"
