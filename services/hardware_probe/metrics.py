@@ -42,7 +42,7 @@ def _latest() -> list[GpuSampled]:
 
 
 def _gpu(sample: GpuSampled, gpu: GpuDevice) -> dict[str, str | int]:
-    return {"host.id": sample.host_id, "hw.id": gpu.uuid, "hw.name": gpu.name, "gpu.index": gpu.index}
+    return {"host.id": sample.host_id, "hw.id": gpu.uuid, "hw.name": gpu.name, "modelfleet.gpu.index": gpu.index}
 
 
 def _per_gpu(value: Callable[[GpuDevice], float | None], **extra: str) -> Callable[..., Iterable[Observation]]:
@@ -89,13 +89,13 @@ def _disk(s: GpuSampled, used: bool) -> Iterable[tuple[float, dict[str, str]]]:
 
 def _ollama_loaded(s: GpuSampled, size: Callable[[int, int], int]) -> Iterable[tuple[float, dict[str, str]]]:
     for m in s.ollama_models:
-        yield size(m.size_bytes, m.size_vram_bytes), {"model": m.name}
+        yield size(m.size_bytes, m.size_vram_bytes), {"modelfleet.ollama.model": m.name}
 
 
 # GPU devices (NVML), semantic conventions `hw.gpu.*` and `hw.*` with hw.type=gpu
 _meter.create_observable_up_down_counter(
     "hw.gpu.memory.usage", callbacks=[_per_gpu(lambda g: g.memory_used_bytes)], unit="By",
-    description="GPU memory in use, per device (`hw.id` is the NVML UUID, `gpu.index` the NVML index).",
+    description="GPU memory in use, per device (`hw.id` is the NVML UUID, `modelfleet.gpu.index` the NVML index).",
 )  # fmt: skip
 _meter.create_observable_up_down_counter(
     "hw.gpu.memory.limit", callbacks=[_per_gpu(lambda g: g.memory_total_bytes)], unit="By",
@@ -153,10 +153,10 @@ _meter.create_observable_gauge(
 _meter.create_observable_gauge(
     "modelfleet.probe.ollama.model.size",
     callbacks=[_per_host(lambda s: _ollama_loaded(s, lambda size, _vram: size))], unit="By",
-    description="Memory each loaded Ollama model takes (`model`), GPU and CPU together.",
+    description="Memory each loaded Ollama model takes (`modelfleet.ollama.model`), GPU and CPU together.",
 )  # fmt: skip
 _meter.create_observable_gauge(
     "modelfleet.probe.ollama.model.vram",
     callbacks=[_per_host(lambda s: _ollama_loaded(s, lambda _size, vram: vram))], unit="By",
-    description="The part of each loaded Ollama model held in GPU memory (`model`).",
+    description="The part of each loaded Ollama model held in GPU memory (`modelfleet.ollama.model`).",
 )  # fmt: skip

@@ -18,7 +18,8 @@ _meter = meter("modelfleet.inference_fallback")
 REQUEST_DURATION = _meter.create_histogram(
     "gen_ai.server.request.duration",
     unit="s",
-    description="A fallback generation from request to its last token, waiting for the slot included (`slot`).",
+    description="A fallback generation from request to its last token, waiting for the slot included "
+    "(`modelfleet.slot`).",
 )
 TIME_TO_FIRST_TOKEN = _meter.create_histogram(
     "gen_ai.server.time_to_first_token",
@@ -39,15 +40,21 @@ OUTPUT_RATE = _meter.create_histogram(
 LOAD_DURATION = _meter.create_histogram(
     "modelfleet.fallback.slot.load.duration",
     unit="s",
-    description="Loading a slot's model into memory (evicting others to make room included), by `path` and "
-    "`result` (loaded, failed).",
+    description="Loading a slot's model into memory (evicting others to make room included), by "
+    "`modelfleet.slot.path` and `modelfleet.slot.load.result` (loaded, failed).",
 )
 EVICTIONS = _meter.create_counter(
     "modelfleet.fallback.evictions",
     unit="{eviction}",
-    description="Slots taken out of memory by `reason`: lru (room for another slot), offload (room for a CUDA slot "
-    "loaded with CPU offload), idle (idle past MODELFLEET_FALLBACK_IDLE_EXPIRY_S), source_changed.",
+    description="Slots taken out of memory by `modelfleet.eviction.reason`: lru (room for another slot), offload "
+    "(room for a CUDA slot loaded with CPU offload), idle (idle past MODELFLEET_FALLBACK_IDLE_EXPIRY_S), "
+    "source_changed.",
 )
+
+
+def generation(slot: str) -> dict[str, str]:
+    """The attributes of a generation's series: the operation (as the gen_ai conventions name it) and the slot."""
+    return {"gen_ai.operation.name": "chat", "modelfleet.slot": slot}
 
 
 class SlotView(Protocol):
@@ -82,13 +89,18 @@ def _slots(_options: CallbackOptions) -> Iterable[Observation]:
         for slot, _path in manager.views():
             counts[slot.state] = counts.get(slot.state, 0) + 1
     for state, n in counts.items():
-        yield Observation(n, {"state": state})
+        yield Observation(n, {"modelfleet.slot.state": state})
 
 
 def _slot_memory(_options: CallbackOptions) -> Iterable[Observation]:
     for manager in list(_managers):
         for slot, path in manager.views():
-            yield Observation(slot.memory_bytes, {"slot": slot.key, "state": slot.state, "path": path})
+            attributes = {
+                "modelfleet.slot": slot.key,
+                "modelfleet.slot.state": slot.state,
+                "modelfleet.slot.path": path,
+            }
+            yield Observation(slot.memory_bytes, attributes)
 
 
 def _budget(_options: CallbackOptions) -> Iterable[Observation]:
@@ -101,13 +113,14 @@ _meter.create_observable_gauge(
     "modelfleet.fallback.slots",
     callbacks=[_slots],
     unit="{slot}",
-    description="Slots held by `state`: loading or ready.",
+    description="Slots held by `modelfleet.slot.state`: loading or ready.",
 )
 _meter.create_observable_gauge(
     "modelfleet.fallback.slot.memory",
     callbacks=[_slot_memory],
     unit="By",
-    description="Memory each slot takes (`slot`: its role or model reference; `path`; `state`): the loaded model's "
+    description="Memory each slot takes (`modelfleet.slot`: its role or model reference; `modelfleet.slot.path`; "
+    "`modelfleet.slot.state`): the loaded model's "
     "footprint, or the estimate while it loads.",
 )
 _meter.create_observable_gauge(

@@ -163,7 +163,7 @@ class FallbackOps:
             async with contextlib.aclosing(generation.deltas()) as deltas:
                 async for text, tokens in deltas:
                     if first:
-                        metrics.TIME_TO_FIRST_TOKEN.record(time.perf_counter() - started, {"slot": key})
+                        metrics.TIME_TO_FIRST_TOKEN.record(time.perf_counter() - started, metrics.generation(key))
                     yield GenerateChunk(
                         text=text, tokens=tokens, host_id=self.host_id if first else None, slot=key if first else None
                     )
@@ -266,7 +266,7 @@ class FallbackOps:
 def _record(slot: str, prompt_tokens: int, completion_tokens: int, started: float, generating: float) -> None:
     """One finished generation's figures (metrics.py); `generating` is when its prompt went in."""
     now = time.perf_counter()
-    at = {"slot": slot}
+    at = metrics.generation(slot)
     metrics.REQUEST_DURATION.record(now - started, at)
     metrics.TOKENS.record(prompt_tokens, {**at, "gen_ai.token.type": "input"})
     metrics.TOKENS.record(completion_tokens, {**at, "gen_ai.token.type": "output"})

@@ -169,7 +169,10 @@ class SlotManager:
                 del self.slots[slot.key]
             self.failures[slot.key] = slot
         finally:
-            metrics.LOAD_DURATION.record(time.perf_counter() - started, {"path": slot.plan.path, "result": result})
+            metrics.LOAD_DURATION.record(
+                time.perf_counter() - started,
+                {"modelfleet.slot.path": slot.plan.path, "modelfleet.slot.load.result": result},
+            )
             slot.ready.set()
 
     async def _make_room(self, slot: Slot) -> dict[Any, int] | None:
@@ -203,7 +206,7 @@ class SlotManager:
         slot = self.slots.pop(key, None)
         if slot is None:
             return False
-        metrics.EVICTIONS.add(1, {"reason": cause})
+        metrics.EVICTIONS.add(1, {"modelfleet.eviction.reason": cause})
         memory = slot.memory_bytes
         slot.loaded = slot.adapters = None  # the last references to the model: memory goes back at the next collection
         await asyncio.to_thread(_release_memory, slot.plan)

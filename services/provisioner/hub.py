@@ -152,11 +152,12 @@ class HubClient:
             if have < file.size:
                 fetched = self._stream(meta.location, pipeline, have, file.size, progress)
         finally:
-            DOWNLOADED.add(pipeline.received, {"source": "hub"})  # a failed transfer's bytes were received too
+            # a failed transfer's bytes came over the network too
+            DOWNLOADED.add(pipeline.received, {"modelfleet.transfer.source": "hub"})
             pipeline.close()
         digest = pipeline.hasher.hexdigest()
         if file.sha256 is not None and digest != expected:
-            VERIFICATION_FAILURES.add(1, {"stage": "download"})
+            VERIFICATION_FAILURES.add(1, {"modelfleet.verification.stage": "download"})
             quarantined = self.quarantine(partial, digest)
             raise VerificationFailed(
                 f"sha256 mismatch for {repo_id}/{file.path}@{commit}: hub says {expected}, got {digest}; "

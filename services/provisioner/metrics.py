@@ -17,25 +17,26 @@ _meter = meter("modelfleet.provisioner")
 OPERATIONS = _meter.create_counter(
     "modelfleet.provisioner.operations",
     unit="{operation}",
-    description="Each (model, host) a provision request ensured, by `kind` (ollama_pull, gguf_import, checkpoint, "
-    "unknown) and `result` (present, pulled, imported, skipped, failed); a failure also names its `error.type`.",
+    description="Each (model, host) a provision request ensured, by `modelfleet.provision.kind` (ollama_pull, "
+    "gguf_import, checkpoint, unknown) and `modelfleet.provision.result` (present, pulled, imported, skipped, "
+    "failed); a failure also names its `error.type`.",
 )
 DURATION = _meter.create_histogram(
     "modelfleet.provisioner.operation.duration",
     unit="s",
-    description="Time to ensure one (model, host), download and registration included, by `kind` and `result`.",
+    description="Time to ensure one (model, host), download and registration included, by kind and result.",
 )
 DOWNLOADED = _meter.create_counter(
     "modelfleet.provisioner.downloaded",
     unit="By",
-    description="Bytes transferred: `source` hub (fetched by the provisioner, a resume counts only the new bytes) "
-    "or ollama (what the host's Ollama reported pulling from its registry).",
+    description="Bytes transferred, by `modelfleet.transfer.source`: hub (fetched by the provisioner; a resume counts "
+    "only the new bytes) or ollama (what the host's Ollama reported pulling from its registry).",
 )
 VERIFICATION_FAILURES = _meter.create_counter(
     "modelfleet.provisioner.verification.failures",
     unit="{failure}",
-    description="Files whose sha256 differed from the expected one: `stage` download (the hub's LFS sha256; the "
-    "file is quarantined) or register (the digest Ollama computed for the uploaded blob).",
+    description="Files whose sha256 differed from the expected one, by `modelfleet.verification.stage`: download (the "
+    "hub's LFS sha256; the file is quarantined) or register (the digest Ollama computed for the uploaded blob).",
 )
 
 
@@ -64,8 +65,8 @@ def watch(queue: Queue, flights: Flights) -> None:
 
 def _queue_depth(_options: CallbackOptions) -> Iterable[Observation]:
     queues = list(_queues)
-    yield Observation(sum(q.queued for q in queues), {"state": "queued"})
-    yield Observation(sum(q.active for q in queues), {"state": "running"})
+    yield Observation(sum(q.queued for q in queues), {"modelfleet.request.state": "queued"})
+    yield Observation(sum(q.active for q in queues), {"modelfleet.request.state": "running"})
 
 
 def _transfers(_options: CallbackOptions) -> Iterable[Observation]:
@@ -74,28 +75,29 @@ def _transfers(_options: CallbackOptions) -> Iterable[Observation]:
         for kind, n in flights.transfers_in_flight().items():
             totals[kind] = totals.get(kind, 0) + n
     for kind, n in totals.items():
-        yield Observation(n, {"kind": kind})
+        yield Observation(n, {"modelfleet.transfer.kind": kind})
 
 
 _meter.create_observable_gauge(
     "modelfleet.provisioner.queue.depth",
     callbacks=[_queue_depth],
     unit="{request}",
-    description="Provision requests accepted and not finished, by `state`: queued (waiting for "
+    description="Provision requests accepted and not finished, by `modelfleet.request.state`: queued (waiting for "
     "MODELFLEET_PROVISIONER_MAX_CONCURRENT) or running.",
 )
 _meter.create_observable_gauge(
     "modelfleet.provisioner.transfers.active",
     callbacks=[_transfers],
     unit="{transfer}",
-    description="Downloads in flight now, by `kind`: ollama_pull (a pull on a host's Ollama), hub_file (a GGUF "
-    "from the hub) or checkpoint (a safetensors checkpoint for the fallback); joined callers share one.",
+    description="Downloads in flight now, by `modelfleet.transfer.kind`: ollama_pull (a pull on a host's Ollama), "
+    "hub_file (a GGUF from the hub) or checkpoint (a safetensors checkpoint for the fallback); joined callers "
+    "share one.",
 )
 
 
 def operation_done(kind: str, result: str, seconds: float, error_type: str | None = None) -> None:
-    attributes = {"kind": kind, "result": result}
+    attributes = {"modelfleet.provision.kind": kind, "modelfleet.provision.result": result}
     if error_type is not None:
         attributes["error.type"] = error_type
     OPERATIONS.add(1, attributes)
-    DURATION.record(seconds, {"kind": kind, "result": result})
+    DURATION.record(seconds, {"modelfleet.provision.kind": kind, "modelfleet.provision.result": result})

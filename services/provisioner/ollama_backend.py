@@ -104,7 +104,7 @@ class OllamaBackend:
         try:
             await self._call(run())
         finally:  # what Ollama reported having pulled, a failed pull's part included
-            DOWNLOADED.add(sum(c for c, _ in meter.layers.values()), {"source": "ollama"})
+            DOWNLOADED.add(sum(c for c, _ in meter.layers.values()), {"modelfleet.transfer.source": "ollama"})
 
     async def register(self, name: str, path: Path, sha256: str) -> None:
         """POST /api/blobs/sha256:<digest> (unless present), then /api/create with `files`."""
@@ -113,7 +113,7 @@ class OllamaBackend:
         if head.status_code != 200:
             uploaded = await self._call(self.client.create_blob(path))
             if uploaded != digest:
-                VERIFICATION_FAILURES.add(1, {"stage": "register"})
+                VERIFICATION_FAILURES.add(1, {"modelfleet.verification.stage": "register"})
                 raise BackendError(f"Ollama at {self.url} holds {uploaded} for a file verified as {digest}", "verify")
         await self._call(self.client.create(model=name, files={path.name: digest}))
 

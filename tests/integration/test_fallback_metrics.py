@@ -66,22 +66,28 @@ async def test_fallback_serves_slot_generation_and_eviction_series(
         await bus.close()
 
     assert first.completion_tokens > 0 and second.completion_tokens > 0
-    assert m.value("modelfleet_fallback_slots", state="ready") == 1
-    assert m.value("modelfleet_fallback_slots", state="loading") == 0
-    assert m.value("modelfleet_fallback_slot_memory_bytes", slot="general", path="torch_cpu") > 1_000_000
-    assert not m.find("modelfleet_fallback_slot_memory_bytes", slot="coding")
+    assert m.value("modelfleet_fallback_slots", modelfleet_slot_state="ready") == 1
+    assert m.value("modelfleet_fallback_slots", modelfleet_slot_state="loading") == 0
+    assert (
+        m.value("modelfleet_fallback_slot_memory_bytes", modelfleet_slot="general", modelfleet_slot_path="torch_cpu")
+        > 1_000_000
+    )
+    assert not m.find("modelfleet_fallback_slot_memory_bytes", modelfleet_slot="coding")
     assert m.value("modelfleet_fallback_memory_budget_bytes") == BUDGET
-    assert m.value("modelfleet_fallback_evictions_total", reason="lru") == 1
+    assert m.value("modelfleet_fallback_evictions_total", modelfleet_eviction_reason="lru") == 1
     loads = "modelfleet_fallback_slot_load_duration_seconds"
-    assert m.value(f"{loads}_count", path="torch_cpu", result="loaded") == 2
+    assert m.value(f"{loads}_count", modelfleet_slot_path="torch_cpu", modelfleet_slot_load_result="loaded") == 2
     assert m.value(f"{loads}_sum") > 0
 
     tokens = "modelfleet_fallback_token_usage"
-    assert m.value(f"{tokens}_sum", slot="coding", gen_ai_token_type="output") == first.completion_tokens
-    assert m.value(f"{tokens}_sum", slot="general", gen_ai_token_type="output") == second.completion_tokens
-    assert m.value(f"{tokens}_sum", slot="coding", gen_ai_token_type="input") == first.prompt_tokens
+    assert m.value(f"{tokens}_sum", modelfleet_slot="coding", gen_ai_token_type="output") == first.completion_tokens
+    assert m.value(f"{tokens}_sum", modelfleet_slot="general", gen_ai_token_type="output") == second.completion_tokens
+    assert m.value(f"{tokens}_sum", modelfleet_slot="coding", gen_ai_token_type="input") == first.prompt_tokens
     rate = "modelfleet_fallback_output_tokens_per_second"
     assert m.value(f"{rate}_count") == 2 and m.value(f"{rate}_sum") > 0
-    assert m.value("gen_ai_server_request_duration_seconds_count", slot="coding") == 1
-    assert m.value("gen_ai_server_time_to_first_token_seconds_count", slot="general") == 1
+    assert (
+        m.value("gen_ai_server_request_duration_seconds_count", gen_ai_operation_name="chat", modelfleet_slot="coding")
+        == 1
+    )
+    assert m.value("gen_ai_server_time_to_first_token_seconds_count", modelfleet_slot="general") == 1
     assert m.value("gen_ai_server_time_to_first_token_seconds_sum") > 0

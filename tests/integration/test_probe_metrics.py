@@ -16,8 +16,13 @@ from tests.peers.ollama_server import OllamaPeer
 
 pytestmark = pytest.mark.integration
 
-H200 = {"hw_id": "GPU-NVIDIA H200", "hw_name": "NVIDIA H200", "gpu_index": "0", "host_id": "test-host"}
-RTX = {"hw_id": "GPU-NVIDIA RTX 4090", "hw_name": "NVIDIA RTX 4090", "gpu_index": "1", "host_id": "test-host"}
+H200 = {"hw_id": "GPU-NVIDIA H200", "hw_name": "NVIDIA H200", "modelfleet_gpu_index": "0", "host_id": "test-host"}
+RTX = {
+    "hw_id": "GPU-NVIDIA RTX 4090",
+    "hw_name": "NVIDIA RTX 4090",
+    "modelfleet_gpu_index": "1",
+    "host_id": "test-host",
+}
 
 
 async def test_probe_serves_gpu_host_and_ollama_series(
@@ -64,6 +69,6 @@ async def test_probe_serves_gpu_host_and_ollama_series(
     # the host's Ollama (the peer's /api/ps)
     assert m.value("modelfleet_probe_ollama_up", host_id="test-host") == 1
     assert m.value("modelfleet_probe_ollama_models_loaded", host_id="test-host") == 1
-    assert m.value("modelfleet_probe_ollama_model_size_bytes", model="qwen3:8b") >= 5 * GIB
-    assert m.value("modelfleet_probe_ollama_model_vram_bytes", model="qwen3:8b") > 0
+    assert m.value("modelfleet_probe_ollama_model_size_bytes", modelfleet_ollama_model="qwen3:8b") >= 5 * GIB
+    assert m.value("modelfleet_probe_ollama_model_vram_bytes", modelfleet_ollama_model="qwen3:8b") > 0
     assert m.value("modelfleet_probe_sample_duration_seconds_sum") > 0

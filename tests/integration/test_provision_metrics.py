@@ -19,6 +19,10 @@ REPO = "acme/tiny-GGUF"
 OPS = "modelfleet_provisioner_operations_total"
 
 
+def op(kind: str, result: str, **more: str) -> dict[str, str]:
+    return {"modelfleet_provision_kind": kind, "modelfleet_provision_result": result, **more}
+
+
 async def test_provisioner_counts_pulls_imports_bytes_failures_and_its_queue(
     bus, service_env, database_url, tmp_path, start_service
 ):
@@ -39,8 +43,9 @@ async def test_provisioner_counts_pulls_imports_bytes_failures_and_its_queue(
 
         async def holding() -> Samples | None:
             m = await scrape_async(url)
-            busy = m.value("modelfleet_provisioner_transfers_active", kind="ollama_pull") == 1
-            return m if busy and m.value("modelfleet_provisioner_queue_depth", state="running") == 1 else None
+            pulling = m.value("modelfleet_provisioner_transfers_active", modelfleet_transfer_kind="ollama_pull")
+            running = m.value("modelfleet_provisioner_queue_depth", modelfleet_request_state="running")
+            return m if (pulling, running) == (1, 1) else None
 
         await eventually(holding, what="a running request and a pull in flight on /metrics")
         gate.set()
@@ -62,17 +67,17 @@ async def test_provisioner_counts_pulls_imports_bytes_failures_and_its_queue(
 
         m = await scrape_async(url)
 
-    assert m.value(OPS, kind="ollama_pull", result="pulled") == 1
-    assert m.value(OPS, kind="ollama_pull", result="failed", error_type="stream") == 1
-    assert m.value(OPS, kind="gguf_import", result="failed", error_type="verify") == 1
-    assert m.value(OPS, kind="gguf_import", result="imported") == 1
+    assert m.value(OPS, **op("ollama_pull", "pulled")) == 1
+    assert m.value(OPS, **op("ollama_pull", "failed", error_type="stream")) == 1
+    assert m.value(OPS, **op("gguf_import", "failed", error_type="verify")) == 1
+    assert m.value(OPS, **op("gguf_import", "imported")) == 1
     duration = "modelfleet_provisioner_operation_duration_seconds_count"
-    assert m.value(duration, kind="ollama_pull", result="pulled") == 1
-    assert m.value("modelfleet_provisioner_operation_duration_seconds_sum", kind="gguf_import") > 0
-    assert m.value("modelfleet_provisioner_verification_failures_total", stage="download") == 1
+    assert m.value(duration, **op("ollama_pull", "pulled")) == 1
+    assert m.value("modelfleet_provisioner_operation_duration_seconds_sum", modelfleet_provision_kind="gguf_import") > 0
+    assert m.value("modelfleet_provisioner_verification_failures_total", modelfleet_verification_stage="download") == 1
     # the hub's body twice (corrupt, then good); Ollama's pull of qwen3:8b whole, and part of the broken one
-    assert m.value("modelfleet_provisioner_downloaded_bytes_total", source="hub") == 2 * 6 * MIB
-    assert m.value("modelfleet_provisioner_downloaded_bytes_total", source="ollama") > (8 << 20)
-    assert m.value("modelfleet_provisioner_queue_depth", state="running") == 0
-    assert m.value("modelfleet_provisioner_queue_depth", state="queued") == 0
+    assert m.value("modelfleet_provisioner_downloaded_bytes_total", modelfleet_transfer_source="hub") == 2 * 6 * MIB
+    assert m.value("modelfleet_provisioner_downloaded_bytes_total", modelfleet_transfer_source="ollama") > (8 << 20)
+    assert m.value("modelfleet_provisioner_queue_depth", modelfleet_request_state="running") == 0
+    assert m.value("modelfleet_provisioner_queue_depth", modelfleet_request_state="queued") == 0
     assert m.value("modelfleet_provisioner_transfers_active") == 0
