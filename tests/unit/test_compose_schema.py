@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -344,16 +345,21 @@ def test_dockerfile_builds_wheels_then_installs_them_in_a_slim_unprivileged_stag
 
 
 def test_a_wheel_of_the_project_carries_the_files_the_code_reads(tmp_path: Path) -> None:
-    """The image installs a wheel: data files beside the modules (the catalog's library) must be in it."""
+    """The image installs a wheel: data files beside the modules (the catalog's library) must be in it. Built from
+    a copy of what the Dockerfile copies, so the checkout gets no build folder."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("contracts", "services", "scripts"):
+        shutil.copytree(ROOT / name, source / name, ignore=ignore)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
-        cwd=ROOT,
+        cwd=source,
         check=True,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
-    shutil.rmtree(ROOT / "build", ignore_errors=True)
-    import zipfile
-
     (wheel,) = tmp_path.glob("modelfleet-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "services/catalog/library.toml" in names
