@@ -57,7 +57,12 @@ class OpenAIRoute(APIRoute):
             operation = metrics.OPERATIONS.get(request.url.path)
             exchange = metrics.Exchange(operation, request.state.arrived) if operation else None
             request.state.exchange = exchange
-            response = await answer(request)
+            try:
+                response = await answer(request)
+            except Exception as exc:  # left to the app's handlers (a 500 for most): counted as one, by its class
+                if exchange is not None:
+                    exchange.finish(500, type(exc).__name__)
+                raise
             if exchange is not None and not isinstance(response, StreamingResponse):  # a stream finishes at its end
                 exchange.finish(response.status_code)
             return response
