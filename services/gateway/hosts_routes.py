@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, NamedTuple
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -43,7 +45,7 @@ from services.gateway.bus_client import BusClient, bus_of
 from services.gateway.errors import ERROR_RESPONSES
 from services.gateway.subscriptions import dead_letter
 from services.runtime.egress import EgressDenied, EgressSettings
-from services.runtime.gguf_io import read_url_header
+from services.runtime.gguf_io import read_file_header, read_url_header
 
 # Read-only, but fleet internals: any valid token (a user's or the admin's).
 router = APIRouter(dependencies=[Depends(caller)], responses=ERROR_RESPONSES)
@@ -236,6 +238,10 @@ async def _header_shape(url: str) -> ModelShape:
     return shape
 
 
+def _local_shape(path: str) -> ModelShape:
+    return model_shape(read_file_header(path), Path(path).stat().st_size)
+
+
 class CatalogSizing(NamedTuple):
     sizes: list[tuple[str, int]]
     shapes: dict[str, ModelShape]
@@ -244,9 +250,9 @@ class CatalogSizing(NamedTuple):
 
 
 async def catalog_sizing(doc: ModelDoc, quant: str | None, hf_endpoint: str | None = None) -> CatalogSizing:
-    """How a catalog model is sized: its library architecture figures (`shape`); else the GGUF header of its file,
-    read by HTTP Range (`header`, other quantizations scaled by file size); else the file size alone (`file-size`),
-    with a warning saying why."""
+    """How a catalog model is sized: its library architecture figures (`shape`); else the GGUF header of its file
+    (`header`: its `local_path` when that GGUF is on this host, else its hub or URL file read by HTTP Range; other
+    quantizations scaled by file size); else the file size alone (`file-size`), with a warning saying why."""
     sizes = [(q.name, q.size_bytes) for q in doc.quantizations if q.size_bytes]
     shapes = library_shapes(doc)
     if shapes:
@@ -255,13 +261,15 @@ async def catalog_sizing(doc: ModelDoc, quant: str | None, hf_endpoint: str | No
         why = f"{doc.id} is a diffusion model ({doc.architecture.architecture}): sized from its file size"
         return CatalogSizing(sizes, {}, "file-size", [why])
     wanted = quant or next((q for q, _ in sizes if q == DEFAULT_QUANT), sizes[0][0] if sizes else None)
-    url = gguf_source_url(doc, wanted, hf_endpoint or EgressSettings().hf_endpoint)
-    if url is None:
+    local = doc.sources.local_path or ""
+    local_gguf = local.lower().endswith(".gguf") and await asyncio.to_thread(Path(local).is_file)  # on this host
+    url = None if local_gguf else gguf_source_url(doc, wanted, hf_endpoint or EgressSettings().hf_endpoint)
+    if url is None and not local_gguf:
         why = f"no architecture figures and no GGUF file known for {doc.id}: sized from its file size (simple form)"
         return CatalogSizing(sizes, {}, "file-size", [why])
     try:
-        shape = await _header_shape(url)
-    except (GgufError, EgressDenied) as exc:
+        shape = await (asyncio.to_thread(_local_shape, local) if url is None else _header_shape(url))
+    except (GgufError, EgressDenied, OSError) as exc:
         return CatalogSizing(
             sizes, {}, "file-size", [f"GGUF header of {doc.id} unreadable ({exc}): sized from its file size"]
         )

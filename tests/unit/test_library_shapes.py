@@ -258,3 +258,19 @@ def test_an_unreadable_header_falls_back_to_the_file_size_and_says_why(hub: tupl
     sizing = asyncio.run(catalog_sizing(missing, None, endpoint))
     assert sizing.method == "file-size" and sizing.shapes == {}
     assert "GGUF header of someone/absent unreadable" in sizing.warnings[0] and "404" in sizing.warnings[0]
+
+
+def test_an_imported_local_gguf_is_sized_from_its_header_on_the_gateways_host(tmp_path: Path) -> None:
+    path = write_sparse_gguf(tmp_path / "phi.gguf", _arch("phi4-mini-3.8b"))
+    local = ModelDoc(
+        id="local-phi", display_name="local-phi", provider="local", origin="imported",
+        quantizations=[QuantizationDoc(name="Q4_K_M", file="phi.gguf", size_bytes=path.stat().st_size)],
+        sources=ModelSources(local_path=str(path)),
+    )  # fmt: skip
+    sizing = asyncio.run(catalog_sizing(local, None))
+    assert sizing.method == "header" and sizing.shapes["Q4_K_M"] == model_shape(
+        read_file_header(path), path.stat().st_size
+    )
+    gone = local.model_copy(update={"sources": ModelSources(local_path=str(tmp_path / "gone.gguf"))})
+    fallback = asyncio.run(catalog_sizing(gone, None))
+    assert fallback.method == "file-size" and "no architecture figures and no GGUF file" in fallback.warnings[0]
