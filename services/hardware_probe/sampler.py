@@ -60,7 +60,7 @@ class Sampler:
             ollama_models=ollama.models if ollama else [], backends=[*backends, *openai], interval_s=self.interval_s,
             sample_ms=round(spent * 1000, 3), **asdict(host),
         )  # fmt: skip
-        SAMPLE_DURATION.record(spent)
+        SAMPLE_DURATION.record(spent, {"host.id": self.host_id})
         return self.last
 
     async def close(self) -> None:

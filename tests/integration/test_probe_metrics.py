@@ -43,7 +43,8 @@ async def test_probe_serves_gpu_host_and_ollama_series(
 
         async def sampled_twice() -> Samples | None:
             got = await scrape_async(url)
-            return got if got.value("modelfleet_probe_sample_duration_seconds_count") >= 2 else None
+            samples = got.value("modelfleet_probe_sample_duration_seconds_count", host_id="test-host")
+            return got if samples >= 2 else None
 
         m = await eventually(sampled_twice, what="two samples counted on /metrics")
 
