@@ -22,6 +22,7 @@ from services.gateway import (
     openai_routes,
     provision_routes,
     route_routes,
+    ui,
     updates_routes,
 )
 from services.gateway import metrics as gateway_metrics
@@ -106,6 +107,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(updates_routes.router)
     app.include_router(route_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(ui.router)  # the web UI (docs/web-ui.md)
+    app.mount("/ui/static", ui.static_files(), name="ui-static")
     gateway_metrics.stable_http_semconv()  # http.server.request.duration in s, by http.route
     FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider, excluded_urls="healthz")
     return app

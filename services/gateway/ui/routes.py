@@ -1,0 +1,434 @@
+"""The web UI's pages under /ui/: sign-in, Library, Hosts, Provisioning, Inventory, Chat (docs/web-ui.md).
+
+Every page reads the REST API in-process with the signed-in token (`api.call`); the pages' scripts reach the same
+API through `/ui/api/...` (= `/api/v1/...`) and `/ui/v1/...` (= `/v1/...`), which add the token from the cookie and
+check the CSRF header on anything that changes state."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+
+from contracts.catalog import Caller, CatalogModelsReply
+from contracts.fit import HostCapacity, capacity
+from contracts.hardware import GpuSampled
+from contracts.rpc import RpcError
+from contracts.vram import EstimateSettings
+from services.gateway.ui import api, library, security
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.filters["bytes"] = library.human_bytes
+templates.env.filters["count"] = library.human_count
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+#: Contexts offered on the Library page (any other positive value can be typed in the URL).
+CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)
+DEFAULT_CONTEXT = 8192
+PAGES = (("library", "Library"), ("hosts", "Hosts"), ("provision", "Provisioning"), ("inventory", "Inventory"),
+         ("chat", "Chat"))  # fmt: skip
+
+
+@dataclass
+class Session:
+    token: str
+    caller: Caller
+
+
+def render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    ctx = {"csrf": security.csrf_value(request), "pages": PAGES, "user": None, **context}
+    response = templates.TemplateResponse(request, name, ctx, status_code=status)
+    security.ensure_csrf_cookie(request, response)
+    return security.secure_headers(response)
+
+
+def _to_login(request: Request, message: str | None = None) -> Response:
+    query = {"next": request.url.path + (f"?{request.url.query}" if request.url.query else "")}
+    if message:
+        query["msg"] = message
+    response = RedirectResponse(f"/ui/login?{urlencode(query)}", status_code=303)
+    if message:
+        security.clear_session(response)
+    return security.secure_headers(response)
+
+
+async def session(request: Request) -> Session | Response:
+    """The signed-in session, or the answer to give instead (to the sign-in page; an error page when the token
+    cannot be checked)."""
+    token = security.session_token(request)
+    if token is None:
+        return _to_login(request)
+    try:
+        who = await security.check_token(request, token)
+    except HTTPException as exc:
+        if exc.status_code == 401:
+            return _to_login(request, f"Signed out: {exc.detail}")
+        raise
+    except RpcError as exc:
+        if exc.status == 401:
+            return _to_login(request, f"Signed out: {exc.detail}")
+        return render(request, "error.html", {"status": exc.status, "detail": exc.detail}, status=exc.status)
+    return Session(token, who)
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path of this UI (no scheme, no other host): an open redirect is not offered."""
+    if value and value.startswith("/ui/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/ui/library"
+
+
+async def form_fields(request: Request) -> dict[str, list[str]]:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise HTTPException(415, f"a form is sent as application/x-www-form-urlencoded, not {kind or 'nothing'}")
+    raw = await request.body()
+    if len(raw) > 64 * 1024:
+        raise HTTPException(413, "form over 64 KiB")
+    return parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def first(fields: dict[str, list[str]], name: str) -> str:
+    return (fields.get(name) or [""])[0].strip()
+
+
+async def checked_form(request: Request) -> dict[str, list[str]]:
+    fields = await form_fields(request)
+    security.check_csrf(request, first(fields, security.CSRF_FIELD))
+    return fields
+
+
+def back(path: str, *, msg: str | None = None, err: str | None = None) -> Response:
+    query = urlencode({k: v for k, v in (("msg", msg), ("err", err)) if v})
+    return security.secure_headers(RedirectResponse(f"{path}?{query}" if query else path, status_code=303))
+
+
+# --- sign-in ---------------------------------------------------------------------------------------------------------
+
+
+@router.get("")
+@router.get("/")
+async def home() -> Response:
+    return security.secure_headers(RedirectResponse("/ui/library", status_code=303))
+
+
+@router.get("/login")
+async def login_page(request: Request) -> Response:
+    nxt = _safe_next(request.query_params.get("next"))
+    return render(request, "login.html", {"next": nxt, "msg": request.query_params.get("msg"), "error": None})
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    fields = await checked_form(request)
+    token, nxt = first(fields, "token"), _safe_next(first(fields, "next"))
+    if not token:
+        return render(request, "login.html", {"next": nxt, "error": "token: enter your token"}, status=422)
+    try:
+        await security.check_token(request, token)
+    except HTTPException as exc:
+        return render(request, "login.html", {"next": nxt, "error": f"Not signed in: {exc.detail}"}, exc.status_code)
+    except RpcError as exc:
+        return render(request, "login.html", {"next": nxt, "error": f"Not signed in: {exc.detail}"}, exc.status)
+    response = RedirectResponse(nxt, status_code=303)
+    security.set_session(request, response, token)
+    return security.secure_headers(response)
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    await checked_form(request)
+    response = RedirectResponse("/ui/login", status_code=303)
+    security.clear_session(response)
+    return security.secure_headers(response)
+
+
+# --- library ---------------------------------------------------------------------------------------------------------
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> tuple[int, str | None]:
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return default, None
+    try:
+        value = int(raw)
+    except ValueError:
+        return default, f"{name}: {raw!r} is not a whole number"
+    if not low <= value <= high:
+        return default, f"{name}: {value} is outside {low}..{high}"
+    return value, None
+
+
+def _samples(answer: api.ApiAnswer) -> list[GpuSampled]:
+    out = []
+    for h in (answer.json() or {}).get("hosts", []) if answer.ok else []:
+        try:
+            out.append(GpuSampled.model_validate(h["sample"]))
+        except (ValidationError, KeyError):
+            continue
+    return out
+
+
+@router.get("/library")
+async def library_page(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    q = request.query_params
+    errors = []
+    num_ctx, err = _int_param(request, "num_ctx", DEFAULT_CONTEXT, 256, 10_000_000)
+    if err:
+        errors.append(err)
+    capability, host = q.get("capability", "").strip(), q.get("host", "").strip()
+    max_size = q.get("max_size_gb", "").strip()
+    params: dict[str, Any] = {}
+    if max_size:
+        try:
+            if float(max_size) < 0:
+                raise ValueError
+            params["max_size_gb"] = max_size
+        except ValueError:
+            errors.append(f"max_size_gb: {max_size!r} is not a size in GB")
+    everything = await api.call(request, "GET", "/api/v1/catalog/models", s.token)
+    listed = await api.call(
+        request, "GET", "/api/v1/catalog/models", s.token, params={**params, "capability": capability or None}
+    )
+    hosts_answer = await api.call(request, "GET", "/api/v1/hosts", s.token)
+    if not listed.ok:
+        errors.append(f"library: {listed.detail}")
+    if not hosts_answer.ok:
+        errors.append(f"hosts: {hosts_answer.detail}")
+    caps = sorted(
+        {c for m in CatalogModelsReply.model_validate(everything.json() or {}).models for c in m.capabilities}
+    )
+    models = CatalogModelsReply.model_validate(listed.json()).models if listed.ok else []
+    samples = _samples(hosts_answer)
+    capacities: list[HostCapacity] = [capacity(x) for x in samples]
+    host_ids = [c.host_id for c in capacities]
+    if host and host not in host_ids:
+        errors.append(f"host: {host!r} has not reported (hosts: {', '.join(host_ids) or 'none'})")
+        host = ""
+    shown = [c for c in capacities if not host or c.host_id == host]
+    rows = library.rows(models, shown, EstimateSettings(num_ctx=num_ctx))
+    if host:
+        rows = [r for r in rows if r.runs_on(host)]
+    ctx = {
+        "page": "library", "user": s.caller, "rows": rows, "hosts": host_ids, "shown_hosts": [c.host_id for c in shown],
+        "capabilities": caps, "contexts": sorted({*CONTEXTS, num_ctx}), "f": {"capability": capability,
+        "max_size_gb": max_size, "host": host, "num_ctx": num_ctx}, "errors": errors, "total": len(models),
+    }  # fmt: skip
+    if request.headers.get("hx-request") == "true":
+        return render(request, "library_results.html", ctx)
+    return render(request, "library.html", ctx)
+
+
+# --- hosts -----------------------------------------------------------------------------------------------------------
+
+
+@router.get("/hosts")
+async def hosts_page(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    answer = await api.call(request, "GET", "/api/v1/hosts", s.token)
+    errors = [] if answer.ok else [f"hosts: {answer.detail}"]
+    hosts = []
+    for h in (answer.json() or {}).get("hosts", []) if answer.ok else []:
+        rec = await api.call(request, "GET", f"/api/v1/hosts/{quote(h['host_id'], safe='')}/recommendations", s.token)
+        hosts.append(
+            {**h, "recommendation": rec.json() if rec.ok else None, "rec_error": None if rec.ok else rec.detail}
+        )
+    return render(request, "hosts.html", {"page": "hosts", "user": s.caller, "hosts": hosts, "errors": errors})
+
+
+# --- provisioning ----------------------------------------------------------------------------------------------------
+
+
+def _names(fields: dict[str, list[str]], name: str) -> list[str]:
+    out: list[str] = []
+    for value in fields.get(name, []):
+        out += [v.strip() for v in value.replace(",", "\n").splitlines() if v.strip()]
+    return out
+
+
+async def _roles(request: Request, s: Session) -> list[str]:
+    """The roles of the active set: the ids /v1/models lists before the library's models."""
+    listed = await api.call(request, "GET", "/v1/models", s.token)
+    catalog = await api.call(request, "GET", "/api/v1/catalog/models", s.token)
+    if not listed.ok:
+        return []
+    models = {m["id"] for m in (catalog.json() or {}).get("models", [])} if catalog.ok else set()
+    return [m["id"] for m in listed.json().get("data", []) if m["id"] not in models]
+
+
+@router.get("/provision")
+async def provision_page(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    hosts = await api.call(request, "GET", "/api/v1/hosts", s.token)
+    ctx = {
+        "page": "provision", "user": s.caller, "roles": await _roles(request, s),
+        "hosts": [x.host_id for x in _samples(hosts)], "msg": request.query_params.get("msg"),
+        "errors": [e for e in [request.query_params.get("err")] if e],
+    }  # fmt: skip
+    return render(request, "provision.html", ctx)
+
+
+@router.post("/provision")
+async def provision_start(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    fields = await checked_form(request)
+    body = {
+        "roles": _names(fields, "roles"), "models": _names(fields, "models"), "hosts": _names(fields, "hosts"),
+        "force": first(fields, "force") == "on", "allow_unpinned": first(fields, "allow_unpinned") == "on",
+    }  # fmt: skip
+    if not body["roles"] and not body["models"] and first(fields, "all_roles") != "on":
+        return back("/ui/provision", err="pick at least one role or model (or tick 'every role of the active set')")
+    answer = await api.call(request, "POST", "/api/v1/models/provision", s.token, json_body=body)
+    if answer.status != 202:
+        return back("/ui/provision", err=f"provision refused ({answer.status}): {answer.detail}")
+    accepted = answer.json()
+    since = accepted["progress_url"].partition("since=")[2]
+    target = f"/ui/provision/{accepted['request_id']}?{urlencode({'since': since})}"
+    return security.secure_headers(RedirectResponse(target, status_code=303))
+
+
+@router.get("/provision/{request_id}")
+async def provision_request_page(request: Request, request_id: uuid.UUID) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    result = await api.call(request, "GET", f"/api/v1/models/provision/{request_id}", s.token)
+    since = request.query_params.get("since", "")
+    if not since:
+        since = (datetime.now(UTC) - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    ctx = {
+        "page": "provision", "user": s.caller, "request_id": str(request_id), "since": since,
+        "result": result.json() if result.ok else None, "errors": [] if result.ok else [result.detail],
+    }  # fmt: skip
+    return render(request, "provision_request.html", ctx)
+
+
+# --- inventory -------------------------------------------------------------------------------------------------------
+
+
+@router.get("/inventory")
+async def inventory_page(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    answer = await api.call(request, "GET", "/api/v1/inventory", s.token)
+    errors = [e for e in [request.query_params.get("err")] if e]
+    if not answer.ok:
+        errors.append(f"inventory: {answer.detail}")
+    entries = sorted((answer.json() or {}).get("entries", []) if answer.ok else [],
+                     key=lambda e: (e["host"], e["model_id"]))  # fmt: skip
+    ctx = {"page": "inventory", "user": s.caller, "entries": entries, "errors": errors,
+           "msg": request.query_params.get("msg")}  # fmt: skip
+    return render(request, "inventory.html", ctx)
+
+
+@router.post("/inventory/delete")
+async def inventory_delete(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    fields = await checked_form(request)
+    host, model = first(fields, "host"), first(fields, "model")
+    if not host or not model:
+        return back("/ui/inventory", err="delete: host and model are both needed")
+    path = f"/api/v1/inventory/{quote(host, safe='')}/{quote(model, safe=':@/')}"
+    params = {"inventory_only": "true"} if first(fields, "inventory_only") == "on" else None
+    answer = await api.call(request, "DELETE", path, s.token, params=params)
+    if not answer.ok:
+        return back("/ui/inventory", err=f"delete {model} on {host} ({answer.status}): {answer.detail}")
+    done = answer.json()
+    where = "from the host and the inventory" if done["removed_from_host"] else "from the inventory only"
+    return back("/ui/inventory", msg=f"deleted {model} on {host} {where}")
+
+
+@router.post("/inventory/default")
+async def inventory_default(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    fields = await checked_form(request)
+    model = first(fields, "model")
+    answer = await api.call(request, "POST", "/api/v1/models/default", s.token, json_body={"model": model})
+    if not answer.ok:
+        return back("/ui/inventory", err=f"set default {model!r} ({answer.status}): {answer.detail}")
+    return back("/ui/inventory", msg=f"default model is now {answer.json()['default_model']}")
+
+
+@router.post("/inventory/sync")
+async def inventory_sync(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    await checked_form(request)
+    answer = await api.call(request, "POST", "/api/v1/inventory/sync", s.token)
+    if not answer.ok:
+        return back("/ui/inventory", err=f"sync ({answer.status}): {answer.detail}")
+    done = answer.json()
+    msg = f"sync: {len(done['adopted'])} adopted on {', '.join(done['hosts']) or 'no host'}"
+    if done["errors"]:
+        msg += f"; errors: {'; '.join(done['errors'])}"
+    return back("/ui/inventory", msg=msg)
+
+
+# --- chat ------------------------------------------------------------------------------------------------------------
+
+
+@router.get("/chat")
+async def chat_page(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    return render(request, "chat.html", {"page": "chat", "user": s.caller, "roles": await _roles(request, s)})
+
+
+# --- the REST API for the pages' scripts -----------------------------------------------------------------------------
+
+#: Answer headers passed back to the page's script.
+PASSED_ANSWER_HEADERS = {"content-type", "cache-control", "retry-after", "x-modelfleet-backend",
+                         "x-modelfleet-route-reason", "x-modelfleet-overhead-ms"}  # fmt: skip
+
+
+async def _proxy(request: Request, target: str) -> Response:
+    token = security.session_token(request)
+    if token is None:
+        return security.secure_headers(Response('{"detail": "not signed in"}', 401, media_type="application/json"))
+    if request.method not in security.SAFE_METHODS:
+        security.check_csrf(request, None)
+    body = await request.body()
+    streamed = await api.forward(
+        request, request.method, target, token, query=request.url.query, body=body, headers=request.scope["headers"]
+    )
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in streamed.headers
+               if k.decode("latin-1").lower() in PASSED_ANSWER_HEADERS}  # fmt: skip
+    response = StreamingResponse(streamed.body, status_code=streamed.status, headers=headers)
+    return security.secure_headers(response)
+
+
+@router.api_route("/api/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+async def api_proxy(request: Request, path: str) -> Response:
+    """`/ui/api/X` is `/api/v1/X` with the cookie's token (and, for a change, the CSRF header checked)."""
+    return await _proxy(request, f"/api/v1/{path}")
+
+
+@router.api_route("/v1/{path:path}", methods=["GET", "POST"])
+async def openai_proxy(request: Request, path: str) -> Response:
+    """`/ui/v1/X` is the OpenAI-compatible `/v1/X`, the same way."""
+    return await _proxy(request, f"/v1/{path}")
