@@ -10,7 +10,7 @@ from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 from contracts.envelope import Contract, Envelope
 from contracts.fallback import FallbackSpec
 from contracts.rpc import RpcRequest
-from contracts.vram import ModelArchitecture
+from contracts.architecture import ModelArchitecture
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 

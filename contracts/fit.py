@@ -9,24 +9,21 @@ from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from contracts.architecture import shape_from_architecture
 from contracts.catalog import ModelDoc
 from contracts.hardware import GpuSampled
 from contracts.vram import (
     EstimateSettings,
     FitClass,
-    ModelChoice,
     ModelShape,
     Placement,
     QuantOption,
-    Recommendation,
     compute_bytes,
     cpu_estimate,
     estimate,
     fit_class,
     layer_kv_bytes,
     pick_quantization,
-    recommend_model,
-    shape_from_architecture,
     simple_estimate,
 )
 
@@ -365,7 +362,7 @@ def capacity(sample: GpuSampled) -> HostCapacity:
     )
 
 
-# --- Catalog models: shapes from the library's figures, GGUF sources, recommendations across GPUs -------------------
+# --- Catalog models: shapes from the library's figures, GGUF sources ------------------------------------------------
 
 #: What a catalog model is sized as when no quantization is asked for (the one Ollama pulls by default).
 DEFAULT_QUANT = "Q4_K_M"
@@ -393,71 +390,3 @@ def gguf_source_url(doc: ModelDoc, quant: str | None, hf_endpoint: str = "https:
             rev = doc.sources.hf_revision or "main"
             return f"{hf_endpoint.rstrip('/')}/{doc.sources.hf_repo}/resolve/{rev}/{file}"
     return None
-
-
-class CandidateFit(_Frozen):
-    """One library model judged on one host: its default quantization, how it was sized, and where it goes."""
-
-    model: ModelChoice
-    quant: str
-    method: SizingMethod
-    fit: HostFit
-
-
-class HostAdvice(_Frozen):
-    memory_bytes: int = Field(description="free memory of all the host's GPUs together, else available RAM")
-    memory_source: str = Field(description="'gpu' or 'ram'")
-    num_ctx: int = Field(description="the context each candidate is sized at")
-    model: Recommendation
-    placement: CandidateFit | None = Field(default=None, description="where the recommended model goes")
-    offload: list[CandidateFit] = Field(
-        default_factory=list,
-        description="larger or better models that run only partially offloaded here, with their layer split",
-    )
-
-
-#: At most this many partial-offload options are offered, best first.
-MAX_OFFLOAD_OPTIONS = 5
-
-
-def library_candidate(doc: ModelDoc) -> tuple[ModelChoice, str, ModelShape | None, int] | None:
-    """A library model as a candidate: its default (or smallest) quantization, its shape if known, its mean rating."""
-    sizes = {q.name: q.size_bytes for q in doc.quantizations if q.size_bytes}
-    if not sizes or not doc.parameter_count:
-        return None
-    quant = DEFAULT_QUANT if DEFAULT_QUANT in sizes else min(sizes, key=sizes.__getitem__)
-    quality = round(sum(doc.ratings.values()) / len(doc.ratings)) if doc.ratings else 0
-    choice = ModelChoice(name=doc.id, parameters_b=doc.parameter_count / 1e9, size_bytes=sizes[quant], quality=quality)
-    return choice, quant, library_shapes(doc).get(quant), sizes[quant]
-
-
-def advise_host(
-    cap: HostCapacity, candidates: list[tuple[ModelChoice, str, ModelShape | None, int]], s: EstimateSettings
-) -> HostAdvice:
-    """The memory tier's model among those that fit the host *fully* by the same placement as `fit` (the layer
-    split over every GPU, or a subset), and the better ones that only fit partially offloaded, with their split."""
-    judged = []
-    for choice, quant, shape, size in candidates:
-        hf = fit_on_host(
-            cap.host_id, shape, s, gpus_free=cap.gpus_free, ram_available=cap.ram_available, file_size_bytes=size,
-            gpu_indexes=cap.gpu_indexes,
-        )  # fmt: skip
-        judged.append(CandidateFit(model=choice, quant=quant, method="shape" if shape else "file-size", fit=hf))
-    memory = sum(max(0, f) for f in cap.gpus_free) if cap.gpus_free else cap.ram_available
-    fits = {c.model.name for c in judged if c.fit.placement == Placement.FULL and c.fit.fit != FitClass.WONT_FIT}
-    if not cap.gpus_free:
-        fits = {c.model.name for c in judged if c.fit.fit != FitClass.WONT_FIT}
-    rec = recommend_model(memory, [c.model for c in judged], fits=fits)
-    placed = next((c for c in judged if rec.model and c.model.name == rec.model.name), None)
-    bar = (rec.model.quality, rec.model.parameters_b) if rec.model and rec.model.name in fits else (-1, 0.0)
-    offload = sorted(
-        (
-            c for c in judged
-            if c.fit.placement == Placement.PARTIAL and (c.model.quality, c.model.parameters_b) > bar
-        ),
-        key=lambda c: (-c.model.quality, -c.model.parameters_b),
-    )[:MAX_OFFLOAD_OPTIONS]  # fmt: skip
-    return HostAdvice(
-        memory_bytes=memory, memory_source="gpu" if cap.gpus_free else "ram", num_ctx=s.num_ctx, model=rec,
-        placement=placed, offload=offload,
-    )  # fmt: skip

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contracts.architecture import ModelArchitecture
 from contracts.catalog import PROFILE_TYPES, ModelDoc, ProfileDoc, ProfileSetDoc, system_profile_id
 from contracts.parameters import validate_parameters
-from contracts.vram import ModelArchitecture
 
 LIBRARY_FILE = Path(__file__).with_name("library.toml")
 

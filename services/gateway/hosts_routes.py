@@ -14,18 +14,17 @@ from nats.js.errors import BucketNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
+from contracts.advice import CandidateFit, advise_host, library_candidate
+from contracts.architecture import rescale_shape
 from contracts.catalog import CatalogModelsRequest, ModelDoc, ModelInfoRequest
 from contracts.fit import (
     DEFAULT_QUANT,
-    CandidateFit,
     FitReport,
     HostCapacity,
     SizingMethod,
-    advise_host,
     capacity,
     fit_report,
     gguf_source_url,
-    library_candidate,
     library_shapes,
 )
 from contracts.gguf_header import GgufError, model_shape
@@ -38,7 +37,6 @@ from contracts.vram import (
     Recommendation,
     SettingsRecommendation,
     recommend_settings,
-    rescale_shape,
 )
 from services.gateway.auth import caller
 from services.gateway.bus_client import BusClient, bus_of

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from contracts.architecture import rescale_shape
 from contracts.fit import HostCapacity, fit_on_host, fit_report
 from contracts.gguf_header import model_shape
 from contracts.vram import (
@@ -25,7 +26,6 @@ from contracts.vram import (
     QuantOption,
     estimate,
     pick_quantization,
-    rescale_shape,
     simple_estimate,
 )
 from services.cli.main import app as cli

@@ -13,7 +13,8 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 from gguf.quants import quant_shape_to_byte_shape
 
-from contracts.vram import SWA_PERIOD, ModelArchitecture
+from contracts.architecture import ModelArchitecture
+from contracts.vram import SWA_PERIOD
 
 Q4_K, Q8_0, F32 = GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q8_0, GGMLQuantizationType.F32
 

@@ -10,17 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from contracts.advice import library_candidate
+from contracts.architecture import ModelArchitecture, rescale_shape, shape_from_architecture
 from contracts.catalog import ModelDoc, ModelSources, QuantizationDoc
-from contracts.fit import HostCapacity, fit_report, gguf_source_url, library_candidate, library_shapes
+from contracts.fit import HostCapacity, fit_report, gguf_source_url, library_shapes
 from contracts.gguf_header import model_shape
 from contracts.vram import (
     GIB,
     EstimateSettings,
-    ModelArchitecture,
     cpu_estimate,
     estimate,
-    rescale_shape,
-    shape_from_architecture,
 )
 from services.catalog.library import load_library
 from services.gateway.hosts_routes import catalog_sizing

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from contracts.advice import CandidateFit, HostAdvice, advise_host, library_candidate
 from contracts.fit import (
-    CandidateFit,
-    HostAdvice,
     HostCapacity,
-    advise_host,
     capacity,
     fit_on_host,
-    library_candidate,
 )
 from contracts.hardware import GpuSampled
 from contracts.vram import EstimateSettings, FitClass, ModelChoice, Placement, recommend_model
