@@ -13,6 +13,18 @@ from contracts.rpc import RpcRequest
 from contracts.architecture import ModelArchitecture
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+#: A performance profile's name (a `[performance_profiles.<name>]` table of a TOML import).
+PerformanceProfileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+#: The layers of a resolution, lowest precedence first (`contracts.parameters.LAYERS`).
+ParameterLayer = Literal["global", "model", "role", "performance_profile", "profile", "user", "request"]
+
+
+class ParameterSource(Contract):
+    """Where a resolved parameter's value came from: the layer, and which one of it (model id, role, performance
+    profile name, profile id, user id; none for `global` and `request`)."""
+
+    layer: ParameterLayer
+    name: Annotated[str, StringConstraints(max_length=256)] | None = None
 
 
 class ResolveReply(Contract):
@@ -22,6 +34,13 @@ class ResolveReply(Contract):
     parameters: dict[str, Any] = Field(default_factory=dict)
     system_prompt: str = ""
     fallback_chain: list[Name] = Field(default_factory=list)
+    # Added with performance profiles (optional, so the major version holds):
+    performance_profile: PerformanceProfileName | None = Field(
+        default=None, description="The performance profile applied (the request's, else the role's default)."
+    )
+    parameter_sources: dict[str, ParameterSource] = Field(
+        default_factory=dict, description="For each parameter, the layer its value came from."
+    )
 
 
 class ResolveRequest(RpcRequest[ResolveReply]):
@@ -34,6 +53,9 @@ class ResolveRequest(RpcRequest[ResolveReply]):
     model: Name | None = None
     user_id: Name | None = None
     options: dict[str, Any] = Field(default_factory=dict, description="Request options, highest precedence.")
+    performance_profile: PerformanceProfileName | None = Field(
+        default=None, description="A performance profile to apply (replaces the role's default one); 404 if unknown."
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> ResolveRequest:
@@ -67,6 +89,9 @@ class RoleEntry(Contract):
     parameters: dict[str, Any] = Field(default_factory=dict)
     fallback: FallbackSpec | None = Field(
         default=None, description="What the inference fallback loads for this role (None: the role's own GGUF)."
+    )
+    performance_profile: PerformanceProfileName | None = Field(
+        default=None, description="The role's default performance profile."
     )
 
 
@@ -306,6 +331,18 @@ class ModelInfoRequest(RpcRequest[ModelDoc]):
     model: Name
 
 
+class ModelPatchRequest(RpcRequest[ModelDoc]):
+    """Admin only: change fields of one library model (found by id, Ollama name or repo), validated as an import
+    validates them; a JSON merge patch (RFC 7396): an object merges into the field, `null` resets it. The changed
+    fields are recorded in `edited_fields`, so curated updates keep them."""
+
+    SUBJECT = "rpc.catalog.models.patch.v1"
+
+    caller: Caller
+    model: Name
+    changes: dict[str, Any]
+
+
 class SetDefaultReply(Contract):
     default_model: Name
     model_ref: Name
@@ -431,6 +468,9 @@ class RoleModelDoc(Contract):
     parameters: dict[str, Any] = Field(default_factory=dict)
     description: Text = ""
     fallback: FallbackSpec | None = None
+    performance_profile: PerformanceProfileName | None = Field(
+        default=None, description="The role's default performance profile (a request may name another)."
+    )
 
 
 class ProfileSetDoc(Contract):
@@ -461,30 +501,64 @@ class OverviewRequest(RpcRequest[OverviewReply]):
 ManifestFormat = Annotated[str, StringConstraints(pattern=r"^(json|toml|models\.txt)$")]
 
 
+#: The model ids an import reply lists at most (`model_count` has the total), so any file's reply fits one message.
+MAX_LISTED_MODELS = 1000
+
+
 class ImportReply(Contract):
     filename: str
     format: ManifestFormat
     profile_sets: list[str] = Field(default_factory=list)
-    models: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list, description="The models imported, the first MAX_LISTED_MODELS.")
     performance_profiles: list[str] = Field(default_factory=list)
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list, description="At most 200, then a count of the rest.")
+    # Added with staged imports (optional, so the major version holds):
+    model_count: int | None = Field(default=None, ge=0, description="How many models the file imported.")
+
+
+#: The JetStream object store a file too large for one bus message is staged in (docs/catalog.md#size-limits).
+STAGING_BUCKET = "catalog_staging"
+#: The largest `content` sent inline in one bus message; a larger file is staged (NATS' max_payload is 1 MiB).
+MAX_INLINE_BYTES = 512 * 1024
+
+
+class StagedFile(Contract):
+    """A file put into the `STAGING_BUCKET` object store by the sender, read by the receiver, deleted by the sender."""
+
+    object: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
+    size_bytes: int = Field(ge=0)
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class ImportRequest(RpcRequest[ImportReply]):
-    """Admin only: one file, applied in one transaction or not at all; `format` guessed from `filename` if absent."""
+    """Admin only: one file, applied in one transaction or not at all; `format` guessed from `filename` if absent.
+
+    The file is `content` (inline, up to `MAX_INLINE_BYTES` in practice) or `staged` in the object store."""
 
     SUBJECT = "rpc.catalog.import.v1"
 
     caller: Caller
     filename: Annotated[str, StringConstraints(min_length=1, max_length=512)]
-    content: Annotated[str, StringConstraints(max_length=10_000_000)]
+    content: Annotated[str, StringConstraints(max_length=10_000_000)] = ""
     format: ManifestFormat | None = None
+    # Added with staged imports (optional, so the major version holds):
+    staged: StagedFile | None = Field(default=None, description="The file, staged in the object store.")
+
+    @model_validator(mode="after")
+    def _one_body(self) -> ImportRequest:
+        if self.staged is not None and self.content:
+            raise ValueError("give content or staged, not both")
+        return self
 
 
 class ExportReply(Contract):
+    """The file is `content`, or, when larger than `MAX_INLINE_BYTES`, `staged` in the object store (the reader
+    deletes it)."""
+
     format: ManifestFormat
     filename: str
-    content: str
+    content: str = ""
+    staged: StagedFile | None = None
 
 
 class ExportRequest(RpcRequest[ExportReply]):

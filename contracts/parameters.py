@@ -7,8 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: The layers of a resolution, lowest precedence first.
-LAYERS: tuple[str, ...] = ("global", "model", "profile", "user", "request")
+#: The layers of a resolution, lowest precedence first (docs/catalog.md#resolution): the catalog's settings, the
+#: model's defaults, the role entry's parameters, the performance profile (named by the request, else by the role),
+#: the profile, the user's overrides, the request's options.
+LAYERS: tuple[str, ...] = ("global", "model", "role", "performance_profile", "profile", "user", "request")
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,15 @@ def validate_parameters(params: Mapping[str, Any], layer: str = "") -> dict[str,
 
 def merge_parameters(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """Merge `(layer name, parameters)` lowest precedence first: a higher layer's value replaces a lower one's."""
+    return merge_traced(layers)[0]
+
+
+def merge_traced(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[dict[str, Any], dict[str, int]]:
+    """`merge_parameters`, and for each merged parameter the index (in `layers`) of the layer its value came from."""
     merged: dict[str, Any] = {}
-    for name, params in layers:
-        merged.update(validate_parameters(params, name))
-    return merged
+    origin: dict[str, int] = {}
+    for index, (name, params) in enumerate(layers):
+        for key, value in validate_parameters(params, name).items():
+            merged[key] = value
+            origin[key] = index
+    return merged, origin

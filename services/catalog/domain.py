@@ -7,11 +7,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from contracts.catalog import (
     PROFILE_TYPES,
     Caller,
     CatalogModelsRequest,
     ModelDoc,
+    ParameterSource,
     ProfileDoc,
     ProfileInput,
     ProfileSetDoc,
@@ -23,7 +26,7 @@ from contracts.catalog import (
     system_profile_id,
 )
 from contracts.model_ref import ModelRefError, parse_model_ref
-from contracts.parameters import ParameterError, merge_parameters, validate_parameters
+from contracts.parameters import ParameterError, merge_traced, validate_parameters
 from contracts.rpc import RpcError
 
 SYSTEM_DEFAULT_IDS = frozenset(system_profile_id(n) for n in PROFILE_TYPES)
@@ -128,14 +131,39 @@ def _fallbacks(view: CatalogView, model: ModelDoc | None, ref: str, explicit: It
     return chain
 
 
+def performance_profile_of(
+    view: CatalogView, req: ResolveRequest, role_entry: RoleModelDoc | None = None
+) -> tuple[str | None, dict[str, Any]]:
+    """The performance profile that applies: the request's, else the role entry's default; with its parameters.
+
+    An unknown name is a 404 naming it (the request's: field `performance_profile`; a role's default: the role)."""
+    name = req.performance_profile or (role_entry.performance_profile if role_entry else None)
+    if name is None:
+        return None, {}
+    preset = view.presets.get(name)
+    if preset is None:
+        have = ", ".join(sorted(view.presets)) or "none; import a TOML file with [performance_profiles.<name>]"
+        if req.performance_profile is not None:
+            raise CatalogError(
+                404, f"performance_profile: no performance profile {name!r} (have: {have})", field="performance_profile"
+            )
+        raise CatalogError(
+            404,
+            f"role: {str(req.role).removeprefix('role:')!r} of profile set {view.active_set!r} names performance "
+            f"profile {name!r}, which is not defined (have: {have})",
+            field="role",
+        )
+    return name, dict(preset.get("parameters") or {})
+
+
 def _reply(
     view: CatalogView,
     req: ResolveRequest,
     name: str,
     provider: str | None,
-    profile_params: Mapping[str, Any],
     *,
     profile: ProfileDoc | None = None,
+    role: tuple[str, RoleModelDoc] | None = None,
     system_prompt: str = "",
 ) -> ResolveReply:
     model = view.find_model(name)
@@ -151,20 +179,30 @@ def _reply(
         except ModelRefError as exc:
             raise CatalogError(422, f"model: {exc}", field="model" if req.model is not None else None) from exc
         ref, default_provider = parsed.canonical, parsed.provider
+    perf_name, perf_params = performance_profile_of(view, req, role[1] if role else None)
     user = view.users.get(req.user_id) if req.user_id else None
-    layers = [
-        ("global settings", view.global_parameters),
-        (f"model {model.id} defaults" if model else "model defaults", model.default_parameters if model else {}),
-        (f"profile {profile.id}" if profile else "profile", profile_params),
-        (f"user {req.user_id} overrides", user.overrides if user else {}),
-        ("request options", req.options),
-    ]
+    # (label in errors, source layer, source name, parameters), lowest precedence first: contracts.parameters.LAYERS.
+    layers: list[tuple[str, str, str | None, Mapping[str, Any]]] = [
+        ("global settings", "global", None, view.global_parameters),
+        (f"model {model.id} defaults" if model else "model defaults", "model", model.id if model else None,
+         model.default_parameters if model else {}),
+        (f"role {role[0]} of profile set {view.active_set}" if role else "role", "role", role[0] if role else None,
+         role[1].parameters if role else {}),
+        (f"performance profile {perf_name}", "performance_profile", perf_name, perf_params),
+        (f"profile {profile.id}" if profile else "profile", "profile", str(profile.id) if profile else None,
+         profile.parameters if profile else {}),
+        (f"user {req.user_id} overrides", "user", req.user_id, user.overrides if user else {}),
+        ("request options", "request", None, req.options),
+    ]  # fmt: skip
     try:
-        parameters = merge_parameters(layers)
+        parameters, origin = merge_traced([(label, params) for label, _, _, params in layers])
     except ParameterError as exc:
         # Only the request's own options are a request field; a bad stored layer is named in the detail alone.
         at = f"options.{exc.field}" if exc.layer == "request options" else None
         raise CatalogError(422, str(exc), field=at) from exc
+    sources = {
+        key: ParameterSource.model_validate({"layer": layers[i][1], "name": layers[i][2]}) for key, i in origin.items()
+    }
     explicit = (profile.circuit_breaker or {}).get("fallback_models", []) if profile else []
     return ResolveReply(
         model_ref=ref,
@@ -173,12 +211,21 @@ def _reply(
         parameters=parameters,
         system_prompt=system_prompt,
         fallback_chain=_fallbacks(view, model, ref, explicit if isinstance(explicit, list) else []),
+        performance_profile=perf_name,
+        parameter_sources=sources,
     )
 
 
-def _from_profile(view: CatalogView, req: ResolveRequest, profile: ProfileDoc) -> ResolveReply:
+def _from_profile(
+    view: CatalogView, req: ResolveRequest, profile: ProfileDoc, role: tuple[str, RoleModelDoc] | None = None
+) -> ResolveReply:
+    """A profile's model and parameters; a role's entry (when the role has one) lends its default performance
+    profile only: the profile replaces the entry's model and parameters."""
+    role_default = (
+        (role[0], RoleModelDoc(name=role[1].name, performance_profile=role[1].performance_profile)) if role else None
+    )
     return _reply(
-        view, req, profile.model_name, None, profile.parameters, profile=profile, system_prompt=profile.system_prompt
+        view, req, profile.model_name, None, profile=profile, role=role_default, system_prompt=profile.system_prompt
     )
 
 
@@ -207,7 +254,7 @@ def resolve(view: CatalogView, req: ResolveRequest) -> ResolveReply:
             if not view.default_model:
                 raise CatalogError(404, "model: no default model is set", field="model")
             name = view.default_model
-        return _reply(view, req, name, None, {})
+        return _reply(view, req, name, None)
     role = str(req.role).removeprefix("role:")
     type_number = ROLE_TYPES.get(role)
     if type_number is None:
@@ -215,13 +262,13 @@ def resolve(view: CatalogView, req: ResolveRequest) -> ResolveReply:
             type_number = profile_type_number(role)
         except ValueError:
             type_number = None
-    if type_number is not None and (chosen := user_profile_for(view, req.user_id, type_number)) is not None:
-        return _from_profile(view, req, chosen)
     entry = view.sets.get(view.active_set, ProfileSetDoc(name=view.active_set)).models.get(role)
+    if type_number is not None and (chosen := user_profile_for(view, req.user_id, type_number)) is not None:
+        return _from_profile(view, req, chosen, (role, entry) if entry else None)
     if entry is not None:
         default = view.profiles.get(system_profile_id(type_number)) if type_number else None
         prompt = default.system_prompt if default else ""
-        return _reply(view, req, entry.name, entry.provider, entry.parameters, system_prompt=prompt)
+        return _reply(view, req, entry.name, entry.provider, role=(role, entry), system_prompt=prompt)
     if type_number is not None and (default := view.profiles.get(system_profile_id(type_number))) is not None:
         return _from_profile(view, req, default)
     roles = ", ".join(sorted(view.sets.get(view.active_set, ProfileSetDoc(name="-")).models)) or "none"
@@ -241,7 +288,7 @@ def role_entries(view: CatalogView, set_name: str | None) -> tuple[str, list[Rol
         )
     entries = [
         RoleEntry(role=role, model_ref=_entry_ref(view, e), provider=e.provider, auto_download=e.auto_download,
-                  parameters=e.parameters, fallback=e.fallback)
+                  parameters=e.parameters, fallback=e.fallback, performance_profile=e.performance_profile)
         for role, e in profile_set.models.items()
     ]  # fmt: skip
     return name, entries
@@ -413,3 +460,70 @@ def merge_curated(curated: ModelDoc, stored: ModelDoc | None) -> ModelDoc:
     data["edited_fields"] = list(stored.edited_fields)
     data["origin"] = stored.origin
     return ModelDoc.model_validate(data)
+
+
+# --- Editing a library model -----------------------------------------------------------------------------------------
+
+#: Fields the catalog sets itself: a patch naming one is refused.
+_NOT_PATCHABLE = frozenset({"id", "origin", "edited_fields"})
+#: Object fields a patch merges into (RFC 7396) instead of replacing.
+_MERGED = frozenset({"sources", "ratings", "default_parameters", "extra"})
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396: an object merges key by key, `null` removes the key, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return patch
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge_patch(out.get(key), value)
+    return out
+
+
+def patch_model(model: ModelDoc, changes: Mapping[str, Any]) -> ModelDoc:
+    """The model after a JSON merge patch, validated as an import validates (a 422 naming the field); the changed
+    fields join `edited_fields`, so applying the curated library again keeps them. `null` resets a field."""
+    known = ModelDoc.model_fields
+    for name in changes:
+        if name in _NOT_PATCHABLE:
+            raise CatalogError(422, f"{name}: set by the catalog, not editable", field=name)
+        if name not in known:
+            raise CatalogError(
+                422, f"{name}: not a model field (fields: {', '.join(n for n in known if n not in _NOT_PATCHABLE)})",
+                field=name,
+            )  # fmt: skip
+    old = model.model_dump(mode="json")
+    data = dict(old)
+    for name, value in changes.items():
+        if value is None:
+            default = known[name].get_default(call_default_factory=True)
+            if known[name].is_required():
+                raise CatalogError(422, f"{name}: required, cannot be reset", field=name)
+            data[name] = default.model_dump(mode="json") if hasattr(default, "model_dump") else default
+        elif name in _MERGED:
+            if not isinstance(value, Mapping):
+                raise CatalogError(422, f"{name}: must be an object, got {value!r}"[:300], field=name)
+            data[name] = _merge_patch(old.get(name), value)
+        else:
+            data[name] = value
+    if "default_parameters" in changes:
+        try:
+            data["default_parameters"] = validate_parameters(data["default_parameters"] or {}, "default_parameters")
+        except ParameterError as exc:
+            at = f"default_parameters.{exc.field}"
+            raise CatalogError(422, f"{at}: {exc}", field=at) from exc
+    try:
+        patched = ModelDoc.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        at = ".".join(map(str, first["loc"])) or "(model)"
+        raise CatalogError(422, f"{at}: {first['msg']}", field=at) from exc
+    for fallback in patched.fallbacks:
+        if fallback.lower() == patched.id.lower():
+            raise CatalogError(422, f"fallbacks: {fallback!r} is the model itself", field="fallbacks")
+    new = patched.model_dump(mode="json")
+    changed = {name for name in changes if new[name] != old.get(name)}
+    return patched.model_copy(update={"edited_fields": sorted({*model.edited_fields, *changed})})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from faststream.nats import DeliverPolicy
 
 from contracts.catalog import (
+    MAX_INLINE_BYTES,
     AuthReply,
     AuthRequest,
     CatalogChanged,
@@ -16,6 +17,7 @@ from contracts.catalog import (
     ImportRequest,
     ModelDoc,
     ModelInfoRequest,
+    ModelPatchRequest,
     OverviewReply,
     OverviewRequest,
     ProfileDeleteReply,
@@ -42,7 +44,9 @@ from contracts.catalog import (
     UserConfigRequest,
 )
 from contracts.subjects import EVENTS_STREAM
+from services.catalog.domain import CatalogError
 from services.catalog.operations import Catalog
+from services.runtime import staging
 from services.runtime.bus import jstream
 from services.runtime.dlq import StreamRouter
 from services.runtime.rpc import Rpc
@@ -144,6 +148,12 @@ def register_library(rpc: Rpc, catalog: Catalog) -> None:
         """Consumes rpc.catalog.models.info.v1; replies ModelDoc by id, Ollama name or repo (404: none). Read-only."""
         return await catalog.model_info(req.model)
 
+    @rpc.handler(ModelPatchRequest)
+    async def on_model_patch(req: ModelPatchRequest) -> ModelDoc:
+        """Consumes rpc.catalog.models.patch.v1 (admin); replies the stored ModelDoc; emits
+        evt.catalog.entries.changed.v1. One transaction; idempotent (the same patch twice leaves the same state)."""
+        return await catalog.patch_model(req.caller, req.model, req.changes)
+
     @rpc.handler(SetDefaultRequest)
     async def on_default(req: SetDefaultRequest) -> SetDefaultReply:
         """Consumes rpc.catalog.models.default.v1 (admin); replies SetDefaultReply. Idempotent on the model name."""
@@ -158,14 +168,31 @@ def register_library(rpc: Rpc, catalog: Catalog) -> None:
     async def on_import(req: ImportRequest) -> ImportReply:
         """Consumes rpc.catalog.import.v1 (admin); one transaction; emits model.registered for new models.
 
-        Idempotent on the file's content: importing the same file twice leaves the same state.
+        Idempotent on the file's content: importing the same file twice leaves the same state. A `staged` file is
+        read from the object store (the sender deletes it).
         """
-        return await catalog.import_file(req.caller, req.filename, req.content, req.format)
+        content = req.content
+        if req.staged is not None:
+            catalog.require_admin_early(req.caller)
+            raw = await staging.fetch(rpc.broker.connection, req.staged)
+            try:
+                content = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CatalogError(
+                    422, f"{req.filename}: the file is not UTF-8 text (byte {exc.start})", field="content"
+                ) from exc
+        return await catalog.import_file(req.caller, req.filename, content, req.format)
 
     @rpc.handler(ExportRequest)
     async def on_export(req: ExportRequest) -> ExportReply:
-        """Consumes rpc.catalog.export.v1 (admin); replies ExportReply with the file's text. Read-only."""
-        return await catalog.export(req.caller, req.format)
+        """Consumes rpc.catalog.export.v1 (admin); replies ExportReply with the file's text, staged in the object
+        store when larger than MAX_INLINE_BYTES (the reader deletes it). Read-only."""
+        reply = await catalog.export(req.caller, req.format)
+        data = reply.content.encode()
+        if len(data) <= MAX_INLINE_BYTES:
+            return reply
+        staged = await staging.stage(rpc.broker.connection, data)
+        return ExportReply(format=reply.format, filename=reply.filename, staged=staged)
 
 
 def register_invalidation(streams: StreamRouter, catalog: Catalog) -> None:

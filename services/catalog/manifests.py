@@ -23,7 +23,7 @@ SUPPORTED_PROVIDERS = ("ollama", "huggingface", "local", "openai")
 #: An `openai` entry's name is the id an OpenAI-compatible backend lists in /v1/models, not a model reference.
 OPENAI_ID_MAX = 256
 FORMATS = ("json", "toml", "models.txt")
-_ENTRY_FIELDS = {"name", "provider", "auto_download", "parameters", "description", "fallback"}
+_ENTRY_FIELDS = {"name", "provider", "auto_download", "parameters", "description", "fallback", "performance_profile"}
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PRESET_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {  # field -> (types, required)
     "weights": (str, True),
@@ -151,6 +151,14 @@ def _json_entry(filename: str, key: str, entry: Any, warnings: list[str]) -> Rol
     except ParameterError as exc:
         raise ManifestError(filename, f"key {key}.parameters", exc.field, str(exc)) from exc
     fallback = _fallback(filename, key, entry.get("fallback"))
+    performance_profile = entry.get("performance_profile")
+    if performance_profile is not None and (
+        not isinstance(performance_profile, str) or not _SET_NAME.match(performance_profile)
+    ):
+        raise ManifestError(
+            filename, f"key {key}", "performance_profile",
+            f"must be a performance profile name (letters, digits, '.', '_', '-'), got {performance_profile!r}",
+        )  # fmt: skip
     for unknown in sorted(set(entry) - _ENTRY_FIELDS):
         warnings.append(f"{filename}: {key}: unknown field {unknown!r} ignored")
     return RoleModelDoc(
@@ -160,6 +168,7 @@ def _json_entry(filename: str, key: str, entry: Any, warnings: list[str]) -> Rol
         parameters=parameters,
         description=description,
         fallback=fallback,
+        performance_profile=performance_profile,
     )
 
 
@@ -212,7 +221,7 @@ def export_json(sets: list[ProfileSetDoc]) -> str:
     for s in sets:
         models: dict[str, Any] = {}
         for role, e in s.models.items():
-            plain = not e.parameters and not e.description and e.fallback is None
+            plain = not e.parameters and not e.description and e.fallback is None and e.performance_profile is None
             if e.provider == "ollama" and e.auto_download and plain:
                 models[role] = e.name
                 continue
@@ -223,6 +232,8 @@ def export_json(sets: list[ProfileSetDoc]) -> str:
                 obj["description"] = e.description
             if e.fallback is not None:
                 obj["fallback"] = e.fallback.model_dump(mode="json", exclude_none=True)
+            if e.performance_profile is not None:
+                obj["performance_profile"] = e.performance_profile
             models[role] = obj
         profiles[s.name] = {"models": models}
     return json.dumps({"profiles": profiles}, indent=2) + "\n"
@@ -377,14 +388,34 @@ def parse_models_txt(filename: str, content: str) -> ImportPlan:
     return plan
 
 
+def models_txt_line(model: ModelDoc) -> str | None:
+    """The models.txt line of a model, or None where the format cannot express it. The format names a Hugging Face
+    repository (`org/model[@revision]`) or a local file relative to the models directory (`local:path`), so it
+    expresses every model served from either, curated or imported; not an Ollama or OpenAI-served model, nor a local
+    file given by an absolute path (a TOML preset's `weights` often is)."""
+    s = model.sources
+    if model.provider == "huggingface" and s.hf_repo:
+        line = f"{s.hf_repo}@{s.hf_revision}" if s.hf_revision else s.hf_repo
+        kind = "hf"
+    elif model.provider == "local" and s.local_path:
+        line, kind = f"local:{s.local_path}", "local"
+    else:
+        return None
+    try:
+        return line if parse_model_ref(line).kind == kind else None
+    except ModelRefError:
+        return None
+
+
 def export_models_txt(models: list[ModelDoc]) -> str:
     lines = ["# modelfleet models.txt: org/model (Hugging Face) or local:file.gguf, one a line"]
+    left_out = []
     for m in sorted(models, key=lambda m: m.id):
-        if m.origin == "curated":
-            continue
-        if m.provider == "huggingface" and m.sources.hf_repo:
-            rev = m.sources.hf_revision
-            lines.append(f"{m.sources.hf_repo}@{rev}" if rev else m.sources.hf_repo)
-        elif m.provider == "local" and m.sources.local_path and "preset" not in m.extra:
-            lines.append(f"local:{m.sources.local_path}")
+        line = models_txt_line(m)
+        if line is None:
+            left_out.append(m.id)
+        elif line not in lines:
+            lines.append(line)
+    if left_out:
+        lines.insert(1, f"# {len(left_out)} models this format cannot express (Ollama, OpenAI, absolute local paths)")
     return "\n".join(lines) + "\n"

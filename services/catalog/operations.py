@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts.catalog import (
+    MAX_LISTED_MODELS,
     AuthReply,
     Caller,
     CatalogChanged,
@@ -50,6 +51,8 @@ from services.runtime.outbox import Outbox
 log = logging.getLogger(__name__)
 
 Write = Callable[[AsyncSession], Awaitable[None]]
+#: The warnings an import reply lists at most (then a count of the rest), so any file's reply fits one bus message.
+MAX_WARNINGS = 200
 
 
 class Catalog:
@@ -313,6 +316,28 @@ class Catalog:
         await self._write(f"default model {name}", write)
         return SetDefaultReply(default_model=name, model_ref=domain.model_ref_of(found)[0] if found else model)
 
+    def require_admin_early(self, caller: Caller) -> None:
+        """Refuse a non-admin before a staged file is read."""
+        domain.require_admin(caller, "importing a manifest")
+
+    async def patch_model(self, caller: Caller, name: str, changes: dict[str, Any]) -> ModelDoc:
+        """One library model's fields changed (validated, recorded as local edits) in one transaction."""
+        domain.require_admin(caller, "editing a library model")
+        view = await self.current()
+        model = view.find_model(name)
+        if model is None:
+            raise CatalogError(404, f"model: {name!r} is not in the library", field="model")
+        patched = domain.patch_model(model, changes)
+        if patched == model:
+            return model
+
+        async def write(session: AsyncSession) -> None:
+            await self.store.save_model(session, patched)
+
+        await self._write(f"model {model.id} edited", write)
+        log.info("model %s edited by %s: %s", model.id, caller.user_id, ", ".join(sorted(changes)))
+        return patched
+
     async def import_file(self, caller: Caller, filename: str, content: str, fmt: str | None) -> ImportReply:
         domain.require_admin(caller, "importing a manifest")
         view = await self.current()
@@ -321,9 +346,22 @@ class Catalog:
         except manifests.ManifestError as exc:
             # The request field at fault is the file (the detail names its line or key and the manifest's field).
             raise CatalogError(422, str(exc), field="format" if exc.where == "format" else "content") from exc
-        for warning in plan.warnings:
+        known = {*view.presets, *plan.presets}
+        for profile_set in plan.sets:
+            for role, entry in profile_set.models.items():
+                if entry.performance_profile is not None and entry.performance_profile not in known:
+                    plan.warnings.append(
+                        f"{filename}: profiles.{profile_set.name}.models.{role}: performance profile "
+                        f"{entry.performance_profile!r} is not defined yet (import its TOML): resolving the role "
+                        "fails with a 404 until it is"
+                    )
+        for warning in plan.warnings[:MAX_WARNINGS]:
             log.warning("import: %s", warning)
-        models = [_as_local_edit(view.models.get(m.id), m, plan.model_fields) for m in plan.models]
+        if len(plan.warnings) > MAX_WARNINGS:  # the reply must fit one bus message, whatever the file's size
+            more = len(plan.warnings) - MAX_WARNINGS
+            plan.warnings[MAX_WARNINGS:] = [f"{filename}: {more} more warnings not shown"]
+            log.warning("import: %s", plan.warnings[-1])
+        models = [_as_local_edit(_existing(view, m), m, plan.model_fields) for m in plan.models]
 
         async def write(session: AsyncSession) -> None:
             for profile_set in plan.sets:
@@ -338,7 +376,8 @@ class Catalog:
         await self._write(f"import of {filename}", write)
         return ImportReply(
             filename=filename, format=plan.format, profile_sets=[s.name for s in plan.sets],
-            models=[m.id for m in models], performance_profiles=list(plan.presets), warnings=plan.warnings,
+            models=[m.id for m in models[:MAX_LISTED_MODELS]], model_count=len(models),
+            performance_profiles=list(plan.presets), warnings=plan.warnings,
         )  # fmt: skip
 
     async def export(self, caller: Caller, fmt: str) -> ExportReply:
@@ -360,11 +399,22 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _existing(view: CatalogView, imported: ModelDoc) -> ModelDoc | None:
+    """The library model an imported one is: the same id, or (a models.txt line naming a curated Hugging Face model's
+    repo, or a local model's path) the model of that name served by the same provider, which the import edits rather
+    than duplicating. An Ollama model whose card names a GGUF repo is not the repo's Hugging Face model."""
+    found = view.models.get(imported.id) or view.find_model(imported.id)
+    return found if found is not None and (found.id == imported.id or found.provider == imported.provider) else None
+
+
 def _as_local_edit(stored: ModelDoc | None, imported: ModelDoc, carried: frozenset[str]) -> ModelDoc:
-    """An import over an existing model is a local edit: the fields it changes survive curated updates."""
+    """An import over an existing model is a local edit: the fields it changes survive curated updates. `sources`
+    merge (a models.txt line names a repo, not the model's Ollama name or file, which it keeps)."""
     if stored is None:
         return imported
     old, new = stored.model_dump(), imported.model_dump()
+    if "sources" in carried:
+        new["sources"] = {**old["sources"], **{k: v for k, v in new["sources"].items() if v is not None}}
     changed = [k for k in carried if new[k] != old.get(k) and new[k] not in (None, "", [], {})]
     data = {**old, **{k: new[k] for k in changed}}
     data["edited_fields"] = sorted({*stored.edited_fields, *changed})

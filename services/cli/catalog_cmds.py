@@ -93,6 +93,74 @@ def models_info(
     console.print(data_table("quantizations", ("name", "file", "size", "sha256"), rows, keep_whole=("sha256",)))
 
 
+def _source(source: dict[str, Any] | None) -> str:
+    if not source:
+        return "-"
+    layer = {"global": "settings", "performance_profile": "performance profile"}.get(source["layer"], source["layer"])
+    return f"{layer} {source['name']}" if source.get("name") else layer
+
+
+@models_app.command("resolve")
+def models_resolve(
+    role: str | None = typer.Option(None, "--role", help="A role of the active profile set (coding, general, ...)."),
+    model: str | None = typer.Option(None, "--model", help="A model id or reference instead of a role."),
+    profile_id: str | None = typer.Option(None, "--profile-id", help="A profile id instead of a role."),
+    performance_profile: str | None = typer.Option(
+        None, "--performance-profile", "-P", help="A performance profile to apply (balanced, code_gen, ...)."
+    ),
+    user: str | None = typer.Option(None, "--user", help="Resolve as this user (admin token)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """What a request would get: model, provider, merged parameters and where each came from."""
+    query = {
+        "role": role, "model": model, "profile_id": profile_id, "performance_profile": performance_profile,
+        "user_id": user,
+    }  # fmt: skip
+    given = [k for k in ("role", "model", "profile_id") if query[k] is not None]
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --role, --model, --profile-id", param_hint="--role")
+    body = call("GET", "/api/v1/catalog/resolve", params={k: v for k, v in query.items() if v is not None}).json()
+    if as_json:
+        return _print_json(body)
+    console = Console()
+    extra = f", performance profile {body['performance_profile']}" if body.get("performance_profile") else ""
+    profile = f", profile {body['profile_id']}" if body.get("profile_id") else ""
+    console.print(escape(f"{body['model_ref']} (provider {body['provider']}{profile}{extra})"))
+    sources = body.get("parameter_sources", {})
+    rows = [(k, json.dumps(v), _source(sources.get(k))) for k, v in sorted(body["parameters"].items())]
+    console.print(data_table("parameters", ("parameter", "value", "from"), rows))
+    if body.get("fallback_chain"):
+        console.print(escape("fallbacks: " + ", ".join(body["fallback_chain"])))
+    if body.get("system_prompt"):
+        console.print(escape(f"system prompt: {body['system_prompt']}"))
+
+
+@models_app.command("edit")
+def models_edit(
+    name: str = typer.Argument(..., help="Model id, Ollama name or HF repo."),
+    set_: list[str] = typer.Option(
+        [], "--set", "-s", help="FIELD=VALUE (repeatable); VALUE is JSON where it parses, objects merge, null resets."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Edit fields of a library model (admin token); validated as an import is, and kept over library updates."""
+    changes: dict[str, Any] = {}
+    for pair in set_:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{pair!r}: expected FIELD=VALUE", param_hint="--set")
+        try:
+            changes[key.strip()] = json.loads(raw)
+        except ValueError:
+            changes[key.strip()] = raw
+    if not changes:
+        raise typer.BadParameter("give at least one --set FIELD=VALUE", param_hint="--set")
+    m = call("PATCH", f"/api/v1/catalog/models/{name}", json=changes).json()
+    if as_json:
+        return _print_json(m)
+    typer.echo(f"edited {m['id']}: {', '.join(sorted(changes))} (locally edited: {', '.join(m['edited_fields'])})")
+
+
 @models_app.command("set-default")
 def models_set_default(name: str, as_json: bool = JSON_OPT) -> None:
     """Set the default model (admin token)."""

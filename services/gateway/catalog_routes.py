@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.catalog import (
+    MAX_INLINE_BYTES,
     MAX_TOKEN_LIFETIME_S,
     Caller,
     CatalogModelsReply,
@@ -18,6 +19,7 @@ from contracts.catalog import (
     ImportRequest,
     ModelDoc,
     ModelInfoRequest,
+    ModelPatchRequest,
     OverviewReply,
     OverviewRequest,
     ProfileDeleteReply,
@@ -28,6 +30,8 @@ from contracts.catalog import (
     ProfileListReply,
     ProfileListRequest,
     ProfileSaveRequest,
+    ResolveReply,
+    ResolveRequest,
     SetDefaultReply,
     SetDefaultRequest,
     TokenIssueReply,
@@ -43,10 +47,18 @@ from contracts.catalog import (
 from services.gateway.auth import admin, caller
 from services.gateway.bus_client import bus_of
 from services.gateway.errors import ERROR_RESPONSES
+from services.runtime import staging
 
 router = APIRouter(tags=["catalog"], responses=ERROR_RESPONSES)
-#: A manifest travels in one bus message; NATS refuses payloads over its max_payload (1 MiB by default).
-MAX_IMPORT_BYTES = 900_000
+#: The largest manifest an import takes (a guard against a runaway upload, far above any real manifest). A file over
+#: `MAX_INLINE_BYTES` does not travel in the bus message (NATS refuses payloads over its max_payload, 1 MiB by
+#: default): it is staged in a JetStream object store and the request names it (docs/catalog.md#size-limits).
+MAX_IMPORT_BYTES = 256 * 1024 * 1024
+PerformanceProfileQuery = Annotated[
+    str | None,
+    Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="A performance profile to apply.",
+          examples=["code_gen"]),
+]  # fmt: skip
 UserPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$", examples=["alice"])]
 _MEDIA = {"json": "application/json", "toml": "application/toml", "models.txt": "text/plain; charset=utf-8"}
 
@@ -139,10 +151,62 @@ async def catalog_models(
     return await bus_of(request).ask(query)
 
 
+@router.get("/api/v1/catalog/resolve", response_model=ResolveReply)
+async def resolve(
+    request: Request,
+    role: Annotated[str | None, Query(min_length=1, max_length=256, examples=["coding"])] = None,
+    model: Annotated[str | None, Query(min_length=1, max_length=256, examples=["qwen3:8b"])] = None,
+    profile_id: uuid.UUID | None = None,
+    performance_profile: PerformanceProfileQuery = None,
+    user_id: Annotated[str | None, Query(min_length=1, max_length=256, description="Admin only: as this user.")] = None,
+    who: Caller = Depends(caller),
+) -> ResolveReply:
+    """Exactly one of role, model, profile_id: the model, provider, merged parameters with the layer each came from
+    (`parameter_sources`), system prompt and fallbacks. A user resolves as themself; the admin as `user_id` (or
+    as no user)."""
+    if not who.admin and user_id not in (None, who.user_id):
+        raise HTTPException(403, f"user_id: {user_id!r} is another user (only the admin resolves for others)")
+    as_user = user_id if who.admin else who.user_id
+    given = [n for n, v in (("role", role), ("model", model), ("profile_id", profile_id)) if v is not None]
+    if len(given) != 1:
+        raise HTTPException(422, f"give exactly one of role, model, profile_id (got {', '.join(given) or 'none'})")
+    req = ResolveRequest(
+        role=role, model=model, profile_id=profile_id, user_id=as_user, performance_profile=performance_profile
+    )
+    return await bus_of(request).ask(req)
+
+
 @router.get("/api/v1/catalog/models/{model:path}", response_model=ModelDoc)
 async def catalog_model(request: Request, model: str, who: Caller = Depends(caller)) -> ModelDoc:
     """One model by id, Ollama name or Hugging Face repo."""
     return await bus_of(request).ask(ModelInfoRequest(model=model))
+
+
+@router.patch(
+    "/api/v1/catalog/models/{model:path}",
+    response_model=ModelDoc,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A JSON merge patch (RFC 7396) of ModelDoc fields other than id, origin, edited_fields.",
+            "content": {
+                m: {"schema": {"type": "object", "additionalProperties": True}}
+                for m in ("application/json", "application/merge-patch+json")
+            },
+        }
+    },
+)
+async def patch_model(request: Request, model: str, who: Caller = Depends(admin)) -> ModelDoc:
+    """Admin: change fields of any library model, validated as an import validates them (a 422 names the field; a
+    refused patch changes nothing). Objects merge, `null` resets a field; changed fields are kept as local edits
+    when the curated library is applied again."""
+    try:
+        changes = await request.json()
+    except ValueError as exc:
+        raise HTTPException(422, f"the body is not JSON: {exc}") from exc
+    if not isinstance(changes, dict):
+        raise HTTPException(422, f"the body must be a JSON object of model fields, got {type(changes).__name__}")
+    return await bus_of(request).ask(ModelPatchRequest(caller=who, model=model, changes=changes))
 
 
 @router.get("/api/v1/users/{user_id}/profile-config", response_model=UserConfigReply)
@@ -207,15 +271,28 @@ async def import_manifest(
     who: Caller = Depends(admin),
 ) -> ImportReply:
     """Admin: one transaction; a bad file changes nothing and the error names the file, line or key, and field."""
-    raw = await request.body()
-    if len(raw) > MAX_IMPORT_BYTES:
-        raise HTTPException(413, f"{filename}: {len(raw)} bytes; an import is at most {MAX_IMPORT_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_IMPORT_BYTES:
+        raise HTTPException(413, f"{filename}: {declared} bytes; an import is at most {MAX_IMPORT_BYTES} bytes")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_IMPORT_BYTES:
+            raise HTTPException(413, f"{filename}: over {MAX_IMPORT_BYTES} bytes; an import is at most that")
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise HTTPException(422, f"{filename}: the file is not UTF-8 text (byte {exc.start})") from exc
-    req = ImportRequest(caller=who, filename=filename, content=content, format=format)
-    return await bus_of(request).ask(req, timeout_s=60.0)
+    bus = bus_of(request)
+    if len(raw) <= MAX_INLINE_BYTES:
+        return await bus.ask(ImportRequest(caller=who, filename=filename, content=content, format=format), timeout_s=60)
+    bus.require()
+    staged = await staging.stage(bus.broker.connection, bytes(raw))
+    try:
+        req = ImportRequest(caller=who, filename=filename, staged=staged, format=format)
+        return await bus.ask(req, timeout_s=300.0)
+    finally:
+        await staging.discard(bus.broker.connection, staged)
 
 
 @router.get("/api/v1/catalog/export", response_class=Response)
@@ -223,6 +300,13 @@ async def export_manifest(
     request: Request, format: Literal["json", "toml", "models.txt"] = "json", who: Caller = Depends(admin)
 ) -> Response:
     """Admin: the catalog as a file of that format (profile sets / presets / models.txt)."""
-    reply = await bus_of(request).ask(ExportRequest(caller=who, format=format))
+    bus = bus_of(request)
+    reply = await bus.ask(ExportRequest(caller=who, format=format), timeout_s=60.0)
+    content: str | bytes = reply.content
+    if reply.staged is not None:  # larger than one bus message: read from the object store, then deleted
+        try:
+            content = await staging.fetch(bus.broker.connection, reply.staged)
+        finally:
+            await staging.discard(bus.broker.connection, reply.staged)
     headers = {"Content-Disposition": f'attachment; filename="{reply.filename}"'}
-    return Response(reply.content, media_type=_MEDIA[reply.format], headers=headers)
+    return Response(content, media_type=_MEDIA[reply.format], headers=headers)

@@ -120,7 +120,8 @@ async def test_library_import_export_and_default_over_http(fleet):
     assert refused.status_code == 422 and refused.json()["detail"].startswith("top_p_out_of_range.json: key ")
     huge = await fleet.post("/api/v1/catalog/import", params={"filename": "big.txt"}, content=b"a/b\n" * 300_000,
                             headers=admin)  # fmt: skip
-    assert huge.status_code == 413 and "big.txt" in huge.json()["detail"]
+    assert huge.status_code == 200, huge.text  # over one bus message: staged (docs/catalog.md#size-limits)
+    assert huge.json()["models"] == ["a/b"] and huge.json()["warnings"][-1] == "big.txt: 299799 more warnings not shown"
     exported = await fleet.get("/api/v1/catalog/export", params={"format": "json"}, headers=admin)
     assert exported.status_code == 200 and "laptop.json" not in exported.headers["content-disposition"]
     assert json.loads(exported.text)["profiles"]["laptop"]["models"]["general"] == "llama3.2:3b"
