@@ -7,10 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
+from contracts.architecture import ModelArchitecture
 from contracts.envelope import Contract, Envelope
 from contracts.fallback import FallbackSpec
 from contracts.rpc import RpcRequest
-from contracts.architecture import ModelArchitecture
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 #: A performance profile's name (a `[performance_profiles.<name>]` table of a TOML import).

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
+from contracts.catalog import PerformanceProfileName
 from contracts.envelope import Contract, Envelope, HostId
 from contracts.fallback import SlotInfo
 from contracts.rpc import RpcRequest
@@ -99,6 +100,10 @@ class RouteRequest(RpcRequest[RouteReply]):
         default=None, ge=0, le=3600, description="How long the caller waits for an auto_download role's model to be "
         "pulled (the router's `provision_wait_s` when None or larger); 0 starts the pull and answers at once.",
     )  # fmt: skip
+    # Added with performance profiles (optional, so the major version holds):
+    performance_profile: PerformanceProfileName | None = Field(
+        default=None, description="A catalog performance profile to apply (docs/catalog.md#resolution); 404 if unknown."
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> RouteRequest:

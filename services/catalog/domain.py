@@ -136,7 +136,8 @@ def performance_profile_of(
 ) -> tuple[str | None, dict[str, Any]]:
     """The performance profile that applies: the request's, else the role entry's default; with its parameters.
 
-    An unknown name is a 404 naming it (the request's: field `performance_profile`; a role's default: the role)."""
+    An unknown name is a 404 naming it (the request's: field `performance_profile`; a role's default names the role
+    in the detail, with no field: the request is not at fault, and `field: role` would read as "no such role")."""
     name = req.performance_profile or (role_entry.performance_profile if role_entry else None)
     if name is None:
         return None, {}
@@ -151,7 +152,6 @@ def performance_profile_of(
             404,
             f"role: {str(req.role).removeprefix('role:')!r} of profile set {view.active_set!r} names performance "
             f"profile {name!r}, which is not defined (have: {have})",
-            field="role",
         )
     return name, dict(preset.get("parameters") or {})
 

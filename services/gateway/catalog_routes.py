@@ -59,6 +59,8 @@ PerformanceProfileQuery = Annotated[
     Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="A performance profile to apply.",
           examples=["code_gen"]),
 ]  # fmt: skip
+#: The fields a library patch may name (any value here: the catalog validates them as an import does).
+_PATCHABLE: dict[str, Any] = {n: {} for n in ModelDoc.model_fields if n not in ("id", "origin", "edited_fields")}
 UserPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$", examples=["alice"])]
 _MEDIA = {"json": "application/json", "toml": "application/toml", "models.txt": "text/plain; charset=utf-8"}
 
@@ -190,7 +192,7 @@ async def catalog_model(request: Request, model: str, who: Caller = Depends(call
             "required": True,
             "description": "A JSON merge patch (RFC 7396) of ModelDoc fields other than id, origin, edited_fields.",
             "content": {
-                m: {"schema": {"type": "object", "additionalProperties": True}}
+                m: {"schema": {"type": "object", "properties": _PATCHABLE, "additionalProperties": False}}
                 for m in ("application/json", "application/merge-patch+json")
             },
         }

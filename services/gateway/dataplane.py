@@ -72,12 +72,19 @@ class DataPlane:
         self._not_roles: dict[str, float] = {}
 
     async def route(
-        self, model: str, user_id: str, options: Mapping[str, Any] | None = None, prompt_tokens: int | None = None
+        self,
+        model: str,
+        user_id: str,
+        options: Mapping[str, Any] | None = None,
+        prompt_tokens: int | None = None,
+        *,
+        performance_profile: str | None = None,
     ) -> RouteReply:
         """`model` is `role:<name>`, a profile id, a role or a model name. A bare name is asked as a role first; when
         the catalog knows no such role it is a model name (remembered a few seconds, so the next ask goes straight)."""
         common: dict[str, Any] = {"user_id": user_id, "options": dict(options or {}), "prompt_tokens": prompt_tokens,
-                                  "provision_wait_s": self.provision_wait_s}  # fmt: skip
+                                  "provision_wait_s": self.provision_wait_s,
+                                  "performance_profile": performance_profile}  # fmt: skip
         name = model.strip()
         if name.startswith("role:"):
             return await self._ask(RouteRequest(role=name, **common))

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
@@ -129,13 +129,24 @@ def _headers(request: Request, reply: RouteReply, served: Served[Any]) -> dict[s
                      "in `data: [DONE]`", "content": {"text/event-stream": {}}}},
 )  # fmt: skip
 async def chat_completions(
-    request: Request, body: wire.ChatCompletionRequest, who: Caller = Depends(caller)
+    request: Request,
+    body: wire.ChatCompletionRequest,
+    who: Caller = Depends(caller),
+    performance_profile: str | None = Header(
+        None,
+        alias="x-modelfleet-performance-profile",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="A catalog performance profile to apply (docs/catalog.md#resolution).",
+    ),
 ) -> Response:
     """OpenAI's chat completions. `model` is a role (`coding`, `role:coding`), a profile id or a model name; the
-    request's temperature, top_p, max_tokens, stop and seed are the top layer of the resolved parameters."""
+    request's temperature, top_p, max_tokens, stop and seed are the top layer of the resolved parameters; the
+    header `x-modelfleet-performance-profile` names a performance profile (below the profile layer)."""
     plane = plane_of(request)
     estimate = wire.estimate_prompt_tokens(body.messages)
-    reply = await plane.route(body.model, who.user_id, body.route_options(), estimate)
+    reply = await plane.route(
+        body.model, who.user_id, body.route_options(), estimate, performance_profile=performance_profile
+    )
     exchange = metrics.exchange_of(request.state)
     if exchange is not None:
         exchange.routed(body.model, reply.role)

@@ -27,6 +27,10 @@ class RouteBody(BaseModel):
     prompt_tokens: int | None = Field(default=None, ge=0, le=100_000_000)
     required_context: int | None = Field(default=None, ge=1, le=100_000_000)
     options: dict[str, Any] = Field(default_factory=dict)
+    performance_profile: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", examples=["code_gen"],
+        description="A catalog performance profile to apply (docs/catalog.md#resolution).",
+    )  # fmt: skip
 
 
 @router.post("/api/v1/route", response_model=RouteReply)
@@ -39,6 +43,7 @@ async def route(request: Request, body: RouteBody, who: Caller = Depends(caller)
     ask = RouteRequest(
         role=body.role, profile_id=body.profile_id, model=body.model, user_id=user,
         prompt_tokens=body.prompt_tokens, required_context=body.required_context, options=body.options,
+        performance_profile=body.performance_profile,
     )  # fmt: skip
     return await bus_of(request).ask(ask)
 

@@ -72,7 +72,7 @@ class Router:
         self.strategies = strategies
         self.default = default
         self.clock = clock
-        self._resolutions: dict[tuple[str, str, str | None], Resolution] = {}
+        self._resolutions: dict[tuple[str, str, str | None, str | None], Resolution] = {}
         self._contexts: dict[str, tuple[int | None, float]] = {}
 
     def strategy_for(self, role: str | None) -> Strategy:
@@ -192,18 +192,21 @@ class Router:
         return BackendsReply(backends=rows, stale=stale, roles=roles, fallbacks=fallbacks)
 
     async def _resolve(self, req: RouteRequest, role: str | None) -> Resolution:
+        perf = req.performance_profile
         if role is not None:
-            key: tuple[str, str, str | None] = ("role", role, req.user_id)
+            key: tuple[str, str, str | None, str | None] = ("role", role, req.user_id, perf)
         elif req.profile_id is not None:
-            key = ("profile", str(req.profile_id), req.user_id)
+            key = ("profile", str(req.profile_id), req.user_id, perf)
         else:
-            key = ("model", str(req.model), req.user_id)
+            key = ("model", str(req.model), req.user_id, perf)
         now = self.clock()
         hit = self._resolutions.get(key)
         if hit is not None and hit.expires > now:
             return hit
         # Options stay out of the question (and of the cache key): they are the top layer, merged in `route`.
-        ask = ResolveRequest(role=role, profile_id=req.profile_id, model=req.model, user_id=req.user_id)
+        ask = ResolveRequest(
+            role=role, profile_id=req.profile_id, model=req.model, user_id=req.user_id, performance_profile=perf
+        )
         reply = await self.rpc.ask(ask, timeout_s=self.settings.resolve_timeout_s)  # a 404 passes through as it is
         got = Resolution(
             reply,
