@@ -233,12 +233,13 @@ async def embeddings(request: Request, body: wire.EmbeddingsRequest, who: Caller
         exchange.routed(body.model, reply.role)
     served = await plane.embed(reply, body.texts)
     vectors, prompt_tokens = served.value
-    if exchange is not None:
-        exchange.tokens(prompt_tokens, None)
     if body.dimensions:
         vectors = [v[: body.dimensions] for v in vectors]
     doc = wire.embedding_list(vectors, body.model, prompt_tokens, body.encoding_format)
-    return JSONResponse(doc, headers=_headers(request, reply, served))
+    headers = _headers(request, reply, served)
+    if exchange is not None:
+        exchange.tokens(prompt_tokens, None)
+    return JSONResponse(doc, headers=headers)
 
 
 @router.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)

@@ -111,7 +111,15 @@ async def test_gateway_and_router_metrics_after_a_few_requests(fleet):
     assert sum(s.value for s in ttft) == 1  # the one streamed chat
     assert gw.value("gen_ai_client_token_usage_sum", **coding, gen_ai_token_type="input") > 0
     assert gw.value("gen_ai_client_token_usage_sum", **coding, gen_ai_token_type="output") > 0
-    assert gw.value("gen_ai_client_token_usage_sum", gen_ai_operation_name="embeddings", gen_ai_token_type="input") > 0
+    assert (
+        gw.value(
+            "gen_ai_client_token_usage_sum",
+            gen_ai_operation_name="embeddings",
+            gen_ai_token_type="input",
+            gen_ai_provider_name="ollama",
+        )
+        > 0
+    )
     assert gw.value("modelfleet_gateway_output_tokens_per_second_sum", **coding) > 0
     assert gw.value("modelfleet_gateway_overhead_seconds_count", **coding) >= 3
     live = {"modelfleet_backend_host": "b-live", "modelfleet_backend_kind": "ollama"}
