@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 from contracts.vram import GIB
 from tests.harness.browser import DESKTOP, PHONE, Fleet, chromium, fleet, screenshot, sign_in
 from tests.harness.cli import ADMIN_TOKEN
-from tests.peers.hub_server import HubPeer
+from tests.peers.hub_server import HubPeer, generated_file, small_file
 from tests.peers.ollama_server import OllamaPeer, library_model
 
 pytestmark = pytest.mark.e2e
@@ -21,12 +22,15 @@ pytestmark = pytest.mark.e2e
 MIB = 1024 * 1024
 CODER = "qwen3-coder:30b"  # the default set's `coding` model
 PULLED = "tiny:1b"  # in the Ollama peer's library, pulled by the Provisioning test
-PAGES = ("library", "hosts", "provision", "inventory", "chat")
+REPO = "acme/tiny-GGUF"  # on the hub peer: one GGUF quantization, tagged v1
+PAGES = ("library", "import", "hosts", "provision", "inventory", "roles", "chat")
 
 
 @pytest.fixture(scope="module")
 def ui_fleet(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str) -> Iterator[Fleet]:
     with OllamaPeer(library=[library_model(PULLED, 6 * MIB)]) as ollama, HubPeer() as hub:
+        repo = hub.repo(REPO)
+        repo.tag("v1", repo.commit([small_file("README.md", b"hi"), generated_file("tiny.Q4_K_M.gguf", 3 * MIB)]))
         ollama.install(CODER)
         ollama.pull_step_s = 0.05  # a pull takes a few steps: progress events with bytes, rate and ETA
         with fleet(tmp_path_factory.mktemp("ui"), postgres_server_url, ADMIN_TOKEN, ollama, hub) as f:
@@ -218,3 +222,64 @@ def test_every_page_has_labelled_controls(page: Page, ui_fleet: Fleet) -> None:
         assert unlabelled == [], (name, unlabelled)
         page.keyboard.press("Tab")  # the first stop is the skip link
         assert page.evaluate("() => document.activeElement.textContent") == "Skip to content"
+
+
+def test_import_a_pinned_quantization_from_the_hub_then_delete_it(page: Page, ui_fleet: Fleet) -> None:
+    commit = ui_fleet.hub.repo(REPO).resolve("v1")
+    page.goto(f"{ui_fleet.url}/ui/import")
+    page.get_by_label("Repository").fill(REPO)
+    page.get_by_label(re.compile("^Revision")).fill("v1")
+    page.get_by_role("button", name="List quantizations").click()
+    expect(page.locator("#import-commit")).to_have_text(str(commit))
+    row = page.locator('#hf-quants tr[data-quant="Q4_K_M"]')
+    expect(row).to_contain_text("3.0 MiB")
+    expect(row.locator('.badge[data-host="gpu-1"]')).to_have_attribute("data-fit", "fits")
+    screenshot(page, "import")
+    page.get_by_label("Q4_K_M").check()
+    page.get_by_label("Host", exact=True).select_option("gpu-1")
+    page.get_by_role("button", name="Import", exact=True).click()
+    page.wait_for_url(re.compile(r"/ui/provision/[0-9a-f-]{36}"))
+    expect(page.locator("#provision-state")).to_have_text("completed", timeout=60_000)
+    model = f"hf.co/{REPO}:Q4_K_M@{commit}"  # pinned: the commit v1 resolved to, not the tag
+    expect(page.locator("#actions")).to_contain_text("imported")
+    expect(page.locator("#actions")).to_contain_text(model)
+    row = page.locator(f'#progress tr[data-host="gpu-1"][data-model="{model}"]')
+    expect(row.locator(".c-status")).to_have_text(f"pulled as hf.co/{REPO}:Q4_K_M-{str(commit)[:12]}")
+    expect(row.locator(".c-bytes")).to_have_text("3.0 MiB / 3.0 MiB (100 %)")
+    expect(page.locator("#progress tbody tr")).to_have_count(1)
+    screenshot(page, "import-progress")
+
+    page.goto(f"{ui_fleet.url}/ui/inventory")
+    entry = page.locator(f'tr[data-host="gpu-1"][data-model="{model}"]')
+    expect(entry).to_be_visible()
+    entry.get_by_role("button", name=re.compile("Delete")).click()
+    expect(page.get_by_role("status")).to_contain_text(f"deleted {model} on gpu-1")
+    expect(page.locator(f'tr[data-model="{model}"]')).to_have_count(0)
+
+
+def test_roles_profiles_overrides_and_manifest_export(page: Page, ui_fleet: Fleet) -> None:
+    page.goto(f"{ui_fleet.url}/ui/roles")
+    coding = page.locator('#roles tr[data-role="coding"]')
+    expect(coding).to_contain_text(CODER)
+    expect(page.locator("#profiles tbody tr").first).to_be_visible()
+    page.get_by_label(re.compile("^Overrides")).fill('{"temperature": 0.3}')
+    page.get_by_role("button", name="Save overrides").click()
+    expect(page.locator(".flash")).to_contain_text("overrides of admin saved")
+    expect(page.get_by_label(re.compile("^Overrides"))).to_have_value('{"temperature": 0.3}')
+    page.get_by_label(re.compile("^Overrides")).fill("[1]")
+    page.get_by_role("button", name="Save overrides").click()
+    expect(page.get_by_role("alert")).to_contain_text("overrides: a JSON object is needed, not list")
+    screenshot(page, "roles")
+
+    with page.expect_download() as got:
+        page.get_by_role("link", name="models.txt").click()
+    assert Path(got.value.path()).read_text().startswith("# modelfleet models.txt")
+    with page.expect_download() as got:
+        page.get_by_role("link", name="JSON").click()
+    exported = Path(got.value.path())
+    assert got.value.suggested_filename.endswith(".json") and CODER in exported.read_text()
+    # the same file imported back: one transaction through POST /api/v1/catalog/import
+    page.get_by_label(re.compile("^Import a manifest")).set_input_files(exported)
+    page.get_by_role("button", name="Import", exact=True).click()
+    expect(page.locator("#manifest-result")).to_contain_text("imported")
+    expect(page.locator("#manifest-result")).to_contain_text("(json)")

@@ -9,10 +9,11 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
 
@@ -24,6 +25,7 @@ from tests.harness.two_gpus import two_gpus_env
 from tests.peers.hub_server import HubPeer
 from tests.peers.ollama_server import OllamaPeer
 
+T = TypeVar("T")
 CHROMIUM = Path(os.environ.get("MODELFLEET_CHROMIUM", "/usr/bin/chromium"))
 #: Where the tests write a screenshot of each page (docs/web-ui.md links it); ignored by git (build/).
 SCREENSHOTS = Path(os.environ.get("MODELFLEET_UI_SCREENSHOTS", ROOT / "build" / "web-ui"))
@@ -58,6 +60,13 @@ def screenshot(page: Page, name: str) -> Path:
     return path
 
 
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion on a fresh loop in its own thread: Playwright's sync API keeps a loop running on
+    this one, where `asyncio.run` is refused."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 @dataclass
 class Fleet:
     """NATS, a fresh database, catalog, router, provisioner, three hardware probes (`gpu-1` with the two stand-in
@@ -74,7 +83,7 @@ class Fleet:
 @contextlib.contextmanager
 def fleet(tmp: Path, postgres_url: str, admin_token: str, ollama: OllamaPeer, hub: HubPeer) -> Iterator[Fleet]:
     with nats_server(tmp / "nats") as nats_url:
-        database_url = asyncio.run(create_database(postgres_url))
+        database_url = run_async(create_database(postgres_url))
         base = {
             "MODELFLEET_NATS_URL": nats_url, "MODELFLEET_STATE_DIR": str(tmp / "state"),
             "MODELFLEET_HOST_ID": "gpu-1", "MODELFLEET_LOG_LEVEL": "INFO", "OTEL_SDK_DISABLED": "false",
@@ -104,10 +113,10 @@ def fleet(tmp: Path, postgres_url: str, admin_token: str, ollama: OllamaPeer, hu
                 proc = ServiceProcess(name, env, tmp / "logs" / f"{name}-{i}.log").start()
                 started.append(proc)
             for proc in started:
-                asyncio.run(proc.wait_healthy(nats_url, 60))
+                run_async(proc.wait_healthy(nats_url, 60))
             gateway = GatewayProcess("gateway", with_db, tmp / "logs" / "gateway.log").start()
             started.append(gateway)
-            url = asyncio.run(gateway.wait_ready(60))
+            url = run_async(gateway.wait_ready(60))
             yield Fleet(url, nats_url, ollama, hub, started)
         finally:
             for proc in reversed(started):

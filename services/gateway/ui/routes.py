@@ -6,6 +6,7 @@ check the CSRF header on anything that changes state."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,8 +35,8 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 #: Contexts offered on the Library page (any other positive value can be typed in the URL).
 CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)
 DEFAULT_CONTEXT = 8192
-PAGES = (("library", "Library"), ("hosts", "Hosts"), ("provision", "Provisioning"), ("inventory", "Inventory"),
-         ("chat", "Chat"))  # fmt: skip
+PAGES = (("library", "Library"), ("import", "Import"), ("hosts", "Hosts"), ("provision", "Provisioning"),
+         ("inventory", "Inventory"), ("roles", "Roles"), ("chat", "Chat"))  # fmt: skip
 
 
 @dataclass
@@ -402,8 +403,8 @@ async def chat_page(request: Request) -> Response:
 # --- the REST API for the pages' scripts -----------------------------------------------------------------------------
 
 #: Answer headers passed back to the page's script.
-PASSED_ANSWER_HEADERS = {"content-type", "cache-control", "retry-after", "x-modelfleet-backend",
-                         "x-modelfleet-route-reason", "x-modelfleet-overhead-ms"}  # fmt: skip
+PASSED_ANSWER_HEADERS = {"content-type", "content-disposition", "cache-control", "retry-after",
+                         "x-modelfleet-backend", "x-modelfleet-route-reason", "x-modelfleet-overhead-ms"}  # fmt: skip
 
 
 async def _proxy(request: Request, target: str) -> Response:
@@ -432,3 +433,121 @@ async def api_proxy(request: Request, path: str) -> Response:
 async def openai_proxy(request: Request, path: str) -> Response:
     """`/ui/v1/X` is the OpenAI-compatible `/v1/X`, the same way."""
     return await _proxy(request, f"/v1/{path}")
+
+
+# --- import from Hugging Face ----------------------------------------------------------------------------------------
+
+#: The provisioner's fit classes as the Library's badges.
+HF_FIT = {"perfect": "fits", "tight": "tight", "wont_fit": "wont", "no_gpu": "nogpu"}
+
+
+def _hf_badge(host: str, fit: str) -> dict[str, str]:
+    """A badge from the provisioner's fit class (`no_gpu`: the host has no GPU to judge by)."""
+    if fit == "no_gpu":
+        return {"host": host, "kind": "nogpu", "css": "fit-offload", "words": "no GPU"}
+    kind = HF_FIT.get(fit, "wont")
+    css, words = library.BADGES[kind]
+    return {"host": host, "kind": kind, "css": css, "words": words}
+
+
+@router.get("/import")
+async def import_page(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    q = request.query_params
+    repo, revision = q.get("repo", "").strip(), (q.get("revision", "").strip() or "main")
+    num_ctx, err = _int_param(request, "num_ctx", DEFAULT_CONTEXT, 0, 10_000_000)
+    errors = [e for e in [err, q.get("err")] if e]
+    found = None
+    if repo:
+        params = {"repo": repo, "revision": revision, "context_tokens": num_ctx}
+        answer = await api.call(request, "GET", "/api/v1/hf/quantizations", s.token, params=params)
+        if answer.ok:
+            found = answer.json()
+            for quant in found["quantizations"]:
+                quant["badges"] = [_hf_badge(h, v) for h, v in sorted(quant["fit"].items())]
+        else:
+            errors.append(f"{repo}@{revision} ({answer.status}): {answer.detail}")
+    hosts = await api.call(request, "GET", "/api/v1/hosts", s.token)
+    ctx = {
+        "page": "import", "user": s.caller, "repo": repo, "revision": revision, "num_ctx": num_ctx, "found": found,
+        "hosts": [x.host_id for x in _samples(hosts)], "errors": errors,
+    }  # fmt: skip
+    return render(request, "import.html", ctx)
+
+
+@router.post("/import")
+async def import_start(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    fields = await checked_form(request)
+    repo, quant, host = first(fields, "repo"), first(fields, "quant"), first(fields, "host")
+    commit, branch = first(fields, "commit"), first(fields, "revision")
+    unpinned = first(fields, "unpinned") == "on"
+    if not quant:
+        return back("/ui/import", err="pick a quantization")
+    revision = branch if unpinned else commit  # pinned: the commit the revision resolved to when listed
+    body = {"repo": repo, "quant": quant, "revision": revision, "host": host or None, "allow_unpinned": unpinned,
+            "wait": False}  # fmt: skip
+    answer = await api.call(request, "POST", "/api/v1/models/import", s.token, json_body=body)
+    if answer.status != 202:
+        why = f"import refused ({answer.status}): {answer.detail}"
+        query = urlencode({"repo": repo, "revision": branch, "err": why})
+        return security.secure_headers(RedirectResponse(f"/ui/import?{query}", status_code=303))
+    accepted = answer.json()
+    since = accepted["progress_url"].partition("since=")[2]
+    target = f"/ui/provision/{accepted['request_id']}?{urlencode({'since': since})}"
+    return security.secure_headers(RedirectResponse(target, status_code=303))
+
+
+# --- roles and profiles ----------------------------------------------------------------------------------------------
+
+
+@router.get("/roles")
+async def roles_page(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    errors = [e for e in [request.query_params.get("err")] if e]
+    overview = None
+    if s.caller.admin:
+        answer = await api.call(request, "GET", "/api/v1/models", s.token)
+        if answer.ok:
+            overview = answer.json()
+        else:
+            errors.append(f"profile sets: {answer.detail}")
+    profiles = await api.call(request, "GET", "/api/v1/profiles", s.token)
+    if not profiles.ok:
+        errors.append(f"profiles: {profiles.detail}")
+    user = quote(s.caller.user_id, safe="")
+    config = await api.call(request, "GET", f"/api/v1/users/{user}/profile-config", s.token)
+    ctx = {
+        "page": "roles", "user": s.caller, "overview": overview, "roles": await _roles(request, s),
+        "profiles": (profiles.json() or {}).get("profiles", []) if profiles.ok else [],
+        "config": config.json() if config.ok else None, "config_error": None if config.ok else config.detail,
+        "msg": request.query_params.get("msg"), "errors": errors,
+    }  # fmt: skip
+    return render(request, "roles.html", ctx)
+
+
+@router.post("/roles/overrides")
+async def roles_overrides(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    fields = await checked_form(request)
+    raw = first(fields, "overrides") or "{}"
+    try:
+        overrides = json.loads(raw)
+    except ValueError as exc:
+        return back("/ui/roles", err=f"overrides: not JSON ({exc})")
+    if not isinstance(overrides, dict):
+        return back("/ui/roles", err=f"overrides: a JSON object is needed, not {type(overrides).__name__}")
+    user = quote(s.caller.user_id, safe="")
+    body = {"overrides": overrides}
+    answer = await api.call(request, "PUT", f"/api/v1/users/{user}/profile-config", s.token, json_body=body)
+    if not answer.ok:
+        return back("/ui/roles", err=f"overrides ({answer.status}): {answer.detail}")
+    return back("/ui/roles", msg=f"overrides of {s.caller.user_id} saved")

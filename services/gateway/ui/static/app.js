@@ -120,14 +120,25 @@
     const source = new EventSource(url);
     source.addEventListener("progress", (e) => {
       const d = JSON.parse(e.data);
+      if (d.target_host === "*") { state.textContent = d.status; return; } // the request as a whole
       state.textContent = "running";
       set(row(d.target_host, d.model), d.status, d.completed_bytes || 0, d.total_bytes, d.rate_bytes_per_s, d.eta_s);
     });
+    // A pinned import is reported pulled under its Ollama name (hf.co/owner/repo:QUANT-<commit>): the row of its
+    // reference (hf.co/owner/repo:QUANT@<commit>) on that host is the one it finishes.
+    function pulledRow(host, model) {
+      if (rows.has(host + "\u0000" + model)) return [rows.get(host + "\u0000" + model), "pulled"];
+      const repo = model.slice(0, model.lastIndexOf(":"));
+      for (const tr of rows.values()) {
+        if (tr.dataset.host === host && repo && tr.dataset.model.startsWith(repo + ":")) return [tr, "pulled as " + model];
+      }
+      return [row(host, model), "pulled"];
+    }
     source.addEventListener("pulled", (e) => {
       const d = JSON.parse(e.data);
-      const tr = row(d.target_host, d.model);
+      const [tr, words] = pulledRow(d.target_host, d.model);
       const size = d.size_bytes || Number(tr.querySelector("progress").max) || 0;
-      set(tr, "pulled", size, size || null, null, 0);
+      set(tr, words, size, size || null, null, 0);
     });
     source.addEventListener("failed", (e) => {
       const d = JSON.parse(e.data);
@@ -217,3 +228,26 @@
     if (page === "chat") chatPage();
   });
 })();
+
+/* Roles: a manifest file is sent as it is to POST /api/v1/catalog/import (through /ui/api, with the CSRF header). */
+document.addEventListener("DOMContentLoaded", () => {
+  const form = document.getElementById("manifest-import");
+  if (!form) return;
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const out = document.getElementById("manifest-result");
+    const file = document.getElementById("manifest-file").files[0];
+    if (!file) { out.textContent = "pick a file"; return; }
+    out.textContent = "importing " + file.name + "…";
+    const token = document.querySelector('meta[name="csrf-token"]').content;
+    const type = file.name.endsWith(".json") ? "application/json" : file.name.endsWith(".toml") ? "application/toml" : "text/plain";
+    const r = await fetch("/ui/api/catalog/import?filename=" + encodeURIComponent(file.name), {
+      method: "POST", credentials: "same-origin", headers: { "Content-Type": type, "X-CSRF-Token": token },
+      body: await file.text() });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) { out.textContent = "refused (" + r.status + "): " + (body.detail || ""); return; }
+    const count = body.model_count !== null && body.model_count !== undefined ? body.model_count : (body.models || []).length;
+    out.textContent = "imported " + body.filename + " (" + body.format + "): " + count + " models, profile sets " +
+      ((body.profile_sets || []).join(", ") || "none") + ((body.warnings || []).length ? "; warnings: " + body.warnings.join("; ") : "");
+  });
+});
