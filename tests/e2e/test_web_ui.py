@@ -198,6 +198,10 @@ def test_provision_watch_progress_then_inventory_default_and_delete(page: Page, 
     expect(page.locator(f'tr[data-model="{PULLED}"]')).to_have_count(0)
     assert PULLED not in ui_fleet.ollama.installed
 
+    page.get_by_role("button", name="Check for updates now").click()
+    expect(page.locator(".flash")).to_contain_text("update check:")
+    expect(page.locator("#updates-last")).to_contain_text("Last check")
+
 
 def test_chat_streams_an_answer_and_names_the_backend(page: Page, ui_fleet: Fleet) -> None:
     page.goto(f"{ui_fleet.url}/ui/chat")

@@ -336,9 +336,27 @@ async def inventory_page(request: Request) -> Response:
         errors.append(f"inventory: {answer.detail}")
     entries = sorted((answer.json() or {}).get("entries", []) if answer.ok else [],
                      key=lambda e: (e["host"], e["model_id"]))  # fmt: skip
+    updates = await api.call(request, "GET", "/api/v1/updates", s.token)
     ctx = {"page": "inventory", "user": s.caller, "entries": entries, "errors": errors,
-           "msg": request.query_params.get("msg")}  # fmt: skip
+           "msg": request.query_params.get("msg"), "updates": updates.json() if updates.ok else None,
+           "updates_error": None if updates.ok else updates.detail}  # fmt: skip
     return render(request, "inventory.html", ctx)
+
+
+@router.post("/inventory/updates")
+async def inventory_updates(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    await checked_form(request)
+    answer = await api.call(request, "POST", "/api/v1/updates/check", s.token)
+    if not answer.ok:
+        return back("/ui/inventory", err=f"update check ({answer.status}): {answer.detail}")
+    done = answer.json()
+    msg = f"update check: {done['checked']} checked, {len(done['found'])} updates found"
+    if done["errors"] or done["not_checked"]:
+        msg += f", {len(done['errors'])} errors, {len(done['not_checked'])} not checked"
+    return back("/ui/inventory", msg=msg)
 
 
 @router.post("/inventory/delete")
