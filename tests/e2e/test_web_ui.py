@@ -71,7 +71,7 @@ def badges(page: Page) -> dict[tuple[str, str, str], str]:
     return {(m, q, h): fit for m, q, h, fit in found}
 
 
-def test_signed_out_csrf_and_security_headers(ui_fleet: Fleet, browser: Browser) -> None:
+def test_signed_out_csrf_and_security_headers(ui_fleet: Fleet) -> None:
     with httpx.Client(base_url=ui_fleet.url, timeout=10, follow_redirects=False) as http:
         for path in (f"/ui/{p}" for p in PAGES):  # no cookie: to the sign-in page, coming back here after
             r = http.get(path)
