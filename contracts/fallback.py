@@ -93,7 +93,9 @@ class SlotInfo(Contract):
     key: Name = Field(description="The role (or model reference) the slot serves.")
     source: Text = Field(description="What it loads: `path /m.gguf`, `repo org/name@rev`, `gguf <blob path>`.")
     source_kind: SourceKind
-    state: Literal["loading", "ready", "failed"]
+    state: Literal["fetching", "loading", "ready", "failed"] = Field(
+        description="`fetching`: a `fallback.repo` checkpoint the provisioner is fetching; then `loading`, `ready`."
+    )
     path: SlotPath
     dtype: Name
     max_seq_length: int = Field(ge=1)

@@ -7,8 +7,10 @@ from typing import Any
 
 from contracts.envelope import Envelope
 from contracts.fallback import AdapterUpdated, FallbackAdvertised, SlotEvicted, SlotLoaded
+from contracts.provisioner import ProvisionCommand
 from services.inference_fallback import devices, handlers, loader, metrics
 from services.inference_fallback.adapters import AdapterBook, AdapterWatcher
+from services.inference_fallback.fetch import CheckpointFetcher, nats_subscribe
 from services.inference_fallback.operations import FallbackOps, HostMemory
 from services.inference_fallback.settings import InferenceFallbackSettings
 from services.inference_fallback.slots import SlotLimits, SlotManager
@@ -46,7 +48,12 @@ def build_app(settings: InferenceFallbackSettings) -> Service:
     metrics.watch(manager)
     finder = SourceFinder(settings.resolved_models_dir(), settings.ollama_models)
     book = AdapterBook()  # folded from evt.fallback.adapter.updated.v1 (every replica's watcher publishes there)
-    ops = FallbackOps(settings, parts.rpc, manager, finder, memory, publish, parts.host_id, book, changed)
+    broker = parts.broker
+    fetcher = CheckpointFetcher(
+        parts.rpc, publish, nats_subscribe(lambda: broker.connection), host_id=parts.host_id,
+        timeout_s=settings.fetch_timeout_s, provisioner_timeout_s=settings.provisioner_timeout_s,
+    )  # fmt: skip
+    ops = FallbackOps(settings, parts.rpc, manager, finder, memory, publish, parts.host_id, book, changed, fetcher)
     handlers.register(parts.streams, parts.rpc, ops)
     tasks: list[Task] = [ops.advertise_forever, ops.expire_forever, ops.close_on_cancel]
     if settings.adapters_dir is not None:
@@ -56,7 +63,8 @@ def build_app(settings: InferenceFallbackSettings) -> Service:
     service = parts.service(
         tasks=tasks,
         # AdapterUpdated only with a registry folder; declared always, so the document does not depend on settings
-        publishes=[SlotLoaded, SlotEvicted, FallbackAdvertised, AdapterUpdated],
+        # ProvisionCommand: a `fallback.repo` checkpoint not on this host yet is asked of the provisioner (fetch.py)
+        publishes=[SlotLoaded, SlotEvicted, FallbackAdvertised, AdapterUpdated, ProvisionCommand],
     )
     ops.instance_id = service.instance_id
 

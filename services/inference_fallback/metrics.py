@@ -113,7 +113,7 @@ _meter.create_observable_gauge(
     "modelfleet.fallback.slots",
     callbacks=[_slots],
     unit="{slot}",
-    description="Slots held by `modelfleet.slot.state`: loading or ready.",
+    description="Slots held by `modelfleet.slot.state`: fetching, loading or ready.",
 )
 _meter.create_observable_gauge(
     "modelfleet.fallback.slot.memory",

@@ -15,6 +15,7 @@ from contracts.envelope import Envelope
 from contracts.fallback import (
     AdapterUpdated,
     FallbackAdvertised,
+    FallbackSpec,
     GenerateChunk,
     GenerateEnd,
     GenerateRequest,
@@ -25,10 +26,11 @@ from contracts.rpc import RpcError
 from services.inference_fallback import domain, metrics
 from services.inference_fallback.adapters import AdapterBook, AdapterError
 from services.inference_fallback.devices import DevicePlan, HostFacts, choose_path
+from services.inference_fallback.fetch import CheckpointFetcher
 from services.inference_fallback.generate import Generation, prompt_ids
 from services.inference_fallback.settings import InferenceFallbackSettings
-from services.inference_fallback.slots import SlotManager
-from services.inference_fallback.sources import Source, SourceError, SourceFinder
+from services.inference_fallback.slots import FetchFn, SlotManager
+from services.inference_fallback.sources import NotFetched, Source, SourceError, SourceFinder
 from services.runtime.rpc import Rpc
 
 log = logging.getLogger(__name__)
@@ -95,9 +97,12 @@ class FallbackOps:
         host_id: str,
         book: AdapterBook,
         changed: asyncio.Event | None = None,
+        fetcher: CheckpointFetcher | None = None,
     ) -> None:
         self.settings, self.rpc, self.manager, self.finder = settings, rpc, manager, finder
         self.memory, self.publish, self.host_id, self.book = memory, publish, host_id, book
+        #: asks the provisioner for a `fallback.repo` checkpoint this host does not have yet (None: it is a 404)
+        self.fetcher = fetcher
         self.instance_id = "unset"
         #: set when a slot loads or goes, so that the routers see it at once rather than an interval later
         self.changed = changed or asyncio.Event()
@@ -127,12 +132,46 @@ class FallbackOps:
             return await asyncio.to_thread(self.finder.find, model_ref)
         return await asyncio.to_thread(self.finder.find, entry.model_ref, entry.provider, entry.fallback)
 
+    async def loadable(self, role: str | None, model_ref: str) -> tuple[Source, FetchFn | None]:
+        """`source_for`, except that a `fallback.repo` checkpoint not on this host yet is the placeholder source and
+        what fetches it through the provisioner (when this replica has a fetcher)."""
+        try:
+            return await self.source_for(role, model_ref), None
+        except NotFetched as missing:
+            if self.fetcher is None:
+                raise
+            spec = missing.spec
+
+            async def fetch() -> Source:
+                return await self._fetched(spec)
+
+            return missing.placeholder, fetch
+
+    async def _fetched(self, spec: FallbackSpec) -> Source:
+        assert self.fetcher is not None and spec.repo is not None and spec.revision is not None
+        repo, revision = spec.repo, spec.revision
+        commit, by = await self.fetcher.fetch(repo, revision)
+        if commit != revision:
+            self.finder.pins[f"{repo}@{revision}"] = commit
+        try:
+            return await asyncio.to_thread(self.finder.find, "", "ollama", spec)
+        except NotFetched:
+            raise SourceError(
+                404,
+                f"fallback.repo: the provisioner of host {by} fetched {repo}@{revision} (commit {commit}), but this "
+                f"replica's models directory {self.finder.models_dir} does not have {repo}/{commit}/: run the fallback "
+                "where that provisioner's models directory is (MODELFLEET_FALLBACK_MODELS_DIR)",
+                field="fallback.repo",
+            ) from None
+
     async def sources(self) -> dict[str, str]:
-        """role -> the source its slot would load, for every active role that has one on this host."""
+        """role -> the source its slot would load, for every active role that has one on this host (a `fallback.repo`
+        checkpoint not fetched yet counts: the provisioner fetches it on first use)."""
         out: dict[str, str] = {}
         for role, entry in self.roles.items():
             with contextlib.suppress(SourceError):
-                out[role] = (await self.source_for(role, entry.model_ref)).description[:4096]
+                source, _ = await self.loadable(role, entry.model_ref)
+                out[role] = source.description[:4096]
         return out
 
     # --- generation --------------------------------------------------------------------------------------------
@@ -152,7 +191,7 @@ class FallbackOps:
         sampling = domain.sampling(req.options, req.max_tokens)
         manifest = self.book.resolve(req.adapter, role=req.role, model_ref=req.model_ref) if req.adapter else None
         key = req.role or req.model_ref
-        slot = await self.manager.ensure(key, await self.source_for(req.role, req.model_ref))
+        slot = await self.manager.ensure(key, *await self.loadable(req.role, req.model_ref))
         async with self.manager.use(slot):
             loaded, adapters = slot.loaded, slot.adapters
             assert loaded is not None and adapters is not None  # use() refuses an evicted slot
@@ -204,7 +243,7 @@ class FallbackOps:
             if entry is None:
                 log.warning("llm.degraded names role %r, which the catalog does not list: no slot warmed", role)
                 return
-            await self.manager.ensure(role, await self.source_for(role, entry.model_ref))
+            await self.manager.ensure(role, *await self.loadable(role, entry.model_ref))
         except RpcError as exc:
             log.warning("warming the slot of %r failed: %s", role, exc)
 

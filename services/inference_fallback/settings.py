@@ -55,6 +55,12 @@ class InferenceFallbackSettings(RuntimeSettings, DeviceSettings, AdapterSettings
         description="This host's Ollama store (manifests/, blobs/).",
     )
     catalog_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of rpc.catalog.roles.v1.")
+    fetch_timeout_s: float = Field(
+        default=1800.0, gt=0, description="How long a request waits for the provisioner to fetch a fallback.repo."
+    )
+    provisioner_timeout_s: float = Field(
+        default=2.0, gt=0, description="How long to wait for a provisioner's health answer before asking it to fetch."
+    )
 
     def resolved_models_dir(self) -> Path:
         return self.models_dir or self.state_dir / "models"

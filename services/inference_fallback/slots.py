@@ -30,6 +30,8 @@ LoadFn = Callable[[Source, DevicePlan, "dict[Any, int] | None", int], Loaded]
 #: The device plan of a source on this host and the memory budget in bytes (measured once, on first use: it imports
 #: torch).
 HostFn = Callable[[Source], Awaitable[tuple[DevicePlan, int]]]
+#: Brings a source that is not on this host yet (a `fallback.repo` the provisioner fetches) and returns it.
+FetchFn = Callable[[], Awaitable[Source]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Slot:
     concurrency: int
     estimate_bytes: int
     state: str = "loading"
+    #: Why the slot failed, as the typed error a request gets (a failed fetch names the repo and the reason).
+    failure: RpcError | None = None
     loaded: Loaded | None = None
     #: The loaded model and its LoRA adapters: every generation goes through it (after an adapter was loaded, the
     #: bare model has LoRA layers injected and only the PeftModel can switch them off).
@@ -97,24 +101,29 @@ class SlotManager:
 
     # --- using a slot ----------------------------------------------------------------------------------------------
 
-    async def ensure(self, key: str, source: Source) -> Slot:
-        """The ready slot of `key`, loading it first if needed; every caller of a loading slot waits for that load."""
+    async def ensure(self, key: str, source: Source, fetch: FetchFn | None = None) -> Slot:
+        """The ready slot of `key`, loading it first if needed; every caller of a loading slot waits for that load.
+        With `fetch`, `source` is what the slot shows while `fetch()` brings the real one (state `fetching`, outside
+        the load lock: other slots load and answer meanwhile)."""
         slot = self.slots.get(key)
-        if slot is not None and slot.source.location != source.location and slot.in_flight == 0:
+        if slot is not None and slot.source.description != source.description and slot.in_flight == 0:
             await self.evict(key, f"its source changed to {source.description}", cause="source_changed")
             slot = None
         if slot is None:
             plan, self.budget_bytes = await self._host(source)
             self.device = plan.device
             limit = source.max_seq_length or self.limits.max_seq_length
-            estimate = await asyncio.to_thread(source.estimate_bytes, plan.dtype)
+            estimate = 0 if fetch is not None else await asyncio.to_thread(source.estimate_bytes, plan.dtype)
             slot = Slot(key, source, plan, limit, self.limits.concurrency, estimate, last_used=self.clock())
+            slot.state = "fetching" if fetch is not None else "loading"
             self.slots[key] = slot
             self.failures.pop(key, None)
-            task = asyncio.create_task(self._load_slot(slot))
+            task = asyncio.create_task(self._load_slot(slot, fetch))
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
         await slot.ready.wait()
         if slot.state != "ready":
+            if slot.failure is not None:
+                raise slot.failure
             raise RpcError(503, f"slot {key}: loading {source.description} failed: {slot.error}", code="load_failed")
         return slot
 
@@ -145,9 +154,18 @@ class SlotManager:
 
     # --- loading, eviction, expiry ---------------------------------------------------------------------------------
 
-    async def _load_slot(self, slot: Slot) -> None:
-        started, result = time.perf_counter(), "failed"
+    async def _load_slot(self, slot: Slot, fetch: FetchFn | None = None) -> None:
+        started, result, loading = time.perf_counter(), "failed", fetch is None
         try:
+            if fetch is not None:
+                try:
+                    slot.source = await fetch()
+                except RpcError as exc:
+                    slot.failure = exc
+                    raise
+                loading = True  # the load duration below is the load's, not the fetch's
+                slot.estimate_bytes = await asyncio.to_thread(slot.source.estimate_bytes, slot.plan.dtype)
+                slot.state = "loading"
             async with self._load_lock:
                 started = time.perf_counter()  # the load itself, not the wait for another slot's
                 max_memory = await self._make_room(slot)
@@ -169,10 +187,11 @@ class SlotManager:
                 del self.slots[slot.key]
             self.failures[slot.key] = slot
         finally:
-            metrics.LOAD_DURATION.record(
-                time.perf_counter() - started,
-                {"modelfleet.slot.path": slot.plan.path, "modelfleet.slot.load.result": result},
-            )
+            if loading:
+                metrics.LOAD_DURATION.record(
+                    time.perf_counter() - started,
+                    {"modelfleet.slot.path": slot.plan.path, "modelfleet.slot.load.result": result},
+                )
             slot.ready.set()
 
     async def _make_room(self, slot: Slot) -> dict[Any, int] | None:

@@ -8,7 +8,7 @@ import json
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.fallback import FallbackSpec, SourceKind
@@ -26,6 +26,15 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 class SourceError(RpcError):
     """No loadable source for a slot: 404 when it is not on this host, 422 when the entry cannot name one."""
+
+
+class NotFetched(SourceError):
+    """A `fallback: {repo, revision}` the models directory does not hold yet (or a tag not pinned yet): the service
+    asks the provisioner for it. `placeholder` is the source the slot shows while it is fetched."""
+
+    def __init__(self, status: int, detail: str, *, field: str, spec: FallbackSpec, placeholder: Source) -> None:
+        super().__init__(status, detail, code="not_fetched", field=field)
+        self.spec, self.placeholder = spec, placeholder
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ class SourceFinder:
 
     models_dir: Path
     ollama_models: Path
+    #: `repo@tag` -> the commit the provisioner pinned it to (learnt from its fetches; asked again after a restart)
+    pins: dict[str, str] = field(default_factory=dict)
 
     def find(self, model_ref: str, provider: str = "ollama", fallback: FallbackSpec | None = None) -> Source:
         """The source of a role's slot: its `fallback` when the manifest gives one, else its own GGUF."""
@@ -84,24 +95,24 @@ class SourceFinder:
         raise SourceError(404, f"fallback.path: {path} does not exist on this host", field="fallback.path")
 
     def _repo(self, spec: FallbackSpec) -> Source:
+        """`<models dir>/<repo>/<commit>/`; a tag reads the commit the provisioner pinned it to (`pins`). Not there
+        yet: `NotFetched`, which the service answers by asking the provisioner (fetch.py)."""
         assert spec.repo is not None and spec.revision is not None
-        if not _COMMIT.match(spec.revision):
-            raise SourceError(
-                422,
-                f"fallback.revision: {spec.revision!r} is not a 40-hex commit: the fallback reads the provisioner's "
-                f"<models dir>/{spec.repo}/<commit>/ (resolving a tag through the provisioner is planned)",
-                field="fallback.revision",
-            )
-        folder = self.models_dir / spec.repo / spec.revision
-        if not folder.is_dir():
-            raise SourceError(
-                404,
-                f"fallback.repo: {spec.repo}@{spec.revision} is not fetched on this host ({folder} is missing): run "
-                f"`modelfleet provision --models {spec.repo}@{spec.revision}` against this host's provisioner",
-                field="fallback.repo",
-            )
-        _checkpoint_dir(folder, "fallback.repo")
-        return Source("repo", folder, False, f"repo {spec.repo}@{spec.revision}", spec.max_seq_length)
+        commit = spec.revision if _COMMIT.match(spec.revision) else self.pins.get(f"{spec.repo}@{spec.revision}")
+        description = f"repo {spec.repo}@{spec.revision}"
+        folder = self.models_dir / spec.repo / (commit or spec.revision)
+        if commit is not None and folder.is_dir():
+            _checkpoint_dir(folder, "fallback.repo")
+            return Source("repo", folder, False, description, spec.max_seq_length)
+        where = f"{folder} is missing" if commit is not None else "a tag is pinned to its commit by the provisioner"
+        raise NotFetched(
+            404,
+            f"fallback.repo: {spec.repo}@{spec.revision} is not fetched on this host ({where}): the provisioner "
+            f"fetches it (`modelfleet provision --models {spec.repo}@{spec.revision}`)",
+            field="fallback.repo",
+            spec=spec,
+            placeholder=Source("repo", folder, False, description, spec.max_seq_length),
+        )
 
     # --- the role's own GGUF ---------------------------------------------------------------------------------------
 

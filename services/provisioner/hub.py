@@ -213,7 +213,9 @@ class HubClient:
         files = self.files(pinned.repo_id, pinned.commit)
         if not any(p.endswith(".safetensors") for p in files):
             raise domain.BadReference(f"{pinned.repo_id}@{pinned.revision} has no .safetensors files")
-        wanted = [f for p, f in sorted(files.items()) if p.endswith((".safetensors", ".json", ".model", ".txt"))]
+        # `.jinja`: transformers 5 writes the chat template beside tokenizer_config.json, not in it
+        suffixes = (".safetensors", ".json", ".model", ".txt", ".jinja")
+        wanted = [f for p, f in sorted(files.items()) if p.endswith(suffixes)]
         total = sum(f.size for f in wanted)
         done = 0
         got: list[Downloaded] = []

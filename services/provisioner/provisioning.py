@@ -34,6 +34,7 @@ from services.provisioner.catalog_client import CatalogClient
 from services.provisioner.flights import FleetLease, ResultCache, SingleFlight, lease_key
 from services.provisioner.hosts import HostDirectory
 from services.provisioner.hub import Cancelled, Downloaded, HubClient, RemoteFile
+from services.provisioner.local_files import register_local
 from services.provisioner.ollama_backend import OllamaBackend
 from services.provisioner.outcomes import Failure, Target, action, backend_call, hub_call, inventory_row, kind_of
 from services.provisioner.progress import ProgressRelay, Publish
@@ -108,11 +109,14 @@ class Provisioner:
 
     async def handle(self, cmd: ProvisionCommand) -> list[ProvisionActionResult]:
         targets, actions = await self._targets(cmd)
-        urls, bad = await self.hosts.targets(list(cmd.hosts))
+        # A checkpoint goes into this provisioner's own models dir: the hosts and their Ollamas concern the others
+        # only (a request for checkpoints alone, like the fallback's, gets no "no host with a reachable Ollama").
+        pulled = [t for t in targets if kind_of(t.model) != "checkpoint"]
+        urls, bad = await self.hosts.targets(list(cmd.hosts)) if pulled else ({}, {})
         for host, reason in bad.items():
-            actions += [action(t, host, "failed", reason) for t in targets]
-        if targets and not urls and not bad:
-            actions += [action(t, "*", "failed", "no host with a reachable Ollama is known") for t in targets]
+            actions += [action(t, host, "failed", reason) for t in pulled]
+        if pulled and not urls and not bad:
+            actions += [action(t, "*", "failed", "no host with a reachable Ollama is known") for t in pulled]
         jobs: list[Awaitable[ProvisionActionResult]] = []
         for t in targets:
             if kind_of(t.model) == "checkpoint":
@@ -190,10 +194,12 @@ class Provisioner:
         if reason is not None:
             return action(t, host, "skipped", reason), None
         try:
-            provision = domain.provision_of(ref)
+            provision = None if ref.kind == "local" else domain.provision_of(ref)
         except domain.BadReference as exc:
             return action(t, host, "failed", str(exc)), "reference"
         try:
+            if provision is None:  # a file the host's probe found: registered into its Ollama (local_files.py)
+                return await register_local(self, cmd, t, ref, host, url), None
             if provision == "ollama_pull":
                 return await self._ollama(cmd, t, ref, host, url), None
             if provision == "gguf_import":

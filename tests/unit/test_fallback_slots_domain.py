@@ -13,7 +13,7 @@ from contracts.router import LlmDegraded, LlmRecovered
 from contracts.rpc import RpcError
 from services.inference_fallback import domain
 from services.inference_fallback.domain import RoleHealth, SlotUse
-from services.inference_fallback.sources import SourceError, SourceFinder
+from services.inference_fallback.sources import NotFetched, SourceError, SourceFinder
 
 pytestmark = pytest.mark.unit
 
@@ -70,15 +70,22 @@ def test_bad_fallback_paths_are_refused_naming_the_field(tmp_path: Path, make, s
 
 def test_repo_fallback_reads_the_provisioners_checkpoint_folder(tmp_path: Path) -> None:
     spec = FallbackSpec(repo="org/model", revision=COMMIT)
-    with pytest.raises(SourceError) as missing:
+    with pytest.raises(NotFetched) as missing:  # the service asks the provisioner for it (fetch.py)
         finder(tmp_path).find("qwen3:8b", fallback=spec)
     assert missing.value.status == 404 and f"modelfleet provision --models org/model@{COMMIT}" in missing.value.detail
     folder = checkpoint(tmp_path / "models" / "org" / "model" / COMMIT)
+    assert missing.value.placeholder.location == folder and missing.value.field == "fallback.repo"
     src = finder(tmp_path).find("qwen3:8b", fallback=spec)
     assert (src.kind, src.location, src.description) == ("repo", folder, f"repo org/model@{COMMIT}")
-    with pytest.raises(SourceError) as tag:
-        finder(tmp_path).find("qwen3:8b", fallback=FallbackSpec(repo="org/model", revision="v1"))
-    assert (tag.value.status, tag.value.field) == (422, "fallback.revision")
+    # a tag reads the commit the provisioner pinned it to; until this replica learnt it, the tag is not fetched
+    tagged = FallbackSpec(repo="org/model", revision="v1")
+    with pytest.raises(NotFetched) as tag:
+        finder(tmp_path).find("qwen3:8b", fallback=tagged)
+    assert (tag.value.status, tag.value.field) == (404, "fallback.repo") and "pinned" in tag.value.detail
+    pinned = finder(tmp_path)
+    pinned.pins["org/model@v1"] = COMMIT
+    src = pinned.find("qwen3:8b", fallback=tagged)
+    assert (src.location, src.description) == (folder, "repo org/model@v1")
 
 
 def test_own_gguf_from_the_ollama_store_library_and_namespaced(tmp_path: Path) -> None:
