@@ -148,3 +148,27 @@ def test_the_metric_name_reader_skips_functions_labels_and_durations() -> None:
     assert metric_names(expr) == {"x_bucket", "y_total", "up"}
     with pytest.raises(ValueError, match="unbalanced"):
         metric_names("sum(rate(x[5m])")
+
+
+def test_compose_and_k8s_expose_each_metrics_port_to_prometheus_and_push_no_metrics_twice() -> None:
+    from services.runtime.metrics import METRICS_PORTS
+
+    compose = _load("docker-compose.yml")
+    for name, spec in compose["services"].items():
+        if "services." not in " ".join(spec.get("command", [])):
+            continue
+        env = spec["environment"]
+        assert env["MODELFLEET_METRICS_BIND"] == "0.0.0.0", name  # reachable from the prometheus container
+        assert env["OTEL_METRICS_EXPORTER"] == "prometheus", name  # scraped, not also pushed
+    (config,) = [
+        d for d in yaml.safe_load_all((ROOT / "deploy/k8s/config.yaml").read_text()) if d["kind"] == "ConfigMap"
+    ]
+    assert config["data"]["MODELFLEET_METRICS_BIND"] == "0.0.0.0"
+    assert config["data"]["OTEL_METRICS_EXPORTER"] == "prometheus"
+    for service, port in METRICS_PORTS.items():
+        docs = [d for d in yaml.safe_load_all((ROOT / f"deploy/k8s/{service}.yaml").read_text()) if d]
+        (workload,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+        pod = workload["spec"]["template"]
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port), service
+        container = pod["spec"]["containers"][0]
+        assert {"name": "metrics", "containerPort": port} in container["ports"], service
