@@ -19,7 +19,7 @@ from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
-from contracts.catalog import Caller, CatalogModelsReply
+from contracts.catalog import PROFILE_TYPES, Caller, CatalogModelsReply
 from contracts.fit import HostCapacity, capacity
 from contracts.hardware import GpuSampled
 from contracts.rpc import RpcError
@@ -545,7 +545,7 @@ async def roles_page(request: Request) -> Response:
         "page": "roles", "user": s.caller, "overview": overview, "roles": await _roles(request, s),
         "profiles": (profiles.json() or {}).get("profiles", []) if profiles.ok else [],
         "config": config.json() if config.ok else None, "config_error": None if config.ok else config.detail,
-        "msg": request.query_params.get("msg"), "errors": errors,
+        "msg": request.query_params.get("msg"), "errors": errors, "types": list(PROFILE_TYPES.values()),
     }  # fmt: skip
     return render(request, "roles.html", ctx)
 
@@ -556,16 +556,81 @@ async def roles_overrides(request: Request) -> Response:
     if not isinstance(s, Session):
         return s
     fields = await checked_form(request)
-    raw = first(fields, "overrides") or "{}"
-    try:
-        overrides = json.loads(raw)
-    except ValueError as exc:
-        return back("/ui/roles", err=f"overrides: not JSON ({exc})")
-    if not isinstance(overrides, dict):
-        return back("/ui/roles", err=f"overrides: a JSON object is needed, not {type(overrides).__name__}")
+    overrides = _json_object(first(fields, "overrides"), "overrides")
+    if isinstance(overrides, str):
+        return back("/ui/roles", err=overrides)
     user = quote(s.caller.user_id, safe="")
     body = {"overrides": overrides}
     answer = await api.call(request, "PUT", f"/api/v1/users/{user}/profile-config", s.token, json_body=body)
     if not answer.ok:
         return back("/ui/roles", err=f"overrides ({answer.status}): {answer.detail}")
     return back("/ui/roles", msg=f"overrides of {s.caller.user_id} saved")
+
+
+def _json_object(raw: str, what: str) -> dict[str, Any] | str:
+    """The JSON object in `raw` (empty: {}), or the error naming `what`."""
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError as exc:
+        return f"{what}: not JSON ({exc})"
+    if not isinstance(value, dict):
+        return f"{what}: a JSON object is needed, not {type(value).__name__}"
+    return value
+
+
+@router.post("/roles/profiles")
+async def profile_create(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    fields = await checked_form(request)
+    parameters = _json_object(first(fields, "parameters"), "parameters")
+    if isinstance(parameters, str):
+        return back("/ui/roles", err=parameters)
+    body = {
+        "name": first(fields, "name"), "type": first(fields, "type"), "model_name": first(fields, "model_name"),
+        "parameters": parameters, "system_prompt": first(fields, "system_prompt"),
+        "description": first(fields, "description"),
+    }  # fmt: skip
+    answer = await api.call(request, "POST", "/api/v1/profiles", s.token, json_body=body)
+    if not answer.ok:
+        return back("/ui/roles", err=f"profile {body['name']!r} ({answer.status}): {answer.detail}")
+    made = answer.json()
+    return back("/ui/roles", msg=f"profile {made['name']} created ({made['type_name']}, {made['model_name']})")
+
+
+@router.post("/roles/profiles/delete")
+async def profile_delete(request: Request) -> Response:
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    fields = await checked_form(request)
+    try:
+        profile_id = uuid.UUID(first(fields, "profile_id"))
+    except ValueError:
+        return back("/ui/roles", err="delete: profile_id is not a UUID")
+    answer = await api.call(request, "DELETE", f"/api/v1/profiles/{profile_id}", s.token)
+    if not answer.ok:
+        return back("/ui/roles", err=f"delete profile ({answer.status}): {answer.detail}")
+    return back("/ui/roles", msg=f"profile {first(fields, 'name') or profile_id} deleted")
+
+
+@router.post("/roles/use")
+async def profile_use(request: Request) -> Response:
+    """Use a profile for its type (`profile_id` empty: back to the system default for that type)."""
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    fields = await checked_form(request)
+    kind, raw = first(fields, "type"), first(fields, "profile_id")
+    try:
+        chosen = str(uuid.UUID(raw)) if raw else None
+    except ValueError:
+        return back("/ui/roles", err="use: profile_id is not a UUID")
+    user = quote(s.caller.user_id, safe="")
+    body = {"profiles": {kind: chosen}}
+    answer = await api.call(request, "PUT", f"/api/v1/users/{user}/profile-config", s.token, json_body=body)
+    if not answer.ok:
+        return back("/ui/roles", err=f"use for {kind} ({answer.status}): {answer.detail}")
+    now = f"profile {first(fields, 'name') or raw}" if chosen else "system default"
+    return back("/ui/roles", msg=f"{kind}: {now}")
