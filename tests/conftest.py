@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from tests.harness.provision_bus import Bus
 from tests.harness.servers import choose, create_database, nats_server, postgres_server
 
 TIERS = ("unit", "integration", "e2e", "chaos")
+#: Tests never import each other (a test module's fixtures and tests would run twice, or its tier would leak).
+_IMPORTS_A_TEST_MODULE = re.compile(r"^\s*(from|import)\s+tests\.(unit|integration|e2e|chaos)\b", re.M)
 
 #: The test peers (hub, CDN, Ollama, registry, file servers) all listen on loopback, which the egress policy
 #: (services/runtime/egress.py) refuses unless allowlisted: allow it for in-process clients and service processes.
@@ -114,10 +117,16 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test belongs to exactly one tier; an untiered test is a collection error, not a silent default."""
+    checked: set[str] = set()
     for item in items:
         tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
         if len(tiers) != 1:
             raise pytest.UsageError(f"{item.nodeid} must carry exactly one tier marker of {TIERS}, has {tiers}")
+        path = str(item.path)
+        if path not in checked:
+            checked.add(path)
+            if _IMPORTS_A_TEST_MODULE.search(item.path.read_text()):
+                raise pytest.UsageError(f"{item.path.name} imports a test module: shared helpers go in tests/harness/")
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from services.router.domain import target
 from services.router.fleet import Fleet, HealthRules
 from services.router.health import RoleStates, role_health
 from services.router.monitor import open_during
+from tests.harness.router_events import T0, call, sample
 from tests.harness.waiting import eventually
-from tests.unit.test_router_domain import T0, call, sample
 
 pytestmark = pytest.mark.unit
 

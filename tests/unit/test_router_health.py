@@ -10,7 +10,7 @@ from contracts.router import BackendChecked
 from services.router.domain import target
 from services.router.fleet import Fleet, HealthRules
 from services.router.health import RoleStates, check_id, role_health, transition_id
-from tests.unit.test_router_domain import T0, sample
+from tests.harness.router_events import T0, sample
 
 pytestmark = pytest.mark.unit
 
