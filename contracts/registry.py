@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from contracts import catalog, dlq, fallback, hardware, health, provisioner, router, rpc
+from contracts import catalog, dlq, fallback, hardware, health, local_models, provisioner, router, rpc
 from contracts.envelope import Contract
 
 
@@ -16,7 +16,7 @@ def is_message(cls: Any) -> bool:
 
 ALL_CONTRACTS: dict[str, type[Contract]] = {
     f"{module.__name__.rsplit('.', 1)[-1]}.{cls.__name__}": cls
-    for module in (health, dlq, rpc, catalog, provisioner, hardware, router, fallback)
+    for module in (health, dlq, rpc, catalog, provisioner, hardware, local_models, router, fallback)
     for cls in vars(module).values()
     if is_message(cls) and cls.__module__ == module.__name__
 }

@@ -29,6 +29,10 @@ class CatalogSettings(RuntimeSettings):
         default=60.0, ge=0, description="A token's last_used_at is written at most this often (0: on every use)."
     )
 
+    local_models_replay_s: float = Field(
+        default=900.0, gt=0, description="At start, the hosts' local model reports of this many seconds are read."
+    )
+
     @field_validator("global_parameters")
     @classmethod
     def _valid_parameters(cls, value: dict[str, Any]) -> dict[str, Any]:

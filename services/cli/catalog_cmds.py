@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.cli.client import call
+from services.cli.local_models_cmds import print_local
 from services.cli.render import data_table
 
 models_app = typer.Typer(no_args_is_help=True, help="The model library and the default model.")
@@ -52,9 +53,15 @@ def models_list(
     category: str | None = typer.Option(None, help="balanced, creative, technical, advanced"),
     tag: str | None = None,
     max_size_gb: float | None = typer.Option(None, help="Smallest download at most this size."),
+    local: bool = typer.Option(False, "--local", help="The hosts' local .gguf/.bin files (MODELFLEET_MODEL_DIRS)."),
+    host: str | None = typer.Option(None, help="With --local: only this host."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """List the model library, filtered."""
+    """List the model library, filtered; with --local, the `local:` models the hosts' probes found."""
+    if local:
+        return print_local(host, as_json)
+    if host is not None:
+        raise typer.BadParameter("--host lists one host's local models: give it with --local", param_hint="--host")
     query = {"capability": capability, "category": category, "tag": tag, "max_size_gb": max_size_gb}
     body = call("GET", "/api/v1/catalog/models", params={k: v for k, v in query.items() if v is not None}).json()
     if as_json:

@@ -19,6 +19,7 @@ from services.gateway import (
     catalog_routes,
     handlers,
     hosts_routes,
+    local_models_routes,
     openai_routes,
     provision_routes,
     route_routes,
@@ -102,6 +103,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.add_exception_handler(ValidationError, contract_error_response)
     app.include_router(handlers.router)
     app.include_router(hosts_routes.router)
+    app.include_router(local_models_routes.router)
     app.include_router(catalog_routes.router)
     app.include_router(provision_routes.router)
     app.include_router(updates_routes.router)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from contracts.hardware import GpuSampled, HostHeartbeat
+from contracts.local_models import LocalModelsScanned
 from services.hardware_probe import handlers, metrics
 from services.hardware_probe.host_stats import HostStats
+from services.hardware_probe.local_models import LocalModels
 from services.hardware_probe.ollama_status import OllamaStatus
 from services.hardware_probe.openai_backends import OpenAIBackends
 from services.hardware_probe.sampler import Sampler
@@ -30,9 +32,13 @@ def build_app(settings: HardwareProbeSettings, nvml: NvmlReader | None = None) -
     sampler = build_sampler(settings, parts.host_id, nvml)
     metrics.watch(sampler)
     handlers.register(parts.rpc, sampler)
-    return parts.service(
-        tasks=[handlers.sample_task(parts.broker, sampler, settings.history)], publishes=[GpuSampled, HostHeartbeat]
-    )
+    tasks = [handlers.sample_task(parts.broker, sampler, settings.history)]
+    if settings.model_dirs:
+        local = LocalModels(
+            parts.host_id, settings.model_dirs, settings.state_dir, settings.interval_s, settings.local_models_report_s
+        )
+        tasks.append(handlers.local_models_task(parts.broker, local))
+    return parts.service(tasks=tasks, publishes=[GpuSampled, HostHeartbeat, LocalModelsScanned])
 
 
 def local_host_id(settings: HardwareProbeSettings) -> str:

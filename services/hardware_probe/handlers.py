@@ -13,9 +13,11 @@ from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from contracts.hardware import HOSTS_BUCKET, GpuSampled, SampleRequest
+from contracts.local_models import LocalModelsScanned
 from contracts.subjects import fill
 from services.hardware_probe import domain
-from services.hardware_probe.sampler import Sampler
+from services.hardware_probe.local_models import LocalModels
+from services.hardware_probe.sampler import PRODUCER, Sampler
 from services.runtime.bus import publish_event
 from services.runtime.rpc import Rpc
 
@@ -49,6 +51,19 @@ def sample_task(broker: NatsBroker, sampler: Sampler, history: int) -> Callable[
         except asyncio.CancelledError:  # the service is stopping (a fault instead is restarted by the supervisor)
             await sampler.close()
             raise
+
+    return run
+
+
+def local_models_task(broker: NatsBroker, local: LocalModels) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        """Every probe interval scans MODELFLEET_MODEL_DIRS; emits evt.hardware.local_models.scanned.v1 when the
+        listing changed and at least every report_s. Each event has a fresh event_id (the dedup key)."""
+
+        async def publish(event: LocalModelsScanned) -> None:
+            await publish_event(broker, event)
+
+        await local.run(publish, PRODUCER)
 
     return run
 

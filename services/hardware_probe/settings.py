@@ -1,5 +1,6 @@
 """Settings of the hardware-probe daemon (env prefix MODELFLEET_PROBE_)."""
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -7,9 +8,11 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from services.hardware_probe.local_models import model_dirs_from
 from services.runtime.settings import RuntimeSettings
 
 OPENAI_BACKENDS_ENV = "MODELFLEET_OPENAI_BACKENDS"
+MODEL_DIRS_ENV = "MODELFLEET_MODEL_DIRS"
 
 
 def default_models_dir() -> Path:
@@ -83,6 +86,25 @@ class HardwareProbeSettings(RuntimeSettings):
         "and touching CUDA costs a CUDA context per device, so it is off unless asked for).",
     )
     history: int = Field(default=5, ge=1, le=64, description="Revisions the hosts KV bucket keeps per host.")
+    # NoDecode: a PATH-like list (os.pathsep), not JSON.
+    model_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices(MODEL_DIRS_ENV, "model_dirs"),
+        description="Directories searched (recursively) for .gguf and .bin files, separated by os.pathsep like PATH; "
+        "each file becomes a `local:` model of this host in the catalog (docs/hardware.md, 'Local models').",
+    )
+    local_models_report_s: float = Field(
+        default=60.0, gt=0, le=86400, description="Longest gap between two reports of the local model files."
+    )
+
+    @field_validator("model_dirs", mode="before")
+    @classmethod
+    def _model_dirs(cls, value: Any) -> list[Path]:
+        if isinstance(value, str):
+            return model_dirs_from(value)
+        if isinstance(value, list | tuple):
+            return model_dirs_from(os.pathsep.join(str(v) for v in value))
+        raise ValueError(f"{MODEL_DIRS_ENV}: expected directories separated by {os.pathsep!r}, got {value!r}")
 
     @field_validator("openai_backends", mode="before")
     @classmethod

@@ -40,6 +40,16 @@ def provision_of(ref: ModelRef) -> Provision:
     )
 
 
+def local_ollama_name(relative_path: str, sha256: str) -> str:
+    """The name a `local:` file gets in a host's Ollama: `local/<file stem>:<first 12 hex of its sha256>`, the stem
+    lower-cased with anything but letters, digits, '.', '_', '-' made '-'. The tag keeps two different files of the
+    same name apart, and one file registered twice under one name."""
+    stem = PurePosixPath(relative_path.replace("\\", "/")).name
+    stem = stem[: -len(PurePosixPath(stem).suffix)] if PurePosixPath(stem).suffix else stem
+    clean = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:80] or "model"
+    return f"local/{clean}:{sha256[:12]}"
+
+
 def normalize_ollama(name: str) -> str:
     """The name Ollama holds `name` under (no tag means `:latest`), for names read from a host or typed by hand."""
     return with_default_tag(name)
@@ -181,7 +191,7 @@ class FitClass:
 
 def skip_reason(*, auto_download: bool, skip_downloads: bool, provider: str) -> str | None:
     """Why a missing model is not downloaded, or None when it should be."""
-    if provider not in ("ollama", "hf", "huggingface", "pytorch", "transformers"):
+    if provider not in ("ollama", "hf", "huggingface", "pytorch", "transformers", "local"):
         return f"provider {provider!r} is not provisioned by modelfleet"
     if skip_downloads:
         return "SKIP_MODEL_DOWNLOADS is set"

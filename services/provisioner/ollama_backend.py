@@ -106,6 +106,11 @@ class OllamaBackend:
         finally:  # what Ollama reported having pulled, a failed pull's part included
             DOWNLOADED.add(sum(c for c, _ in meter.layers.values()), {"modelfleet.transfer.source": "ollama"})
 
+    async def has_blob(self, sha256: str) -> bool:
+        """HEAD /api/blobs/sha256:<digest>: whether Ollama already holds this file's bytes."""
+        head = await self._call(self.client._client.head(f"/api/blobs/sha256:{sha256}"))
+        return bool(head.status_code == 200)
+
     async def register(self, name: str, path: Path, sha256: str) -> None:
         """POST /api/blobs/sha256:<digest> (unless present), then /api/create with `files`."""
         digest = f"sha256:{sha256}"
