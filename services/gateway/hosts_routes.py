@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Annotated, NamedTuple
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError, NoKeysError
-from nats.js.kv import KeyValue
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
 from contracts.advice import CandidateFit, advise_host, library_candidate
@@ -50,6 +51,8 @@ router = APIRouter(dependencies=[Depends(caller)], responses=ERROR_RESPONSES)
 
 #: A host whose latest sample is older than this many of its intervals is reported stale.
 STALE_INTERVALS = 3.0
+#: The longest a listing of the `hosts` bucket may wait for its next entry.
+LIST_TIMEOUT_S = 5.0
 
 
 class HostSummary(BaseModel):
@@ -99,22 +102,33 @@ def _summary(sample: GpuSampled, now: datetime) -> HostSummary:
 
 
 async def latest_samples(bus: BusClient) -> list[GpuSampled]:
+    """The latest sample of every host, in one pass over the `hosts` bucket's last entry per key (a watch): a key a
+    probe deletes, or the bucket's max age expires, while the listing runs is left out instead of failing it (a
+    listing of the keys then a `get` of each raised for a key gone in between)."""
     kv = await _bucket(bus)
     if kv is None:
         return []
+    watcher = await kv.watchall()
+    latest: dict[str, GpuSampled] = {}
     try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
-    samples = []
-    for key in sorted(keys):
-        entry = await kv.get(key)
-        if entry.value:
+        while True:
             try:
-                samples.append(GpuSampled.model_validate_json(entry.value))
+                entry = await watcher.updates(timeout=LIST_TIMEOUT_S)  # type: ignore[no-untyped-call]
+            except NatsTimeoutError as exc:
+                detail = f"the `{HOSTS_BUCKET}` bucket did not list in {LIST_TIMEOUT_S:g}s"
+                raise RpcError(504, detail, code="timeout") from exc
+            if entry is None:  # the end of the entries there were when the watch started
+                break
+            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                latest.pop(entry.key, None)
+                continue
+            try:
+                latest[entry.key] = GpuSampled.model_validate_json(entry.value)
             except ValidationError:
-                continue  # a newer, incompatible writer: skip rather than fail the listing
-    return samples
+                latest.pop(entry.key, None)  # a newer, incompatible writer: skip rather than fail the listing
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return [latest[key] for key in sorted(latest)]
 
 
 @router.get("/api/v1/hosts", response_model=HostsReply, tags=["hosts"])
