@@ -109,11 +109,14 @@ class Provisioner:
 
     async def handle(self, cmd: ProvisionCommand) -> list[ProvisionActionResult]:
         targets, actions = await self._targets(cmd)
-        urls, bad = await self.hosts.targets(list(cmd.hosts))
+        # A checkpoint goes into this provisioner's own models dir: the hosts and their Ollamas concern the others
+        # only (a request for checkpoints alone, like the fallback's, gets no "no host with a reachable Ollama").
+        pulled = [t for t in targets if kind_of(t.model) != "checkpoint"]
+        urls, bad = await self.hosts.targets(list(cmd.hosts)) if pulled else ({}, {})
         for host, reason in bad.items():
-            actions += [action(t, host, "failed", reason) for t in targets]
-        if targets and not urls and not bad:
-            actions += [action(t, "*", "failed", "no host with a reachable Ollama is known") for t in targets]
+            actions += [action(t, host, "failed", reason) for t in pulled]
+        if pulled and not urls and not bad:
+            actions += [action(t, "*", "failed", "no host with a reachable Ollama is known") for t in pulled]
         jobs: list[Awaitable[ProvisionActionResult]] = []
         for t in targets:
             if kind_of(t.model) == "checkpoint":
