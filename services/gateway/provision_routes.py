@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, Field, StrictBool, StringConstraints, ValidationError
@@ -26,6 +27,7 @@ from contracts.provisioner import (
     ProvisionActionResult,
     ProvisionCommand,
     ProvisionCompleted,
+    ProvisionFailed,
     ProvisionResultRequest,
     QuantizationsReply,
     QuantizationsRequest,
@@ -48,23 +50,34 @@ MIN_WAIT_S = 1.0
 HF_ASK_TIMEOUT_S = 30.0
 #: A host id or model name given as a query parameter.
 HostQuery = Annotated[str | None, Query(min_length=1, max_length=253, description="One host id")]
-#: An ISO 8601 instant with a UTC offset (a bare number is not one).
-ISO_INSTANT = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})$"
+#: An ISO 8601 instant with a UTC offset (a bare number is not one), each part in its range; a day past its month's
+#: end (02-30) is still a 422 naming `since`, from the parse.
+ISO_INSTANT = (
+    r"^(?:[1-9]\d{3}|0[1-9]\d{2}|00[1-9]\d|000[1-9])-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+    r"[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?(?:Z|[+-](?:[01]\d|2[0-3]):?[0-5]\d)$"
+)
 
 
-#: A role, model reference or host id in a body: never empty.
-Name = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+#: A role, model reference or host id in a body: never empty, at most what the command's contract takes.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 #: A Hugging Face repo id as the hub accepts it (huggingface_hub's own check): `owner/name`, each part alphanumeric
 #: with `-`, `_`, `.` inside, at most 96 characters.
 HF_REPO = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$"
 
 
+#: The most roles, models and hosts one request names (each): the provisioner decides one action per (role or model,
+#: host), all of them in one `request.completed` event, which must fit a NATS message (1 MiB by default). 512
+#: actions of the longest names fit; 256 roles x 1,024 hosts (the command contract's own bounds) kept the provisioner
+#: busy for minutes and its event could never be published.
+MAX_NAMED = 16
+
+
 class ProvisionBody(BaseModel):
     roles: list[Name] = Field(
-        default_factory=list, max_length=256, description="Default: every role of the active set."
+        default_factory=list, max_length=MAX_NAMED, description="Default: every role of the active set."
     )
-    models: list[Name] = Field(default_factory=list, max_length=256, description="Explicit model references.")
-    hosts: list[Name] = Field(default_factory=list, max_length=1024, description="Default: every reachable host.")
+    models: list[Name] = Field(default_factory=list, max_length=MAX_NAMED, description="Explicit model references.")
+    hosts: list[Name] = Field(default_factory=list, max_length=MAX_NAMED, description="Default: every reachable host.")
     force: StrictBool = False
     wait: StrictBool = Field(default=False, description="Answer with the per-role actions instead of 202.")
     allow_unpinned: StrictBool = False
@@ -122,15 +135,30 @@ async def submit(request: Request, cmd: ProvisionCommand, wait: bool, timeout_s:
         if event.request_id == cmd.request_id and not got.done():
             got.set_result(event)
 
-    sub = await nc.subscribe(ProvisionCompleted.SUBJECT, cb=on_event)
+    async def on_failed(msg: Any) -> None:
+        """The provisioner gave up on the whole command (dead-lettered: no request.completed will come)."""
+        try:
+            event = ProvisionFailed.model_validate_json(msg.data)
+        except ValidationError as exc:
+            await dead_letter(bus, msg, exc, "gateway/provision-wait")
+            return
+        if event.request_id == cmd.request_id and event.error_channel == "dead_letter" and not got.done():
+            detail = f"the provisioner gave up on request {cmd.request_id}: {event.reason}"
+            got.set_exception(RpcError(502, detail, code="dead_lettered"))
+
+    subs = [
+        await nc.subscribe(ProvisionCompleted.SUBJECT, cb=on_event),
+        await nc.subscribe(ProvisionFailed.SUBJECT, cb=on_failed),
+    ]
     try:
         await bus.publish(cmd)
-        done = await asyncio.wait_for(got, timeout_s)
+        done = await asyncio.wait_for(got, min(timeout_s, request.app.state.settings.wait_max_s))
     except TimeoutError:  # still running: where to follow it, as without `wait`
         accepted = Accepted(request_id=cmd.request_id, progress_url=f"{base}/events?since={since}", result_url=base)
         return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
     finally:
-        await sub.unsubscribe()
+        for sub in subs:
+            await sub.unsubscribe()
     body = Actions(request_id=cmd.request_id, done=True, actions=done.actions)
     return JSONResponse(body.model_dump(mode="json"))
 
@@ -169,9 +197,14 @@ async def provision_events(
 ) -> StreamingResponse:  # fmt: skip
     """Server-sent events of one request (progress, model.pulled, failed), ending with `completed`; 404 for a
     request id the fleet has no command, result or event of."""
+    try:  # the pattern holds, but the date may not exist (month 98, hour 64)
+        start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
+    except ValueError as exc:
+        error = {"loc": ("query", "since"), "msg": str(exc), "type": "datetime_from_date_parsing"}
+        raise RequestValidationError([error]) from exc
+    start = start or datetime.now(UTC) - timedelta(minutes=10)
     bus = bus_of(request)
     bus.require()
-    start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else datetime.now(UTC) - timedelta(minutes=10)
     if not await request_known(bus, request_id, start):
         raise HTTPException(404, f"request_id: no provisioning request {request_id} (no command since {start})")
     js = bus.broker.connection.jetstream()

@@ -27,6 +27,10 @@ class GatewaySettings(RuntimeSettings):
         default=60.0, ge=0, le=3600, description="How long a request waits for an auto_download role's model to be "
         "pulled (the router's own bound applies too); the route ask's timeout grows by as much.",
     )  # fmt: skip
+    wait_max_s: float = Field(
+        default=86400.0, ge=1, le=86400, description="The longest a provision or import with `wait: true` holds its "
+        "HTTP request (a longer `timeout_s` is cut to it): past it, 202 with where to follow the request.",
+    )  # fmt: skip
     busy_retry_after_s: int = Field(
         default=1, ge=1, le=3600, description="`Retry-After` of a 429 when every backend is at its concurrency limit."
     )

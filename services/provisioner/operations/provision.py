@@ -147,37 +147,40 @@ class Operations:
             log.warning("progress event not published: %s", exc)
 
     async def _work(self, cmd: ProvisionCommand, delivery: Delivery) -> None:
-        async with self.jobs.turn():
-            # JetStream redelivers after ack_wait: a long pull keeps the message ours by saying it is in progress.
-            beat = asyncio.create_task(_heartbeat(delivery, self.ack_wait_s / 3))
-            try:
-                actions = await self.provisioner.handle(cmd)
-                async with self.store.database.transaction() as session:
-                    await self.store.complete(session, cmd.event_id, [a.model_dump(mode="json") for a in actions])
-                    await self.outbox.add(
-                        session,
-                        ProvisionCompleted(
-                            producer="provisioner",
-                            host=self.host_id,
-                            correlation_id=cmd.request_id,
-                            request_id=cmd.request_id,
-                            actions=actions,
-                        ),
+        # JetStream redelivers after ack_wait: a long pull keeps the message ours by saying it is in progress, and so
+        # does a request queued behind the job limit (else a burst of commands is redelivered while it waits, and
+        # dead-lettered after max_deliver without ever running).
+        beat = asyncio.create_task(_heartbeat(delivery, self.ack_wait_s / 3))
+        try:
+            async with self.jobs.turn():
+                try:
+                    actions = await self.provisioner.handle(cmd)
+                    async with self.store.database.transaction() as session:
+                        await self.store.complete(session, cmd.event_id, [a.model_dump(mode="json") for a in actions])
+                        await self.outbox.add(
+                            session,
+                            ProvisionCompleted(
+                                producer="provisioner",
+                                host=self.host_id,
+                                correlation_id=cmd.request_id,
+                                request_id=cmd.request_id,
+                                actions=actions,
+                            ),
+                        )
+                    self.outbox.wake()
+                    await delivery.ack()
+                    log.info(
+                        "request %s: %s",
+                        cmd.request_id,
+                        ", ".join(f"{a.model}@{a.target_host}={a.action}" for a in actions),
                     )
-                self.outbox.wake()
-                await delivery.ack()
-                log.info(
-                    "request %s: %s",
-                    cmd.request_id,
-                    ", ".join(f"{a.model}@{a.target_host}={a.action}" for a in actions),
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("request %s failed; it will be redelivered", cmd.request_id)
-                await delivery.nack(delay=2)
-            finally:
-                beat.cancel()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("request %s failed; it will be redelivered", cmd.request_id)
+                    await delivery.nack(delay=2)
+        finally:
+            beat.cancel()
 
     async def result(self, req: ProvisionResultRequest) -> ProvisionResultReply:
         row = await self.store.result_by_request_id(req.request_id)

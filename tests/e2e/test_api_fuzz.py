@@ -1,0 +1,200 @@
+"""Property-based fuzzing of the gateway's OpenAPI document with schemathesis: every operation, every check.
+
+A real fleet (catalog, router, provisioner and gateway as processes on real NATS and PostgreSQL, the project's hub and
+Ollama peers behind the provisioner) answers schemathesis' generated requests, valid and invalid, with the admin
+token, over every operation of `docs/api/openapi.json` (the committed document, which `scripts.gen_openapi --check`
+holds equal to the live one). Any 5xx, undocumented status, body outside its documented schema, undocumented content
+type, valid request rejected or invalid request accepted fails the test, with schemathesis' own report of each.
+
+Budget: the examples and coverage phases (the boundary values of every parameter: empty strings, the extremes of
+every number, wrong types, missing fields) plus `EXAMPLES` generated cases per operation in the fuzzing phase,
+deterministic generation, no shrinking, one worker (the order of the requests, and so the fleet's state each meets,
+is the same on every run). The stateful phase is left out: it chains operations by their links to find state bugs,
+not input bugs, and it alone took minutes here. About 1.5 minutes on the 2-core development machine.
+
+Then, from the same document, every string query parameter is sent empty and every bounded number past its bound:
+each must be a 422 whose `field` names that parameter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.harness.cli import ADMIN_TOKEN
+from tests.harness.provision_bus import MIB, provisioner_env
+from tests.harness.waiting import eventually
+from tests.peers.hub_server import HubPeer, generated_file
+from tests.peers.ollama_server import OllamaPeer, library_model
+
+pytestmark = pytest.mark.e2e
+
+SPEC = Path(__file__).resolve().parents[2] / "docs" / "api" / "openapi.json"
+#: Generated cases per operation in the fuzzing phase (the coverage phase adds the boundary cases of every parameter).
+EXAMPLES = 10
+#: The fuzzer's requests flood the provisioner with commands (a `wait: false` provision answers at once, its work
+#: queues behind the provisioner's job limit): a `wait: true` request queued behind them answers 202 with where to
+#: follow it after this long (`MODELFLEET_GATEWAY_WAIT_MAX_S`), not minutes later.
+WAIT_MAX_S = 5
+#: The whole schemathesis run is bounded (the test's own pytest timeout is above it).
+RUN_TIMEOUT_S = 420.0
+#: The only answers allowed beyond what each check asks, per operation, each a documented answer that depends on the
+#: fleet's state or on content no JSON Schema can state, never on the request's shape:
+#: - 503 from /api/v1/health: this fleet runs no probe and no fallback, so the report is `degraded` (documented 503
+#:   with the FleetHealth body); 503 `no_backend` from the routes that need a backend (no model of the default roles
+#:   is installed anywhere in this fleet, and the router says so, naming the role).
+#: - 502 `upstream_failed` from the hub listing: the hub peer has no such repository or revision.
+#: - 422 for a schema-valid request refused by its content (`positive_data_acceptance`): a profile type or model
+#:   reference by the catalog's grammar (model references: docs/model-references.md, more than a pattern can say),
+#:   a manifest's content or a library patch's values (validated as an import validates them), an expiry in the
+#:   past (depends on the clock), profile ids that must exist, and "exactly one of" between optional fields
+#:   (/api/v1/fit, /api/v1/route, /api/v1/catalog/resolve, the /v1/ model name resolved by the catalog).
+#: - The stateful phase is not run, and max_response_time is set to the request timeout (see `_schemathesis`).
+CONFIG = """
+[[operations]]
+include-path = "/api/v1/health"
+checks.not_a_server_error.expected-statuses = ["2XX", "3XX", "4XX", "503"]
+
+[[operations]]
+include-path = "/api/v1/hf/quantizations"
+checks.not_a_server_error.expected-statuses = ["2XX", "3XX", "4XX", "502"]
+
+[[operations]]
+include-path = ["/api/v1/route", "/v1/chat/completions", "/v1/embeddings"]
+checks.not_a_server_error.expected-statuses = ["2XX", "3XX", "4XX", "503"]
+checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", "401", "403", "404", "409", "422", "503"]
+
+[[operations]]
+include-path = ["/api/v1/profiles", "/api/v1/profiles/{profile_id}", "/api/v1/users/{user_id}/profile-config",
+                "/api/v1/users/{user_id}/tokens", "/api/v1/catalog/import", "/api/v1/models/default", "/api/v1/fit",
+                "/api/v1/catalog/resolve"]
+checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-name = "PATCH /api/v1/catalog/models/{model}"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", "401", "403", "404", "409", "422"]
+"""
+
+
+def operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    methods = {"get", "post", "put", "patch", "delete"}
+    return [(m.upper(), path, op) for path, ops in spec["paths"].items() for m, op in ops.items() if m in methods]
+
+
+async def _schemathesis(url: str, work: Path) -> tuple[int, str]:
+    exe = Path(sys.executable).parent / "schemathesis"
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "schemathesis.toml"
+    config.write_text(CONFIG)
+    args = [
+        str(exe), "--config-file", str(config), "run", str(SPEC), "--url", url,
+        "--checks", "all", "--mode", "all", "--phases", "examples,coverage,fuzzing",
+        "--max-examples", str(EXAMPLES), "--generation-deterministic", "--no-shrink",
+        "--header", f"Authorization: Bearer {ADMIN_TOKEN}",
+        # `--checks all` includes max_response_time, 10 s unless told: a wall-clock assertion, which this suite does
+        # not make (the machine's load decides it). Set to the request timeout, it only catches what that catches.
+        "--request-timeout", "60", "--max-response-time", "60", "--workers", "1", "--no-color",
+    ]  # fmt: skip
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "", "NO_COLOR": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=work
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"schemathesis did not finish in {RUN_TIMEOUT_S}s") from None
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def _empty_and_extreme(client: httpx.AsyncClient, spec: dict[str, Any]) -> list[str]:
+    """Every string query parameter sent empty, every bounded number past its bound: 422 naming it, or a problem."""
+    problems: list[str] = []
+    for method, path, op in operations(spec):
+        params = [p for p in op.get("parameters", []) if p["in"] == "query"]
+        url = re.sub(r"\{[^}]+\}", "x", path)
+        if "{profile_id}" in path or "{request_id}" in path or "{token_id}" in path:
+            url = re.sub(r"/x(?=/|$)", "/00000000-0000-0000-0000-000000000001", url)
+        for p in params:
+            schema = p.get("schema", {})
+            variants = [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
+            bad: list[str] = []
+            for s in variants:
+                if s.get("type") == "string" and s.get("minLength", 0) >= 1:
+                    bad.append("")
+                if s.get("type") in ("integer", "number") and "maximum" in s:
+                    bad.append(str(int(s["maximum"]) * 10 + 1))
+                if s.get("type") in ("integer", "number") and "minimum" in s:
+                    bad.append(str(int(s["minimum"]) - 1))
+            for value in bad:
+                r = await client.request(method, url, params={p["name"]: value}, json={} if method != "GET" else None)
+                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                named = {body.get("field"), (body.get("error") or {}).get("param")}
+                named |= {".".join(map(str, e.get("loc", []))) for e in body.get("detail", []) if isinstance(e, dict)}
+                if r.status_code != 422 or not named & {f"query.{p['name']}", p["name"]}:
+                    problems.append(f"{method} {url}?{p['name']}={value!r}: {r.status_code} {r.text[:300]}")
+    return problems
+
+
+async def wait_done(client: httpx.AsyncClient, result_url: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        r = await client.get(result_url)
+        return r.json() if r.status_code == 200 and r.json()["done"] else None
+
+    return await eventually(done, timeout_s=60, what=f"{result_url} done")
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 180)
+async def test_every_operation_passes_every_check(service_env, database_url, tmp_path, start_service, start_gateway):
+    spec = json.loads(SPEC.read_text())
+    with OllamaPeer(library=[library_model("qwen3:8b", MIB)]) as ollama, HubPeer() as hub:
+        hub.repo("acme/tiny-GGUF").commit([generated_file("tiny.Q4_K_M.gguf", MIB, seed=3)])
+        await start_service("catalog", service_env(database_url=database_url))
+        await start_service("router", service_env())
+        await start_service(
+            "provisioner", provisioner_env(service_env, database_url, tmp_path, hub.url, {"gpu-1": ollama.url})
+        )
+        url = await start_gateway(
+            service_env(
+                MODELFLEET_ADMIN_TOKEN=ADMIN_TOKEN,
+                MODELFLEET_GATEWAY_PROVISION_WAIT_S="2",
+                MODELFLEET_GATEWAY_WAIT_MAX_S=str(WAIT_MAX_S),
+            )
+        )
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+            # A waiting import for a host nobody knows answers at once, naming the host (it once hung to its timeout:
+            # a host id long enough made the command's progress event invalid and the command was dead-lettered).
+            for host in ("nohost", "h" * 253):
+                r = await client.post(
+                    "/api/v1/models/import",
+                    json={"repo": "acme/tiny-GGUF", "quant": "Q4_K_M", "revision": "0" * 40, "host": host,
+                          "wait": True, "timeout_s": 60},
+                )  # fmt: skip
+                assert r.status_code in (200, 202), r.text
+                result = r.json()
+                if r.status_code == 202:  # the machine was slow past WAIT_MAX_S: the result is stored all the same
+                    result = await wait_done(client, result["result_url"])
+                (action,) = result["actions"]
+                assert action["action"] == "failed" and f"host '{host}' is unknown" in action["reason"], action
+            problems = await _empty_and_extreme(client, spec)
+        code, output = await _schemathesis(url, tmp_path / "schemathesis")
+
+    print(output)  # the figures (operations, cases, failures) in the test's captured output
+    assert not problems, "\n".join(problems)
+    tested = re.search(r"Tested: (\d+)", output)
+    assert tested is not None, output[-4000:]
+    assert int(tested.group(1)) == len(operations(spec)), output[-4000:]
+    assert code == 0, output[-20000:]
+    cases = re.search(r"(\d+) generated, (\d+) passed\s*$", output, re.M)  # no failure, no error, none skipped
+    assert cases is not None and cases.group(1) == cases.group(2), output[-20000:]
