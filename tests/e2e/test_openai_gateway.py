@@ -71,8 +71,8 @@ async def until_routed(client: openai.AsyncOpenAI, model: str, timeout_s: float 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return await client.chat.completions.with_raw_response.create(
-                model=model, messages=[{"role": "user", "content": "ping"}]
+            return await client.chat.completions.with_raw_response.create(  # bounded: a real model may ramble
+                model=model, messages=[{"role": "user", "content": "ping"}], max_tokens=4
             )
         except openai.APIStatusError as exc:
             if exc.status_code != 503 or time.monotonic() > deadline:
