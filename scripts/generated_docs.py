@@ -19,6 +19,8 @@ DOC_ENV = {
     "MODELFLEET_NATS_URL": "nats://127.0.0.1:4222",
     "MODELFLEET_DATABASE_URL": "postgresql+asyncpg://modelfleet@127.0.0.1:5432/modelfleet",
     "MODELFLEET_HOST_ID": "example-host",
+    # Building an app to read its routes or subjects must not open its /metrics port.
+    "MODELFLEET_METRICS_PORT": "0",
 }
 
 
