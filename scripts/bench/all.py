@@ -269,6 +269,29 @@ BENCHES: tuple[Bench, ...] = (
         ),
         quick_args=("--tokens", "16", "--runs", "1"),
     ),
+    Bench(
+        "local_models",
+        (
+            Row(
+                "probe: sha256 of a local model file in its thread (page cache)",
+                "hash_mib_s",
+                "MiB/s",
+                "baseline_mib_s",
+                "hashlib in a plain loop, same reads",
+                "ratio >= 0.9",
+                lambda f: _f(f, "hash_mib_s") / _f(f, "baseline_mib_s") >= 0.9,
+            ),
+            Row(
+                "probe: event-loop timer lateness while hashing",
+                "loop_max_lag_ms",
+                "ms",
+                "idle_max_lag_ms",
+                "the same timer, nothing hashing",
+            ),
+            Row("probe: walk of 200 cached local model files", "walk_ms", "ms"),
+        ),
+        quick_args=("--size-mib", "64"),
+    ),
 )
 
 
