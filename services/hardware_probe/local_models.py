@@ -39,6 +39,8 @@ SUFFIXES: dict[str, LocalFormat] = {".gguf": "gguf", ".bin": "bin"}
 CACHE_FILE = "local-models.json"
 CACHE_VERSION = 1
 HASH_CHUNK = 8 << 20
+#: A report larger than this leaves the files' shapes out (NATS refuses messages over 1 MiB by default).
+MAX_EVENT_BYTES = 800_000
 
 
 def model_dirs_from(value: str) -> list[Path]:
@@ -323,11 +325,16 @@ class LocalModels:
             first.setdefault(s.relative, str(s.path))
         files.sort(key=lambda f: f.path)
         pending = sum(1 for s in walk.files if _hashable(s))
-        return LocalModelsScanned(
+        event = LocalModelsScanned(
             producer=producer, host=self.host_id, host_id=self.host_id, model_dirs=walk.dirs,
             files=files[:MAX_REPORTED_FILES], hashing=pending, truncated=max(0, len(files) - MAX_REPORTED_FILES),
             report_s=self.report_s,
         )  # fmt: skip
+        if len(event.model_dump_json()) <= MAX_EVENT_BYTES:
+            return event
+        # Very deep models' shapes (a per-layer list each) could pass NATS's 1 MiB: the figures stay, the shapes go.
+        self._note("report:size", "report too large for one message: shapes left out (architecture, quant kept)")
+        return event.model_copy(update={"files": [f.model_copy(update={"shape": None}) for f in event.files]})
 
     def _entry(self, s: Seen, shadowed_by: str | None) -> LocalModelFile:
         k = s.known

@@ -226,3 +226,19 @@ def test_the_catalog_keeps_each_hosts_newest_report_and_drops_stale_hosts() -> N
     assert view.listing(LocalModelsRequest(host="h2"), now).models == []
     assert view.listing(LocalModelsRequest(sha256="a" * 64), now).models[0].file.ref == "local:x.gguf"
     assert view.listing(LocalModelsRequest(ref="local:y.gguf"), now).models == []
+
+
+async def test_a_report_too_large_for_one_message_leaves_the_shapes_out(
+    dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.hardware_probe import local_models
+
+    a, _ = dirs
+    local = LocalModels("h1", [a], tmp_path / "state", 0.1, 60)
+    try:
+        assert (await local.scan("test")).files[0].shape is not None
+        monkeypatch.setattr(local_models, "MAX_EVENT_BYTES", 1000)
+        [tiny] = (await local.scan("test")).files
+        assert tiny.shape is None and (tiny.architecture, tiny.quant) == ("llama", "F16")
+    finally:
+        await local.close()
