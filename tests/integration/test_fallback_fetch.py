@@ -23,6 +23,7 @@ from contracts.fallback import (
     SlotsReply,
     SlotsRequest,
 )
+from contracts.provisioner import ProvisionCommand
 from contracts.rpc import RpcError
 from services.runtime.bus import ensure_streams
 from services.runtime.rpc import Rpc
@@ -158,3 +159,38 @@ async def test_a_failing_fetch_is_the_typed_error_naming_the_repo_and_the_reason
     with pytest.raises(RpcError) as again:
         await generate(rpc, "broken")
     assert again.value.code == "fetch_failed"
+
+
+async def test_without_a_provisioner_the_request_fails_at_once_naming_the_repo(
+    nats_url: str, service_env: Callable[..., dict[str, str]], start_service: Callable[..., Any], tmp_path: Path
+) -> None:
+    bus = await Bus().start(nats_url)
+    await bus.serve_catalog([RoleEntry(role="coding", model_ref="qwen3:8b", provider="ollama",
+                                       fallback=FallbackSpec(repo=REPO, revision="1" * 40))])  # fmt: skip
+    broker = NatsBroker(nats_url)
+    try:
+        await start_service("inference-fallback", service_env(
+            MODELFLEET_FALLBACK_MODELS_DIR=str(tmp_path / "models"),
+            MODELFLEET_FALLBACK_OLLAMA_MODELS=str(tmp_path / "ollama"), **no_gpu_env(),
+        ))  # fmt: skip
+        await broker.connect()
+        await ensure_streams(broker)
+        commands: list[Any] = []
+
+        async def record(msg: Any) -> None:
+            commands.append(msg)
+
+        await bus.nc.subscribe(ProvisionCommand.SUBJECT, cb=record)
+        with pytest.raises(RpcError) as refused:
+            await generate(Rpc(broker, "test-client"), "coding")
+        assert (refused.value.status, refused.value.code, refused.value.field) == (
+            503,
+            "no_provisioner",
+            "fallback.repo",
+        )
+        assert f"{REPO}@{'1' * 40} is not in this host's models directory" in str(refused.value.detail)
+        await bus.nc.flush()
+        assert not commands  # nothing was asked of anyone: the command would wait in the stream for nobody
+    finally:
+        await broker.stop()
+        await bus.close()
