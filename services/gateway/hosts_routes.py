@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, NamedTuple
 
+import httpx
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -28,7 +29,7 @@ from contracts.fit import (
     gguf_source_url,
     library_shapes,
 )
-from contracts.gguf_header import GgufError, model_shape
+from contracts.gguf_header import GgufError, GgufHeader, model_shape
 from contracts.hardware import HOSTS_BUCKET, GpuSampled
 from contracts.rpc import RpcError
 from contracts.subjects import EVENTS_STREAM
@@ -43,7 +44,7 @@ from services.gateway.auth import caller
 from services.gateway.bus_client import BusClient, bus_of
 from services.gateway.errors import ERROR_RESPONSES
 from services.gateway.subscriptions import dead_letter
-from services.runtime.egress import EgressDenied, EgressSettings
+from services.runtime.egress import EgressDenied, EgressSettings, EgressTransport
 from services.runtime.gguf_io import read_file_header, read_url_header
 
 # Read-only, but fleet internals: any valid token (a user's or the admin's).
@@ -233,6 +234,10 @@ async def _capacities(bus: BusClient, host: str | None) -> list[HostCapacity]:
 
 
 #: GGUF headers read for catalog models, by URL (a header is small and a published file does not change).
+#: A remote GGUF's server connects within this long (the fit route's own bound is the gateway setting
+#: `OUTBOUND_CONNECT_TIMEOUT_S`, at most this) and goes silent no longer than the read bound.
+OUTBOUND_CONNECT_TIMEOUT_S = 10.0
+OUTBOUND_READ_TIMEOUT_S = 30.0
 _HEADER_CACHE: OrderedDict[str, ModelShape] = OrderedDict()
 HEADER_CACHE_SIZE = 64
 
@@ -242,12 +247,40 @@ async def _header_shape(url: str) -> ModelShape:
     if url in _HEADER_CACHE:
         _HEADER_CACHE.move_to_end(url)
         return _HEADER_CACHE[url]
-    header, total = await read_url_header(url)
+    header, total = await _read_url_header(url, OUTBOUND_CONNECT_TIMEOUT_S)
     shape = model_shape(header, total or 0)
     _HEADER_CACHE[url] = shape
     while len(_HEADER_CACHE) > HEADER_CACHE_SIZE:
         _HEADER_CACHE.popitem(last=False)
     return shape
+
+
+async def _read_url_header(url: str, connect_timeout_s: float) -> tuple[GgufHeader, int | None]:
+    """A remote GGUF's header through the egress policy, connecting within `connect_timeout_s` (every hop)."""
+    timeout = httpx.Timeout(OUTBOUND_READ_TIMEOUT_S, connect=connect_timeout_s)
+    async with httpx.AsyncClient(follow_redirects=True, timeout=timeout, transport=EgressTransport()) as client:
+        return await read_url_header(url, client=client)
+
+
+def _unreachable(exc: GgufError, url: str, connect_timeout_s: float) -> RpcError | None:
+    """A read that failed because the URL's server took no connection in time (503) or went silent (504), naming
+    it; None for any other failure (the file's own fault: a 404, not a GGUF)."""
+    cause = exc.__cause__
+    if not isinstance(cause, httpx.TimeoutException | httpx.ConnectError):
+        return None
+    try:
+        where = httpx.URL(url).host or url
+    except httpx.InvalidURL:
+        where = url
+    if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
+        detail = (
+            f"gguf_url: {where} is unreachable: no connection within {connect_timeout_s:g}s ({type(cause).__name__})"
+        )
+        return RpcError(503, detail, code="unavailable", field="gguf_url")
+    if isinstance(cause, httpx.TimeoutException):
+        detail = f"gguf_url: {where} did not answer within {OUTBOUND_READ_TIMEOUT_S:g}s ({type(cause).__name__})"
+        return RpcError(504, detail, code="timeout", field="gguf_url")
+    return None
 
 
 def _local_shape(path: str) -> ModelShape:
@@ -323,10 +356,11 @@ async def fit_get(
     hosts = await _capacities(bus, host)
     if gguf_url is not None:
         try:
-            header, total = await read_url_header(gguf_url)
+            connect_s: float = request.app.state.settings.outbound_connect_timeout_s
+            header, total = await _read_url_header(gguf_url, connect_s)
             shape = model_shape(header, total or 0)
         except GgufError as exc:
-            raise HTTPException(422, f"gguf_url: {exc}") from exc
+            raise _unreachable(exc, gguf_url, connect_s) or HTTPException(422, f"gguf_url: {exc}") from exc
         except EgressDenied as exc:  # the egress policy (docs/gateway.md "Outbound requests"): nothing was contacted
             raise RpcError(403, f"gguf_url: {exc}", code="egress_not_allowed", field="gguf_url") from None
         return fit_report(gguf_url, "gguf", s, hosts, shape=shape, quant=shape.file_type, method="header")

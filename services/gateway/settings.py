@@ -13,7 +13,10 @@ class GatewaySettings(RuntimeSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     health_timeout_s: float = Field(default=1.5, gt=0, le=30, description="How long a service may stay silent.")
     request_timeout_s: float = Field(default=10.0, gt=0, le=600, description="Timeout of a bus request.")
-    backend_connect_timeout_s: float = Field(default=2.0, gt=0, le=60, description="Connecting to a backend.")
+    backend_connect_timeout_s: float = Field(default=2.0, gt=0, le=10, description="Connecting to a backend.")
+    outbound_connect_timeout_s: float = Field(
+        default=10.0, gt=0, le=10, description="Connecting to a caller's `gguf_url` (else 503 naming its host)."
+    )
     backend_read_timeout_s: float = Field(
         default=300.0, gt=0, le=3600, description="Longest silence of a backend between two bytes of its answer."
     )

@@ -28,7 +28,10 @@ def build_app(settings: ProvisionerSettings) -> Service:
     assert parts.database is not None and parts.outbox is not None
     store = ProvisionerStore(parts.database)
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
-    hub = HubClient(settings.hf_endpoint, token, settings.resolved_models_dir(), settings.resolved_quarantine_dir())
+    hub = HubClient(
+        settings.hf_endpoint, token, settings.resolved_models_dir(), settings.resolved_quarantine_dir(),
+        connect_timeout_s=settings.hub_connect_timeout_s, read_timeout_s=settings.hub_read_timeout_s,
+    )  # fmt: skip
     hosts = HostDirectory(parts.broker, dict(settings.ollama_hosts))
     broker = parts.broker
 

@@ -46,7 +46,8 @@ class ModelDetails:
 class OllamaBackend:
     def __init__(self, url: str, timeout_s: float = 30.0, egress: EgressPolicy | None = None):
         self.url = url  # the operator's Ollama (probe or static map): configured, not a user's destination
-        self.client = ollama.AsyncClient(host=url, timeout=timeout_s)
+        # A host whose Ollama takes no connection is "unreachable" within 10 s, whatever the (long) read bound.
+        self.client = ollama.AsyncClient(host=url, timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)))
         self.egress = egress
 
     async def check_registry(self, name: str) -> None:

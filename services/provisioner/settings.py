@@ -25,6 +25,15 @@ class ProvisionerSettings(RuntimeSettings):
     hf_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("HF_TOKEN", "MODELFLEET_PROVISIONER_HF_TOKEN", "hf_token")
     )
+    hub_connect_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=10,
+        description="A hub API call connects within this long, or answers 503 naming the hub.",
+    )
+    hub_read_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="The longest silence of the hub's API (then 504 naming the hub)."
+    )
     skip_downloads: bool = Field(
         default=False,
         validation_alias=AliasChoices(

@@ -32,6 +32,7 @@ from contracts.provisioner import (
 )
 from contracts.rpc import RpcError
 from services.provisioner import domain
+from services.provisioner.hub import HubUnreachable
 from services.provisioner.ollama_backend import BackendError
 from services.provisioner.operations.inventory import InventoryOps, entry
 from services.provisioner.progress import Publish
@@ -230,6 +231,8 @@ def hub_error(exc: Exception, repo_id: str, revision: str) -> RpcError | None:
         return RpcError(422, f"repo_id: {first}", field="repo_id")
     if isinstance(exc, domain.BadReference):  # the only reference a listing parses is the revision
         return RpcError(422, f"revision: {exc}", field="revision")
+    if isinstance(exc, HubUnreachable):  # no connection in the connect bound (503), no answer in time (504)
+        return RpcError(exc.status, str(exc), code="unavailable" if exc.status == 503 else "timeout")
     if isinstance(exc, HfHubHTTPError | OSError):
         return RpcError(502, f"hub {type(exc).__name__}: {first}")
     return None
