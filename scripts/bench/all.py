@@ -363,13 +363,15 @@ def describe_machine() -> dict[str, str]:
     except (ValueError, OSError):
         memory = "n/a"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "scripts/bench"], cwd=ROOT, capture_output=True, text=True)
     return {
         "cpu": cpu,
         "logical cores": str(os.cpu_count()),
         "memory": memory,
         "os": platform.platform(),
         "python": platform.python_version(),
-        "commit": commit.stdout.strip() or "n/a",
+        "commit": (commit.stdout.strip() or "n/a")
+        + (" (scripts/bench/ had uncommitted changes)" if dirty.stdout.strip() else ""),
     }
 
 
