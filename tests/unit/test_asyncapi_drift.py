@@ -82,7 +82,9 @@ PLANNED: set[str] = set()
 
 
 #: A command may have several senders (an event has one): the operator's gateway and the router's on-demand pull.
-COMMAND_SENDERS = {"cmd.provisioner.provision.v1": ["gateway", "router"]}
+#: Commands more than one service sends: a provision comes from an operator (gateway), an on-demand route (router)
+#: and a fallback fetching its checkpoint (inference-fallback).
+COMMAND_SENDERS = {"cmd.provisioner.provision.v1": ["gateway", "inference-fallback", "router"]}
 
 
 def test_every_event_and_command_is_documented_as_sent_by_the_one_service_whose_code_sends_it(
