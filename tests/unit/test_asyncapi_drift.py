@@ -81,9 +81,8 @@ def sent_addresses(document: dict[str, object]) -> set[str]:
 PLANNED: set[str] = set()
 
 
-#: A command may have several senders (an event has one): the operator's gateway and the router's on-demand pull.
-#: Commands more than one service sends: a provision comes from an operator (gateway), an on-demand route (router)
-#: and a fallback fetching its checkpoint (inference-fallback).
+#: A command may have several senders (an event has one): a provision comes from an operator (gateway), an
+#: on-demand route (router) and a fallback fetching its checkpoint (inference-fallback).
 COMMAND_SENDERS = {"cmd.provisioner.provision.v1": ["gateway", "inference-fallback", "router"]}
 
 
