@@ -12,8 +12,8 @@ deterministic generation, no shrinking, one worker (the order of the requests, a
 is the same on every run). The stateful phase is left out: it chains operations by their links to find state bugs,
 not input bugs, and it alone took minutes here. About 1.5 minutes on the 2-core development machine.
 
-Then, from the same document, every string query parameter is sent empty and every bounded number past its bound:
-each must be a 422 whose `field` names that parameter.
+Then, from the same document, every string query parameter and top-level body field is sent empty and every bounded
+number past its bound: each must be a 422 naming that parameter or field.
 """
 
 from __future__ import annotations
@@ -117,32 +117,59 @@ async def _schemathesis(url: str, work: Path) -> tuple[int, str]:
     return proc.returncode, out.decode(errors="replace")
 
 
+#: OpenAI's error body names one field (`param`, the first at fault): the /v1/ bodies carry their required fields.
+BODY_BASE: dict[str, dict[str, Any]] = {
+    "/v1/chat/completions": {"model": "coding", "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/embeddings": {"model": "embedding", "input": "hi"},
+}
+
+
+def _bad_values(schema: dict[str, Any]) -> list[object]:
+    """An empty string where a non-empty one is asked, numbers just past each bound."""
+    bad: list[object] = []
+    for s in [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]:
+        if s.get("type") == "string" and s.get("minLength", 0) >= 1:
+            bad.append("")
+        if s.get("type") in ("integer", "number"):
+            if "maximum" in s:
+                bad.append(int(s["maximum"]) * 10 + 1)
+            if "minimum" in s:
+                bad.append(int(s["minimum"]) - 1)
+            if "exclusiveMinimum" in s:
+                bad.append(s["exclusiveMinimum"])
+    return bad
+
+
+def _fields(spec: dict[str, Any], op: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(where, name, schema) of every query parameter and every top-level field of a JSON body."""
+    out = [("query", p["name"], p.get("schema", {})) for p in op.get("parameters", []) if p["in"] == "query"]
+    body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    while "$ref" in body:
+        body = spec["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]
+    out += [("body", name, schema) for name, schema in body.get("properties", {}).items()]
+    return out
+
+
 async def _empty_and_extreme(client: httpx.AsyncClient, spec: dict[str, Any]) -> list[str]:
-    """Every string query parameter sent empty, every bounded number past its bound: 422 naming it, or a problem."""
+    """Every string query parameter and body field sent empty, every bounded number past its bound: a 422 naming it
+    (the control plane's `field` or `detail[].loc`, OpenAI's `param` under /v1/), or a problem listed."""
     problems: list[str] = []
     for method, path, op in operations(spec):
-        params = [p for p in op.get("parameters", []) if p["in"] == "query"]
         url = re.sub(r"\{[^}]+\}", "x", path)
         if "{profile_id}" in path or "{request_id}" in path or "{token_id}" in path:
             url = re.sub(r"/x(?=/|$)", "/00000000-0000-0000-0000-000000000001", url)
-        for p in params:
-            schema = p.get("schema", {})
-            variants = [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
-            bad: list[str] = []
-            for s in variants:
-                if s.get("type") == "string" and s.get("minLength", 0) >= 1:
-                    bad.append("")
-                if s.get("type") in ("integer", "number") and "maximum" in s:
-                    bad.append(str(int(s["maximum"]) * 10 + 1))
-                if s.get("type") in ("integer", "number") and "minimum" in s:
-                    bad.append(str(int(s["minimum"]) - 1))
-            for value in bad:
-                r = await client.request(method, url, params={p["name"]: value}, json={} if method != "GET" else None)
+        for where, name, schema in _fields(spec, op):
+            for value in _bad_values(schema):
+                params = {name: str(value)} if where == "query" else None
+                payload = (
+                    ({**BODY_BASE.get(path, {}), name: value} if where == "body" else {}) if method != "GET" else None
+                )
+                r = await client.request(method, url, params=params, json=payload)
                 body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
                 named = {body.get("field"), (body.get("error") or {}).get("param")}
                 named |= {".".join(map(str, e.get("loc", []))) for e in body.get("detail", []) if isinstance(e, dict)}
-                if r.status_code != 422 or not named & {f"query.{p['name']}", p["name"]}:
-                    problems.append(f"{method} {url}?{p['name']}={value!r}: {r.status_code} {r.text[:300]}")
+                if r.status_code != 422 or not named & {f"{where}.{name}", name}:
+                    problems.append(f"{method} {url} {where}.{name}={value!r}: {r.status_code} {r.text[:300]}")
     return problems
 
 
