@@ -3,6 +3,7 @@
     python -m scripts.bench.all                       # every benchmark, full size (minutes), writes docs/benchmarks.md
     python -m scripts.bench.all --quick               # every benchmark at a small size (a smoke run, noisier)
     python -m scripts.bench.all --only probe_sample --only rpc --output /tmp/bench.md --raw /tmp/bench.json
+    python -m scripts.bench.all --clean               # the committed HEAD, exported to a temporary folder
 
 Each benchmark is its own process (`python -m scripts.bench.<name>`); it measures its figure next to a baseline in
 the same run and prints one JSON object as its last line. This script reads that line, and the table it writes
@@ -10,17 +11,23 @@ holds, for each row: the figure, the baseline, the ratio figure / baseline, the 
 on the machine described at the top of the file (CPU, cores, memory, load average before and after). Nothing in the
 table is typed by hand: a benchmark that fails is written as failed, with the end of its error output.
 `--raw` also keeps every benchmark's whole JSON object; the run id in both files ties them to one run.
+`--clean` runs the benchmarks from `git archive HEAD` in a temporary folder, so uncommitted work in a shared checkout
+(another change half made) neither breaks nor colours the figures; the table names the commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -310,13 +317,13 @@ class Result:
     command: list[str] = field(default_factory=list)
 
 
-def run_bench(bench: Bench, *, quick: bool, python: str = sys.executable) -> Result:
-    """The benchmark as its own process; its last stdout line is its JSON object."""
+def run_bench(bench: Bench, *, quick: bool, python: str = sys.executable, source: Path = ROOT) -> Result:
+    """The benchmark as its own process, run from `source`; its last stdout line is its JSON object."""
     command = [python, "-m", f"scripts.bench.{bench.name}", *(bench.quick_args if quick else bench.args)]
     started = time.monotonic()
     result = Result(bench, command=command)
     try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=bench.timeout_s, check=False)
+        done = subprocess.run(command, cwd=source, capture_output=True, text=True, timeout=bench.timeout_s, check=False)
     except subprocess.TimeoutExpired:
         result.error = f"timed out after {bench.timeout_s:.0f} s"
         result.seconds = time.monotonic() - started
@@ -349,7 +356,16 @@ def _load_average() -> str:
         return "n/a"
 
 
-def describe_machine() -> dict[str, str]:
+def export_head(into: Path) -> str:
+    """`git archive HEAD` unpacked into `into`; returns HEAD's short hash."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return head.stdout.strip()
+
+
+def describe_machine(clean_commit: str | None = None) -> dict[str, str]:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -364,14 +380,19 @@ def describe_machine() -> dict[str, str]:
         memory = "n/a"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "scripts/bench"], cwd=ROOT, capture_output=True, text=True)
+    if clean_commit is not None:
+        source = f"{clean_commit} (committed HEAD, exported with --clean)"
+    else:
+        source = (commit.stdout.strip() or "n/a") + (
+            " (scripts/bench/ had uncommitted changes)" if dirty.stdout.strip() else ""
+        )
     return {
         "cpu": cpu,
         "logical cores": str(os.cpu_count()),
         "memory": memory,
         "os": platform.platform(),
         "python": platform.python_version(),
-        "commit": (commit.stdout.strip() or "n/a")
-        + (" (scripts/bench/ had uncommitted changes)" if dirty.stdout.strip() else ""),
+        "commit": source,
     }
 
 
@@ -458,23 +479,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=names, metavar="NAME", help=f"one of {', '.join(names)}")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the Markdown table (docs/benchmarks.md)")
     parser.add_argument("--raw", type=Path, help="also write every benchmark's JSON object here")
+    parser.add_argument("--clean", action="store_true", help="run the committed HEAD from a temporary export")
     args = parser.parse_args(argv)
     missing = sorted(set(benchmark_modules()) - set(names))
     if missing:
         parser.error(f"scripts/bench/ has benchmarks this runner does not know: {', '.join(missing)}")
     chosen = [b for b in BENCHES if not args.only or b.name in args.only]
     run_id = uuid.uuid4().hex[:12]
+    export = Path(tempfile.mkdtemp(prefix="mf-bench-head-")) if args.clean else None
+    clean_commit = export_head(export) if export else None
     started, load_before = datetime.now(UTC), _load_average()
     results = []
-    for bench in chosen:
-        print(f"running {bench.name} ...", file=sys.stderr, flush=True)
-        result = run_bench(bench, quick=args.quick)
-        print(f"  {bench.name}: {result.error or 'done'} ({result.seconds:.0f} s)", file=sys.stderr, flush=True)
-        results.append(result)
+    try:
+        for bench in chosen:
+            print(f"running {bench.name} ...", file=sys.stderr, flush=True)
+            result = run_bench(bench, quick=args.quick, source=export or ROOT)
+            print(f"  {bench.name}: {result.error or 'done'} ({result.seconds:.0f} s)", file=sys.stderr, flush=True)
+            results.append(result)
+    finally:
+        if export:
+            shutil.rmtree(export, ignore_errors=True)
     finished = datetime.now(UTC)
     text = render(
         results,
-        machine=describe_machine(),
+        machine=describe_machine(clean_commit),
         run_id=run_id,
         started=started,
         finished=finished,
