@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpcore2._sync.http11 as _http11
 import httpx2
@@ -78,6 +79,16 @@ class Downloaded:
     fetched_bytes: int
 
 
+class _BoundedClient(httpx2.Client):
+    """huggingface_hub passes `timeout=None` on some calls (its pagination: the file listing), which would lift every
+    bound for that request: None means the client's own timeout here."""
+
+    def build_request(self, method: str, url: httpx2.URL | str, **kwargs: Any) -> httpx2.Request:
+        if "timeout" in kwargs and kwargs["timeout"] is None:
+            kwargs["timeout"] = self.timeout
+        return super().build_request(method, url, **kwargs)
+
+
 class HubClient:
     """One hub endpoint (`HF_ENDPOINT`) and token (`HF_TOKEN`, never logged). Blocking: call it in a thread."""
 
@@ -100,7 +111,7 @@ class HubClient:
         # timeout, minutes): every hub API call connects within `connect_timeout_s` and hears within `read_timeout_s`.
         timeout = httpx2.Timeout(read_timeout_s, connect=connect_timeout_s)
         set_client_factory(
-            lambda: httpx2.Client(
+            lambda: _BoundedClient(
                 event_hooks={"request": [hf_request_event_hook]}, follow_redirects=True, timeout=timeout
             )
         )
