@@ -284,3 +284,39 @@ def pinned_ollama_name(repo_id: str, quant: str, revision: str) -> str:
     """The name a pinned import is registered under in Ollama; every service computes it the same way."""
     rev = revision[:12] if re.fullmatch(r"[0-9a-f]{40}", revision) else revision
     return f"hf.co/{repo_id}:{_TAG_UNSAFE.sub('-', f'{quant}-{rev}')}"[:256]
+
+
+#: The most audit rows one request returns (the default is 100).
+AUDIT_LIMIT_MAX = 1000
+
+
+class AuditEntry(Contract):
+    """One audit row: who did what to which model on which host, at which revision and sha256, with what result."""
+
+    id: int = Field(ge=1)
+    at: datetime
+    actor: Name
+    action: Name = Field(description="pull, import, download, provision (a failure), adopt, delete, ...")
+    host: Name
+    model: Name
+    request_id: uuid.UUID | None = Field(default=None, description="The provision request; none for adopt/delete.")
+    revision: Name | None = None
+    sha256: Sha256 | None = None
+    result: Name = Field(description="ok or failed")
+    detail: Reason | None = None
+
+
+class AuditReply(Contract):
+    entries: list[AuditEntry] = Field(default_factory=list, description="Newest first.")
+
+
+class AuditRequest(RpcRequest[AuditReply]):
+    """The provisioner's audit trail, newest first, filtered by any of request id, host, model and time."""
+
+    SUBJECT = "rpc.provisioner.audit.v1"
+
+    request_id: uuid.UUID | None = None
+    host: Name | None = None
+    model: Name | None = None
+    since: datetime | None = Field(default=None, description="Rows at or after this instant.")
+    limit: int = Field(default=100, ge=1, le=AUDIT_LIMIT_MAX)

@@ -1,4 +1,5 @@
-"""`modelfleet provision`, `inventory list|sync|rm` and `import`: provisioning through the gateway."""
+"""`modelfleet provision`, `provision audit`, `inventory list|sync|rm` and `import`: provisioning through the
+gateway."""
 
 from __future__ import annotations
 
@@ -57,7 +58,14 @@ def provision(
     as_json: bool = typer.Option(False, "--json", help="Print only the per-role actions, as one JSON document."),
     allow_unpinned: bool = typer.Option(False, "--allow-unpinned", help="Allow branch revisions in pinned imports."),
 ) -> None:
-    """Ensure the roles' models are on the hosts: --roles general coding, --hosts h1 h2, --models qwen3:8b."""
+    """Ensure the roles' models are on the hosts: --roles general coding, --hosts h1 h2, --models qwen3:8b.
+
+    `modelfleet provision audit [--request-id ID] [--host H] [--model M] [--since ISO] [--limit N] [--json]` lists
+    the audit trail instead (newest first)."""
+    if ctx.args and ctx.args[0] == "audit":
+        extra = ["--json"] if as_json else []
+        audit_command().main(list(ctx.args[1:]) + extra, prog_name="modelfleet provision audit")
+        return
     lists = parse_lists(list(ctx.args))
     body = {**lists, "force": force, "allow_unpinned": allow_unpinned}
     raise typer.Exit(run(body, "/api/v1/models/provision", as_json, logging.getLogger("modelfleet.provision")))
@@ -161,6 +169,38 @@ def import_model(
         "force": force,
     }
     raise typer.Exit(run(body, "/api/v1/models/import", as_json, logging.getLogger("modelfleet.import")))
+
+
+def audit_command() -> Any:
+    """`provision audit` as a click command of its own (`provision` takes free-form --roles/--hosts lists)."""
+    one = typer.Typer(add_completion=False)
+    one.command()(provision_audit)
+    return typer.main.get_command(one)
+
+
+def provision_audit(
+    request_id: str | None = typer.Option(None, "--request-id", help="One provision request's rows."),
+    host: str | None = typer.Option(None, "--host"),
+    model: str | None = typer.Option(None, "--model"),
+    since: str | None = typer.Option(None, "--since", help="ISO 8601 instant with offset, e.g. 2026-01-01T00:00:00Z."),
+    limit: int = typer.Option(100, "--limit", min=1, max=1000, help="At most this many rows (1-1000)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The provisioner's audit trail, newest first: who pulled, imported, adopted or deleted what, where, when."""
+    params = {"request_id": request_id, "host": host, "model": model, "since": since, "limit": limit}
+    entries = call("GET", "/api/v1/provision/audit", params={k: v for k, v in params.items() if v is not None})
+    rows = entries.json()["entries"]
+    if as_json:
+        typer.echo(json.dumps({"entries": rows}, indent=2))
+        return
+    table = Table(title="provisioning audit (newest first)")
+    for col in ("at", "actor", "action", "host", "model", "result", "revision", "sha256", "request", "detail"):
+        table.add_column(col)
+    for e in rows:
+        table.add_row(e["at"][:19], e["actor"], e["action"], e["host"], e["model"], e["result"],
+                      (e.get("revision") or "-")[:12], (e.get("sha256") or "-")[:12],
+                      (e.get("request_id") or "-")[:8], e.get("detail") or "")  # fmt: skip
+    Console().print(table)
 
 
 @inventory_app.command("list")

@@ -18,6 +18,9 @@ from pydantic import BaseModel, Field, StrictBool, StringConstraints, Validation
 
 from contracts.catalog import Caller
 from contracts.provisioner import (
+    AUDIT_LIMIT_MAX,
+    AuditReply,
+    AuditRequest,
     InventoryDeleteReply,
     InventoryDeleteRequest,
     InventoryReply,
@@ -267,6 +270,33 @@ async def request_known(bus: BusClient, request_id: uuid.UUID, start: datetime) 
     finally:
         await sub.unsubscribe()
     return False
+
+
+def parse_since(since: str | None) -> datetime | None:
+    """A `since` query parameter (already matching ISO_INSTANT) as an instant; a date that does not exist (02-30)
+    is a 422 naming `query.since`."""
+    try:
+        return datetime.fromisoformat(since.replace("Z", "+00:00")) if since else None
+    except ValueError as exc:
+        error = {"loc": ("query", "since"), "msg": str(exc), "type": "datetime_from_date_parsing"}
+        raise RequestValidationError([error]) from exc
+
+
+@router.get("/api/v1/provision/audit", response_model=AuditReply)
+async def provision_audit(
+    request: Request,
+    request_id: Annotated[uuid.UUID | None, Query(description="One provision request's rows")] = None,
+    host: HostQuery = None,
+    model: Annotated[str | None, Query(min_length=1, max_length=256, description="One model reference")] = None,
+    since: Annotated[str | None, Query(pattern=ISO_INSTANT, max_length=40, examples=["2026-01-01T00:00:00Z"],
+                                       description="ISO 8601 instant with offset: rows from then on")] = None,
+    limit: Annotated[int, Query(ge=1, le=AUDIT_LIMIT_MAX, description="At most this many rows")] = 100,
+    _: Caller = Depends(admin),
+) -> AuditReply:  # fmt: skip
+    """The provisioner's audit trail, newest first: who pulled, imported, adopted or deleted which model on which
+    host, at which revision and sha256, with what result. Admin only."""
+    body = AuditRequest(request_id=request_id, host=host, model=model, since=parse_since(since), limit=limit)
+    return await bus_of(request).ask(body)
 
 
 @router.get("/api/v1/inventory", response_model=InventoryReply)

@@ -8,6 +8,8 @@ import uuid
 from faststream.nats import NatsMessage, PullSub
 
 from contracts.provisioner import (
+    AuditReply,
+    AuditRequest,
     InventoryDeleteReply,
     InventoryDeleteRequest,
     InventoryReply,
@@ -79,6 +81,11 @@ def register(rpc: Rpc, streams: StreamRouter, ops: Operations, *, ack_wait_s: fl
     async def on_result(req: ProvisionResultRequest) -> ProvisionResultReply:
         """Consumes rpc.provisioner.result.v1; replies the stored actions of a request. Read-only."""
         return await ops.result(req)
+
+    @rpc.handler(AuditRequest)
+    async def on_audit(req: AuditRequest) -> AuditReply:
+        """Consumes rpc.provisioner.audit.v1; replies the audit trail, newest first, filtered. Read-only."""
+        return await ops.audit(req)
 
     @rpc.handler(InventoryRequest)
     async def on_inventory(req: InventoryRequest) -> InventoryReply:

@@ -76,6 +76,7 @@ class AuditRow(SQLModel, table=True):
     action: str
     host: str
     model: str
+    request_id: uuid.UUID | None = None
     revision: str | None = None
     sha256: str | None = None
     result: str
@@ -172,6 +173,23 @@ class ProvisionerStore:
     async def audits(self) -> list[AuditRow]:
         async with self.database.transaction() as session:
             return list((await session.execute(sa.select(AuditRow).order_by(AuditRow.id))).scalars().all())  # type: ignore[arg-type]
+
+    async def audit_trail(
+        self, *, request_id: uuid.UUID | None = None, host: str | None = None, model: str | None = None,
+        since: datetime | None = None, limit: int = 100,
+    ) -> list[AuditRow]:  # fmt: skip
+        """Audit rows matching every filter given, newest first, at most `limit`."""
+        stmt = sa.select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)  # type: ignore[union-attr]
+        if request_id is not None:
+            stmt = stmt.where(AuditRow.request_id == request_id)  # type: ignore[arg-type]
+        if host is not None:
+            stmt = stmt.where(AuditRow.host == host)  # type: ignore[arg-type]
+        if model is not None:
+            stmt = stmt.where(AuditRow.model == model)  # type: ignore[arg-type]
+        if since is not None:
+            stmt = stmt.where(AuditRow.at >= since)  # type: ignore[arg-type]
+        async with self.database.transaction() as session:
+            return list((await session.execute(stmt)).scalars().all())
 
     async def get_state(self, key: str) -> dict[str, Any] | None:
         async with self.database.transaction() as session:

@@ -16,6 +16,9 @@ from huggingface_hub.errors import (
 )
 
 from contracts.provisioner import (
+    AuditEntry,
+    AuditReply,
+    AuditRequest,
     InventoryDeleteReply,
     InventoryDeleteRequest,
     InventoryReply,
@@ -37,7 +40,7 @@ from services.provisioner.ollama_backend import BackendError
 from services.provisioner.operations.inventory import InventoryOps, entry
 from services.provisioner.progress import Publish
 from services.provisioner.provisioning import Provisioner
-from services.provisioner.store import ProvisionerStore, ProvisionRequestRow
+from services.provisioner.store import AuditRow, ProvisionerStore, ProvisionRequestRow
 from services.runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -189,6 +192,12 @@ class Operations:
             request_id=req.request_id, done=bool(row and row.completed_at), actions=(row.result or []) if row else []
         )
 
+    async def audit(self, req: AuditRequest) -> AuditReply:
+        rows = await self.store.audit_trail(
+            request_id=req.request_id, host=req.host, model=req.model, since=req.since, limit=req.limit
+        )
+        return AuditReply(entries=[audit_entry(r) for r in rows])
+
     # --- inventory and the hub: request/reply, errors as RpcError ------------------------------------------------
 
     async def inventory(self, req: InventoryRequest) -> InventoryReply:
@@ -217,6 +226,13 @@ class Operations:
             if error is None:
                 raise
             raise error from exc
+
+
+def audit_entry(row: AuditRow) -> AuditEntry:
+    """A stored audit row as the contract has it (a detail longer than the contract's bound is cut)."""
+    fields = row.model_dump()
+    fields["detail"] = (row.detail or "")[:8000] or None
+    return AuditEntry.model_validate(fields)
 
 
 def hub_error(exc: Exception, repo_id: str, revision: str) -> RpcError | None:
