@@ -1,7 +1,8 @@
 """Outbound calls a request causes connect within a bound and answer 503 naming the dependency that took no
-connection: the hub behind `GET /api/v1/hf/quantizations` (the provisioner asks it) and a caller's `gguf_url`
-(the gateway reads it). The address never answers (tests/harness/blackhole.py); the bounds are made small through
-their settings so that the test is quick. Nothing here measures time: the answers are asserted, not their speed."""
+connection: the hub behind `GET /api/v1/hf/quantizations` (the provisioner asks it), a caller's `gguf_url` (the
+gateway reads it) and a host's Ollama behind an inventory delete (the provisioner asks it). The address never
+answers (tests/harness/blackhole.py); the bounds are made small through their settings so that the test is quick.
+Nothing here measures time: the answers are asserted, not their speed."""
 
 from __future__ import annotations
 
@@ -23,7 +24,13 @@ async def test_unreachable_hub_and_gguf_url_answer_503_naming_them(
         await start_service(
             "provisioner",
             provisioner_env(
-                service_env, database_url, tmp_path, hub, {}, MODELFLEET_PROVISIONER_HUB_CONNECT_TIMEOUT_S="0.3"
+                service_env,
+                database_url,
+                tmp_path,
+                hub,
+                {"gpu-9": hub},
+                MODELFLEET_PROVISIONER_HUB_CONNECT_TIMEOUT_S="0.3",
+                MODELFLEET_PROVISIONER_OLLAMA_TIMEOUT_S="0.3",
             ),
         )
         url = await start_gateway(
@@ -42,3 +49,9 @@ async def test_unreachable_hub_and_gguf_url_answer_503_naming_them(
             body = r.json()
             assert body["code"] == "unavailable" and body["field"] == "gguf_url", body
             assert "127.0.0.1 is unreachable: no connection within 0.3s" in body["detail"], body
+
+            # A host's Ollama that takes no connection (the provisioner's connect bound is at most 10 s, here 0.3).
+            r = await client.delete("/api/v1/inventory/gpu-9/qwen3:8b")
+            assert r.status_code == 503, r.text
+            body = r.json()
+            assert body["code"] == "unavailable" and f"Ollama at {hub} is unreachable" in body["detail"], body

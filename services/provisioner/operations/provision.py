@@ -211,8 +211,9 @@ class Operations:
             reply = await self.inventory_ops.delete(req)
         except LookupError as exc:  # the host has no probe sample and is not configured
             raise RpcError(404, f"host: {exc}", field="host") from exc
-        except BackendError as exc:
-            raise RpcError(502, f"Ollama on {req.host!r}: {exc}") from exc
+        except BackendError as exc:  # no connection in the connect bound: 503 (the dependency is down), else 502
+            status, code = (503, "unavailable") if exc.channel == "connection" else (502, "upstream_failed")
+            raise RpcError(status, f"Ollama on {req.host!r}: {exc}", code=code) from exc
         if not (reply.removed_from_host or reply.removed_from_inventory):
             what = f"model {req.model!r} is neither in the inventory nor on host {req.host!r}"
             raise RpcError(404, what, field="model")
