@@ -183,8 +183,15 @@ def test_provision_watch_progress_then_inventory_default_and_delete(page: Page, 
     expect(row.locator(".c-status")).to_have_text("pulled")
     expect(row.locator(".c-bytes")).to_contain_text("(100 %)")
     expect(page.locator("#actions")).to_contain_text("pulled")
+    # the request's audit rows, read after it completed
+    audited = page.locator(f'#audit tr[data-model="{PULLED}"][data-action="pull"]')
+    expect(audited).to_have_count(1)
+    expect(audited.locator(".result")).to_have_text("ok")
+    expect(audited).to_contain_text("gpu-1")
     screenshot(page, "provision")
     assert PULLED in ui_fleet.ollama.installed
+    page.get_by_role("link", name="Start another").click()
+    expect(page.locator(f'#audit tr[data-model="{PULLED}"][data-action="pull"]')).to_have_count(1)
 
     page.get_by_role("link", name="Inventory").first.click()
     entry = page.locator(f'tr[data-host="gpu-1"][data-model="{PULLED}"]')

@@ -277,12 +277,28 @@ async def provision_page(request: Request) -> Response:
     if not isinstance(s, Session):
         return s
     hosts = await api.call(request, "GET", "/api/v1/hosts", s.token)
+    audit, audit_error = await _audit(request, s, {"limit": AUDIT_ROWS})
     ctx = {
         "page": "provision", "user": s.caller, "roles": await _roles(request, s),
         "hosts": [x.host_id for x in _samples(hosts)], "msg": request.query_params.get("msg"),
-        "errors": [e for e in [request.query_params.get("err")] if e],
+        "errors": [e for e in [request.query_params.get("err")] if e], "audit": audit, "audit_error": audit_error,
+        "audit_limit": AUDIT_ROWS,
     }  # fmt: skip
     return render(request, "provision.html", ctx)
+
+
+#: How many audit rows the Provisioning page shows.
+AUDIT_ROWS = 50
+
+
+async def _audit(request: Request, s: Session, params: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """The audit rows `params` select, or none and why (a signed-in user who is not an admin may not read them)."""
+    if not s.caller.admin:
+        return [], "the audit trail is for admins"
+    answer = await api.call(request, "GET", "/api/v1/provision/audit", s.token, params=params)
+    if not answer.ok:
+        return [], f"audit trail unavailable ({answer.status}): {answer.detail}"
+    return list((answer.json() or {}).get("entries", [])), None
 
 
 @router.post("/provision")
@@ -312,12 +328,14 @@ async def provision_request_page(request: Request, request_id: uuid.UUID) -> Res
     if not isinstance(s, Session):
         return s
     result = await api.call(request, "GET", f"/api/v1/models/provision/{request_id}", s.token)
+    audit, audit_error = await _audit(request, s, {"request_id": str(request_id), "limit": AUDIT_ROWS})
     since = request.query_params.get("since", "")
     if not since:
         since = (datetime.now(UTC) - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     ctx = {
         "page": "provision", "user": s.caller, "request_id": str(request_id), "since": since,
         "result": result.json() if result.ok else None, "errors": [] if result.ok else [result.detail],
+        "audit": audit, "audit_error": audit_error, "admin": s.caller.admin,
     }  # fmt: skip
     return render(request, "provision_request.html", ctx)
 

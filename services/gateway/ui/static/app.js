@@ -146,12 +146,37 @@
       tr.querySelector(".c-status").textContent = "failed: " + d.reason;
       tr.classList.add("failed");
     });
+    // The request's audit rows, read once it completed (the provisioner writes them as each action is decided).
+    async function refreshAudit() {
+      const status = document.getElementById("audit-state");
+      const tb = document.querySelector("#audit tbody");
+      if (!tb || root.dataset.admin !== "true") return;
+      const r = await api("/ui/api/provision/audit?request_id=" + encodeURIComponent(root.dataset.request));
+      if (!r.ok) { status.textContent = "audit trail unavailable (" + r.status + ")"; return; }
+      const entries = (await r.json()).entries;
+      tb.textContent = "";
+      for (const a of entries) {
+        const tr = document.createElement("tr");
+        tr.dataset.model = a.model; tr.dataset.action = a.action; tr.dataset.result = a.result;
+        const cells = [a.at.slice(0, 19).replace("T", " "), a.actor, a.action, a.host, a.model, a.result,
+          (a.revision || "–").slice(0, 12), (a.sha256 || "–").slice(0, 12), a.detail || ""];
+        cells.forEach((v, i) => {
+          const td = document.createElement("td");
+          if (i === 6 || i === 7) { const c = document.createElement("code"); c.textContent = v; td.appendChild(c); } else td.textContent = v;
+          if (i === 5) td.className = "result";
+          tr.appendChild(td);
+        });
+        tb.appendChild(tr);
+      }
+      status.textContent = entries.length ? entries.length + " audit row(s)" : "no audit rows yet";
+    }
     source.addEventListener("completed", (e) => {
       const d = JSON.parse(e.data);
       source.close();
       addActions(d.actions || []);
       state.textContent = "completed";
       root.dataset.done = "true";
+      refreshAudit();
     });
     source.onerror = () => {
       if (root.dataset.done !== "true") state.textContent = "connection lost; retrying…";
