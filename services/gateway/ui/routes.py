@@ -617,6 +617,33 @@ async def profile_create(request: Request) -> Response:
     return back("/ui/roles", msg=f"profile {made['name']} created ({made['type_name']}, {made['model_name']})")
 
 
+@router.post("/roles/profiles/edit")
+async def profile_edit(request: Request) -> Response:
+    """Save the edit form of one profile: `PUT /api/v1/profiles/{id}` with every field the form shows (the API's
+    owner/admin rules and the checks of a create apply)."""
+    s = await session(request)
+    if not isinstance(s, Session):
+        return s
+    fields = await checked_form(request)
+    try:
+        profile_id = uuid.UUID(first(fields, "profile_id"))
+    except ValueError:
+        return back("/ui/roles", err="edit: profile_id is not a UUID")
+    parameters = _json_object(first(fields, "parameters"), "parameters")
+    if isinstance(parameters, str):
+        return back("/ui/roles", err=f"edit: {parameters}")
+    body = {
+        "name": first(fields, "name"), "type": first(fields, "type"), "model_name": first(fields, "model_name"),
+        "parameters": parameters, "system_prompt": first(fields, "system_prompt"),
+        "description": first(fields, "description"),
+    }  # fmt: skip
+    answer = await api.call(request, "PUT", f"/api/v1/profiles/{profile_id}", s.token, json_body=body)
+    if not answer.ok:
+        return back("/ui/roles", err=f"edit profile {body['name']!r} ({answer.status}): {answer.detail}")
+    saved = answer.json()
+    return back("/ui/roles", msg=f"profile {saved['name']} saved ({saved['type_name']}, {saved['model_name']})")
+
+
 @router.post("/roles/profiles/delete")
 async def profile_delete(request: Request) -> Response:
     s = await session(request)
