@@ -18,10 +18,14 @@ def route(
     profile: str | None = typer.Option(None, "--profile", help="A profile id instead of a role."),
     user: str | None = typer.Option(None, "--user", help="Whose overrides apply (default: the token's user)."),
     prompt_tokens: int | None = typer.Option(None, "--prompt-tokens", help="Estimated prompt size."),
+    performance_profile: str | None = typer.Option(
+        None, "--performance-profile", "-P", help="A performance profile to apply (balanced, code_gen, ...)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the router's reply as JSON."),
 ) -> None:
     """Where a request would go now (backend, model name, options, fallback chain, reason); nothing is sent."""
-    body = {"role": role, "model": model, "profile_id": profile, "user": user, "prompt_tokens": prompt_tokens}
+    body = {"role": role, "model": model, "profile_id": profile, "user": user, "prompt_tokens": prompt_tokens,
+            "performance_profile": performance_profile}  # fmt: skip
     reply = call("POST", "/api/v1/route", json={k: v for k, v in body.items() if v is not None}).json()
     if as_json:
         typer.echo(json.dumps(reply, indent=2))
