@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from faststream.nats import DeliverPolicy
 
@@ -30,6 +32,8 @@ from services.runtime.bus import jstream
 from services.runtime.dlq import StreamRouter
 from services.runtime.rpc import Rpc
 
+Fold = TypeVar("Fold", bound=Callable[[Any], Awaitable[None]])
+
 
 def register(
     rpc: Rpc,
@@ -46,15 +50,19 @@ def register(
     # No durable anywhere: every replica reads the streams itself, in stream order (docs/foundation.md).
     since = datetime.now(UTC) - timedelta(seconds=replay_s)
     # Every handler here is a pure fold into memory: a fault is dead-lettered at once, never retried
-    # (docs/delivery.md).
+    # (docs/delivery.md). The high-volume ones (samples, beats, call reports, busy, checks) are `lean`: validated,
+    # folded and acked straight from the NATS client, not through FastStream's per-message pipeline.
     events, recent = jstream(EVENTS_STREAM), DeliverPolicy.BY_START_TIME
 
-    @streams.fold(HostHeartbeat.SUBJECT, stream=events, deliver_policy=recent, ack_wait_s=10, opt_start_time=since)
+    def ingest(subject: str) -> Callable[[Fold], Fold]:
+        return streams.lean_fold(subject, stream=events, deliver_policy=recent, ack_wait_s=10, opt_start_time=since)
+
+    @ingest(HostHeartbeat.SUBJECT)
     async def on_heartbeat(beat: HostHeartbeat) -> None:
         """Consumes evt.hardware.host.heartbeat.v1 into host liveness; idempotent (an older beat changes nothing)."""
         fleet.observe_heartbeat(beat)
 
-    @streams.fold(GpuSampled.SUBJECT, stream=events, deliver_policy=recent, ack_wait_s=10, opt_start_time=since)
+    @ingest(GpuSampled.SUBJECT)
     async def on_sample(sample: GpuSampled) -> None:
         """Consumes evt.hardware.gpu.sampled.v1: free memory, backends, loaded models; an older sample is ignored."""
         fleet.observe_sample(sample)
@@ -80,15 +88,13 @@ def register(
             """Consumes evt.provisioner.request.completed.v1: a pull that pulled nothing ends its waits."""
             on_demand.completed(event)
 
-    @streams.fold(
-        BackendCallCompleted.SUBJECT, stream=events, deliver_policy=recent, ack_wait_s=10, opt_start_time=since
-    )
+    @ingest(BackendCallCompleted.SUBJECT)
     async def on_call(event: BackendCallCompleted) -> None:
         """Consumes evt.gateway.backend.call.completed.v1 into passive health (in-flight, EWMA, failures, circuit).
         Folded once per delivery, in stream order: every replica gets the same figures."""
         fleet.observe_call(event)
 
-    @streams.fold(BackendBusy.SUBJECT, stream=events, deliver_policy=recent, ack_wait_s=10, opt_start_time=since)
+    @ingest(BackendBusy.SUBJECT)
     async def on_busy(event: BackendBusy) -> None:
         """Consumes evt.gateway.backend.busy.v1 (a gateway's calls open on a backend, told when the first starts and
         while they last) into in-flight, in stream order like call reports: a check timeout while calls are open
@@ -107,7 +113,7 @@ def register(
         router.invalidate()
         watch.invalidate()
 
-    @streams.fold(BackendChecked.SUBJECT, stream=events, deliver_policy=recent, ack_wait_s=10, opt_start_time=since)
+    @ingest(BackendChecked.SUBJECT)
     async def on_checked(event: BackendChecked) -> None:
         """Consumes evt.router.backend.checked.v1 (any replica's active check) into the backend's circuit, in
         stream order like call reports; JetStream keeps one result per backend and slot."""
