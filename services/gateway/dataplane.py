@@ -108,6 +108,13 @@ class DataPlane:
         # The router may hold the answer while an auto_download role's model is pulled (bounded by what we ask).
         return await self.bus.ask(request, timeout_s=self.route_timeout_s + self.provision_wait_s)
 
+    async def decide(self, request: RouteRequest) -> RouteReply:
+        """`POST /api/v1/route`'s ask: the gateway's `provision_wait_s` as `/v1/` sends it (unless the request names
+        its own), and the ask's timeout grown by as much."""
+        if request.provision_wait_s is None:
+            request = request.model_copy(update={"provision_wait_s": self.provision_wait_s})
+        return await self._ask(request)
+
     async def complete(self, reply: RouteReply, call: ChatCall) -> Served[dict[str, Any]]:
         return await self._first_answer(reply, lambda b, t: b.complete(t.backend.base_url, t.model_name, call))
 

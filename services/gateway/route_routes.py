@@ -12,6 +12,7 @@ from contracts.catalog import Caller
 from contracts.router import BackendsReply, BackendsRequest, RouteReply, RouteRequest
 from services.gateway.auth import caller
 from services.gateway.bus_client import bus_of
+from services.gateway.dataplane import DataPlane
 from services.gateway.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["router"], responses=ERROR_RESPONSES)
@@ -45,7 +46,9 @@ async def route(request: Request, body: RouteBody, who: Caller = Depends(caller)
         prompt_tokens=body.prompt_tokens, required_context=body.required_context, options=body.options,
         performance_profile=body.performance_profile,
     )  # fmt: skip
-    return await bus_of(request).ask(ask)
+    # an auto_download role's pull is waited for as long as /v1/ waits (MODELFLEET_GATEWAY_PROVISION_WAIT_S), then 503
+    plane: DataPlane = request.app.state.plane
+    return await plane.decide(ask)
 
 
 @router.get("/api/v1/backends", response_model=BackendsReply)
