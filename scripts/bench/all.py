@@ -317,6 +317,17 @@ class Result:
     command: list[str] = field(default_factory=list)
 
 
+def last_json(lines: list[str]) -> Any:
+    """The JSON value the output ends with: its last line, or an indented object starting on an earlier line."""
+    for start in range(len(lines) - 1, -1, -1):
+        if start == len(lines) - 1 or lines[start].startswith("{"):
+            try:
+                return json.loads("\n".join(lines[start:]))
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
 def run_bench(bench: Bench, *, quick: bool, python: str = sys.executable, source: Path = ROOT) -> Result:
     """The benchmark as its own process, run from `source`; its last stdout line is its JSON object."""
     command = [python, "-m", f"scripts.bench.{bench.name}", *(bench.quick_args if quick else bench.args)]
@@ -334,9 +345,8 @@ def run_bench(bench: Bench, *, quick: bool, python: str = sys.executable, source
         tail = (done.stderr.strip().splitlines() or lines or ["no output"])[-1]
         result.error = f"exit {done.returncode}: {tail[:300]}"
         return result
-    try:
-        figures = json.loads(lines[-1])
-    except json.JSONDecodeError:
+    figures = last_json(lines)
+    if figures is None:
         result.error = f"last line is not JSON: {lines[-1][:200]}"
         return result
     if not isinstance(figures, dict):
