@@ -241,6 +241,12 @@ class Quantization(Contract):
     sha256: Sha256 | None = None
     estimated_vram_bytes: int = Field(ge=0)
     fit: dict[str, str] = Field(default_factory=dict, description="host id -> perfect | tight | wont_fit | no_gpu")
+    # Added with library shapes (optional, so older replies stay valid):
+    method: Literal["shape", "file-size"] | None = Field(
+        default=None,
+        description="shape: the catalog's architecture figures for this repo and the file size (as `fit`); "
+        "file-size: the simple form (no figures known)",
+    )
 
 
 class QuantizationsReply(Contract):

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TypeVar
 
-from contracts.catalog import RolesReply, RolesRequest
+from contracts.catalog import ModelDoc, ModelInfoRequest, RolesReply, RolesRequest
 from contracts.envelope import Contract
 from contracts.local_models import LocalModelFile, LocalModelsRequest
 from contracts.rpc import RpcError, RpcRequest
@@ -16,6 +17,7 @@ from services.runtime.rpc import Rpc
 #: A catalog restarting answers nothing (504) or is not subscribed yet (503); only these are worth asking again.
 RETRIED = frozenset({503, 504})
 R = TypeVar("R", bound=Contract)
+log = logging.getLogger(__name__)
 
 
 class CatalogClient:
@@ -28,6 +30,16 @@ class CatalogClient:
     async def roles(self) -> RolesReply:
         """Ask the catalog; a 503/504 is retried, any other error fails at once. Raises `Failure` naming why."""
         return await self._ask(RolesRequest())
+
+    async def model(self, name: str) -> ModelDoc | None:
+        """The library entry `name` (id, Ollama name or HF repo) names, asked once; None when the catalog has none or
+        does not answer (the caller then does without it)."""
+        try:
+            return await self.rpc.ask(ModelInfoRequest(model=name), timeout_s=self.timeout_s)
+        except RpcError as exc:
+            if exc.status != 404:
+                log.info("no library entry for %s: %s", name, _describe(exc))
+            return None
 
     async def local_file(self, host: str, ref: str) -> LocalModelFile | None:
         """The file `ref` (`local:<path>`) that `host`'s probe reports, the first model directory's where several

@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from contracts import vram
+from contracts.architecture import ModelArchitecture, shape_from_architecture
 from contracts.model_ref import ModelRef, ModelRefError, Provision, with_default_tag
 from contracts.provisioner import ProvisionCommand
 
@@ -175,6 +176,24 @@ MIB = 1024 * 1024
 def estimate_vram_bytes(file_size: int, context_tokens: int) -> int:
     """The fleet's simple estimate (contracts.vram): file × 1.2 + context/1000 MiB + 500 MiB of overhead."""
     return vram.simple_estimate(file_size, context_tokens).total_bytes
+
+
+#: How a quantization's need was estimated: from the library's architecture figures and the file's size (`shape`,
+#: the estimate `modelfleet fit` makes), or from the file size alone (`file-size`, the simple form).
+Sizing = Literal["shape", "file-size"]
+
+
+def estimate_need(
+    file_size: int, context_tokens: int, architecture: ModelArchitecture | None = None, quant: str | None = None
+) -> tuple[int, Sizing]:
+    """The bytes a GGUF of `file_size` needs at `context_tokens`, and how that was found: with the catalog's
+    architecture figures (not a diffusion model's) the full estimate (weights + KV cache + compute + overhead),
+    the one `fit` gives; else the simple file-size form."""
+    if architecture is not None and architecture.kind != "diffusion" and file_size > 0:
+        shape = shape_from_architecture(architecture, file_size, quant)
+        settings = vram.EstimateSettings(num_ctx=max(1, context_tokens))
+        return vram.estimate(shape, settings).total_bytes, "shape"
+    return estimate_vram_bytes(file_size, context_tokens), "file-size"
 
 
 class FitClass:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from contracts.architecture import ModelArchitecture
 from contracts.model_ref import ModelRefError, parse_model_ref
 from contracts.provisioner import (
     InventoryDeleteReply,
@@ -176,7 +177,9 @@ class InventoryOps:
             path.unlink()
             log.info("removed %s: no inventory entry holds it any more", path)
 
-    async def quantizations(self, req: QuantizationsRequest) -> QuantizationsReply:
+    async def quantizations(
+        self, req: QuantizationsRequest, architecture: ModelArchitecture | None = None
+    ) -> QuantizationsReply:
         pinned = await asyncio.to_thread(self.hub.pin, req.repo_id, req.revision, allow_unpinned=True)
         files = await asyncio.to_thread(self.hub.files, req.repo_id, pinned.commit)
         hosts = await self.hosts.all()
@@ -186,7 +189,7 @@ class InventoryOps:
             quant = domain.quantization_of(path)
             if not path.lower().endswith(".gguf") or quant is None:
                 continue
-            need = domain.estimate_vram_bytes(f.size, req.context_tokens)
+            need, method = domain.estimate_need(f.size, req.context_tokens, architecture, quant)
             out.append(
                 Quantization(
                     file_name=path,
@@ -194,6 +197,7 @@ class InventoryOps:
                     size_bytes=f.size,
                     sha256=f.sha256,
                     estimated_vram_bytes=need,
+                    method=method,
                     fit={h: fit.classify(need, host.gpu_free_bytes) for h, host in sorted(hosts.items())},
                 )
             )

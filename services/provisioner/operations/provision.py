@@ -220,8 +220,11 @@ class Operations:
         return reply
 
     async def quantizations(self, req: QuantizationsRequest) -> QuantizationsReply:
+        """The repo's GGUF files with their fit; sized from the catalog's architecture figures for the repo when the
+        library has them (the estimate `fit` makes), else from the file size."""
+        library = await self.provisioner.catalog.model(req.repo_id)
         try:
-            return await self.inventory_ops.quantizations(req)
+            return await self.inventory_ops.quantizations(req, library.architecture if library else None)
         except Exception as exc:
             error = hub_error(exc, req.repo_id, req.revision)
             if error is None:
