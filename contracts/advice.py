@@ -3,8 +3,11 @@ all its GPUs, and the better models that run there only partially offloaded (pur
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.architecture import rescale_shape
 from contracts.catalog import ModelDoc
 from contracts.fit import DEFAULT_QUANT, HostCapacity, HostFit, SizingMethod, fit_on_host, library_shapes
 from contracts.vram import (
@@ -47,29 +50,51 @@ class HostAdvice(_Frozen):
 MAX_OFFLOAD_OPTIONS = 5
 
 
-def library_candidate(doc: ModelDoc) -> tuple[ModelChoice, str, ModelShape | None, int] | None:
-    """A library model as a candidate: its default (or smallest) quantization, its shape if known, its mean rating."""
+class Candidate(NamedTuple):
+    """A library model as advice weighs it: its choice, quantization, shape (None: sized by file size), file size."""
+
+    choice: ModelChoice
+    quant: str
+    shape: ModelShape | None
+    size: int
+    method: SizingMethod = "file-size"
+
+
+def library_candidate(doc: ModelDoc, header: ModelShape | None = None) -> Candidate | None:
+    """A library model as a candidate: its default (or smallest) quantization, its shape if known, its mean rating.
+
+    The shape is the library's (architecture figures and the file size) where the entry has figures; else `header`,
+    a GGUF header's shape the fleet knows for the entry (its local file, as the host's probe read it), scaled to
+    the chosen quantization's size when the header's file is another one; else none (the file-size form)."""
     sizes = {q.name: q.size_bytes for q in doc.quantizations if q.size_bytes}
+    if not sizes and header is not None and (header.file_size_bytes or header.weights_bytes):
+        sizes = {header.file_type or "GGUF": header.file_size_bytes or header.weights_bytes}
     if not sizes or not doc.parameter_count:
         return None
     quant = DEFAULT_QUANT if DEFAULT_QUANT in sizes else min(sizes, key=sizes.__getitem__)
     quality = round(sum(doc.ratings.values()) / len(doc.ratings)) if doc.ratings else 0
     choice = ModelChoice(name=doc.id, parameters_b=doc.parameter_count / 1e9, size_bytes=sizes[quant], quality=quality)
-    return choice, quant, library_shapes(doc).get(quant), sizes[quant]
+    shape = library_shapes(doc).get(quant)
+    if shape is not None:
+        return Candidate(choice, quant, shape, sizes[quant], "shape")
+    if header is not None and (doc.architecture is None or doc.architecture.kind != "diffusion"):
+        same = (header.file_type or "").upper() == quant.upper() or len(sizes) == 1
+        scaled = header if same else rescale_shape(header, sizes[quant], quant)
+        return Candidate(choice, quant, scaled, sizes[quant], "header")
+    return Candidate(choice, quant, None, sizes[quant], "file-size")
 
 
-def advise_host(
-    cap: HostCapacity, candidates: list[tuple[ModelChoice, str, ModelShape | None, int]], s: EstimateSettings
-) -> HostAdvice:
+def advise_host(cap: HostCapacity, candidates: list[Candidate], s: EstimateSettings) -> HostAdvice:
     """The memory tier's model among those that fit the host *fully* by the same placement as `fit` (the layer
     split over every GPU, or a subset), and the better ones that only fit partially offloaded, with their split."""
     judged = []
-    for choice, quant, shape, size in candidates:
+    for c in candidates:
         hf = fit_on_host(
-            cap.host_id, shape, s, gpus_free=cap.gpus_free, ram_available=cap.ram_available, file_size_bytes=size,
+            cap.host_id, c.shape, s, gpus_free=cap.gpus_free, ram_available=cap.ram_available, file_size_bytes=c.size,
             gpu_indexes=cap.gpu_indexes,
         )  # fmt: skip
-        judged.append(CandidateFit(model=choice, quant=quant, method="shape" if shape else "file-size", fit=hf))
+        method = c.method if c.shape is not None else "file-size"
+        judged.append(CandidateFit(model=c.choice, quant=c.quant, method=method, fit=hf))
     memory = sum(max(0, f) for f in cap.gpus_free) if cap.gpus_free else cap.ram_available
     fits = {c.model.name for c in judged if c.fit.placement == Placement.FULL and c.fit.fit != FitClass.WONT_FIT}
     if not cap.gpus_free:

@@ -31,6 +31,7 @@ from contracts.fit import (
 )
 from contracts.gguf_header import GgufError, GgufHeader, model_shape
 from contracts.hardware import HOSTS_BUCKET, GpuSampled
+from contracts.local_models import LocalModelsRequest
 from contracts.rpc import RpcError
 from contracts.subjects import EVENTS_STREAM
 from contracts.vram import (
@@ -216,12 +217,25 @@ async def host_recommendations(request: Request, host_id: str) -> HostRecommenda
     except RpcError as exc:  # the CLI shows the sample without advice on a 503, whatever the catalog's trouble
         raise RpcError(503, f"catalog unavailable: {exc.detail}", code="unavailable") from exc
     settings = recommend_settings(sample.memory_total_bytes, sample.cpu_physical_cores or sample.cpu_logical_cores)
-    candidates = [c for c in map(library_candidate, library.models) if c is not None]
-    advice = advise_host(capacity(sample), candidates, EstimateSettings(num_ctx=settings.context_length))
+    headers = await local_headers(bus, host_id)
+    candidates = [library_candidate(doc, headers.get(doc.sources.local_path or "")) for doc in library.models]
+    advice = advise_host(
+        capacity(sample), [c for c in candidates if c is not None], EstimateSettings(num_ctx=settings.context_length)
+    )
     return HostRecommendations(
         host_id=host_id, memory_bytes=advice.memory_bytes, memory_source=advice.memory_source, model=advice.model,
         settings=settings, num_ctx=advice.num_ctx, placement=advice.placement, offload=advice.offload,
     )  # fmt: skip
+
+
+async def local_headers(bus: BusClient, host_id: str) -> dict[str, ModelShape]:
+    """The GGUF header shapes the catalog knows for `host_id`'s local files (its probe's report), by absolute path:
+    an imported model whose `local_path` is one of them is sized from it. None when the catalog cannot say."""
+    try:
+        reply = await bus.ask(LocalModelsRequest(host=host_id))
+    except RpcError:  # no catalog answer: the file-size form, as before
+        return {}
+    return {str(m.file.path): m.file.shape for m in reply.models if m.file.shape is not None}
 
 
 async def _capacities(bus: BusClient, host: str | None) -> list[HostCapacity]:

@@ -68,7 +68,7 @@ def test_two_24gb_gpus_are_offered_the_70b_q4_with_partial_offload_figures(tmp_p
     assert 70 <= seventy.fit.gpu_layers < 81
     _check_split(seventy, cap.gpus_free)
     # the figures are fit's own: the same placement GET /api/v1/fit reports for this host
-    [(_, _, shape, size)] = [c for c in CANDIDATES if c[0].name == "llama3.3-70b"]
+    [(_, _, shape, size, _)] = [c for c in CANDIDATES if c[0].name == "llama3.3-70b"]
     assert seventy.fit == fit_on_host("rig", shape, CTX, gpus_free=cap.gpus_free, ram_available=cap.ram_available,
                                       gpu_indexes=cap.gpu_indexes, file_size_bytes=size)  # fmt: skip
     # what fits whole is judged over both cards too: the pick fits fully, and is at least a 30B-class model
