@@ -254,20 +254,22 @@ def profiles_create(
 def profiles_update(
     profile_id: str,
     name: str | None = None,
+    type_: str | None = typer.Option(None, "--type", help="Profile type, by name or number (not a system default's)."),
     model: str | None = None,
     param: list[str] = PARAM_OPT,
     system_prompt: str | None = None,
     description: str | None = None,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Update a profile; `--param` values merge over its current parameters."""
+    """Update a profile (the checks of a create apply); `--param` values merge over its current parameters."""
     params = None
     if param:
         current = call("GET", f"/api/v1/profiles/{profile_id}").json()["parameters"]
         params = {**current, **_params(param)}
     body = _profile_body(
-        name=name, model_name=model, parameters=params, system_prompt=system_prompt, description=description
-    )
+        name=name, type=type_, model_name=model, parameters=params, system_prompt=system_prompt,
+        description=description,
+    )  # fmt: skip
     p = call("PUT", f"/api/v1/profiles/{profile_id}", json=body).json()
     if as_json:
         return _print_json(p)

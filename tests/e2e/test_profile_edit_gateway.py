@@ -47,3 +47,8 @@ async def test_put_profile_validates_like_create(fleet):
     good = await run_cli(url, "profiles", "update", made["id"], "--model", "qwen3:14b", "--json")
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout)["model_name"] == "qwen3:14b"
+    typed = await run_cli(url, "profiles", "update", made["id"], "--type", "engineering", "--json")
+    assert typed.returncode == 0, typed.stderr
+    assert json.loads(typed.stdout)["type_name"] == "engineering"
+    unknown = await run_cli(url, "profiles", "update", made["id"], "--type", "nope")
+    assert unknown.returncode == 1 and "422" in unknown.stderr and "type" in unknown.stderr
