@@ -8,6 +8,7 @@ table this runner wrote.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,8 @@ def test_every_benchmark_under_scripts_bench_is_run() -> None:
 
 def test_the_table_holds_the_figures_of_the_run_it_made(tmp_path: Path) -> None:
     output, raw_path = tmp_path / "benchmarks.md", tmp_path / "raw.json"
-    code = bench_all.main(["--quick", "--only", "probe_sample", "--output", str(output), "--raw", str(raw_path)])
+    args = ["--clean", "--quick", "--only", "probe_sample", "--output", str(output), "--raw", str(raw_path)]
+    code = bench_all.main(args)
     assert code == 0
     raw = json.loads(raw_path.read_text())
     text = output.read_text()
@@ -54,6 +56,7 @@ def test_the_table_holds_the_figures_of_the_run_it_made(tmp_path: Path) -> None:
         assert float(ratio) == pytest.approx(float(figures[row.figure]) / float(figures[row.baseline]), rel=1e-2)
         assert goal == row.goal and met in {"yes", "**no**"}
     assert "logical cores" in text and "load average" in text
+    assert "(committed HEAD, exported with --clean)" in text  # it ran from an export of HEAD, not this checkout
 
 
 def test_a_failing_benchmark_is_written_as_failed_not_dropped(tmp_path: Path) -> None:
@@ -72,3 +75,16 @@ def test_a_failing_benchmark_is_written_as_failed_not_dropped(tmp_path: Path) ->
         assert result.error == error
         (cells,) = bench_all.table_rows(result)
         assert cells[1] == f"failed: {error}" and cells[5] == "-"
+    fake.write_text("#!/bin/sh\necho 'progress line'\nprintf '{\\n  \"no_such_key\": 0.5\\n}\\n'\n")
+    indented = bench_all.run_bench(broken, quick=True, python=str(fake))  # json.dumps(..., indent=2) is read too
+    assert indented.error is None and indented.figures == {"no_such_key": 0.5}
+    assert bench_all.table_rows(indented)[0][1:2] == ["0.5 ms"]
+
+
+def test_docs_benchmarks_was_written_by_the_runner() -> None:
+    text = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert re.search(r"^- run id: `[0-9a-f]{12}`$", text, re.M)
+    assert "python -m scripts.bench.all" in text
+    names = {b.name for b in bench_all.BENCHES}
+    written = {m.group(1) for m in re.finditer(r"\(`(\w+)`\) \|", text)}
+    assert written == names, f"docs/benchmarks.md lacks {names - written}"
