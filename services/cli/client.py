@@ -1,4 +1,5 @@
-"""The CLI's HTTP client for a running fleet's gateway: MODELFLEET_URL and MODELFLEET_TOKEN."""
+"""The CLI's HTTP client for a running fleet's gateway: MODELFLEET_URL and MODELFLEET_TOKEN (else the admin token
+in the environment, else the one `modelfleet up` keeps in the state dir: services/cli/admin_token.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import httpx
 import typer
 from rich.console import Console
 
+from services.cli.admin_token import kept_admin_token
+
 err = Console(stderr=True)
 
 
@@ -17,7 +20,7 @@ def gateway_url() -> str:
 
 
 def token() -> str | None:
-    return os.environ.get("MODELFLEET_TOKEN") or os.environ.get("MODELFLEET_ADMIN_TOKEN") or None
+    return os.environ.get("MODELFLEET_TOKEN") or os.environ.get("MODELFLEET_ADMIN_TOKEN") or kept_admin_token()
 
 
 def client(timeout_s: float = 30.0) -> httpx.Client:

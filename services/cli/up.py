@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from contracts.health import SERVICES
+from services.cli.admin_token import ensure_admin_token, token_file
 from services.cli.status import render
 from services.cli.supervisor import Child, Supervisor, python_module
 from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port, port_open
@@ -86,17 +87,26 @@ def up(
             os.environ, MODELFLEET_NATS_URL=nats_url, MODELFLEET_DATABASE_URL=database_url,
             MODELFLEET_STATE_DIR=str(state_dir), MODELFLEET_GATEWAY_PORT=str(port), MODELFLEET_GATEWAY_BIND=bind,
         )  # fmt: skip
+        # Only the gateway checks the admin token, so only the gateway is given it (as in compose and k8s).
+        admin_token = env.pop("MODELFLEET_ADMIN_TOKEN", None)
+        if not admin_token:
+            admin_token = ensure_admin_token(state_dir)
+            console.print(
+                f"admin token: in {token_file(state_dir)} (the CLI on this machine reads it; sign in to /ui/)"
+            )
         logs = state_dir / "logs"
         names = [*SERVICES, "gateway"]
         ports = metrics_ports(names) if metrics and env.get("MODELFLEET_METRICS_PORT") != "0" else {}
         supervisor = Supervisor([
-            Child(n, python_module(_module(n)), {**env, "MODELFLEET_METRICS_PORT": str(ports.get(n, 0))},
-                  logs / f"{n}.log")
+            Child(n, python_module(_module(n)), {
+                **env, "MODELFLEET_METRICS_PORT": str(ports.get(n, 0)),
+                **({"MODELFLEET_ADMIN_TOKEN": admin_token} if n == "gateway" else {}),
+            }, logs / f"{n}.log")
             for n in names
         ])  # fmt: skip
         supervisor.start_all()
         url = f"http://{'127.0.0.1' if bind in ('0.0.0.0', '::') else bind}:{port}"
-        console.print(f"modelfleet gateway: [bold]{url}[/bold]  (logs in {logs})")
+        console.print(f"modelfleet gateway: [bold]{url}[/bold]  web UI: [bold]{url}/ui/[/bold]  (logs in {logs})")
         for line in _metrics_lines(ports, env.get("MODELFLEET_METRICS_BIND") or "127.0.0.1"):
             console.print(line, soft_wrap=True)
         _wait_healthy(url, supervisor, ready_timeout_s, lambda: stopping)

@@ -74,6 +74,27 @@ def test_up_reaches_all_healthy_restarts_a_crashed_child_and_stops_cleanly(tmp_p
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["status"] == "ok"
 
+        # no admin token was given: `up` made one, kept it for its owner only, named where and not what it is
+        kept = state / "admin-token"
+        token = kept.read_text().strip()
+        assert len(token) >= 40 and kept.stat().st_mode & 0o777 == 0o600
+        assert f"admin token: in {kept}" in log.read_text() and token not in log.read_text()
+        admin_only = httpx.get(
+            f"{url}/api/v1/provision/audit", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert admin_only.status_code == 200, admin_only.text
+        assert httpx.get(f"{url}/api/v1/provision/audit", timeout=10).status_code == 401
+        # the CLI on this machine finds it in the state dir; only the gateway process was handed it
+        cli_env = {**env, "MODELFLEET_STATE_DIR": str(state)}
+        audit = subprocess.run([str(BIN), "provision", "audit", "--json"], env=cli_env, capture_output=True, timeout=30)
+        assert audit.returncode == 0, audit.stderr
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                given = child.environ().get("MODELFLEET_ADMIN_TOKEN")
+            except psutil.Error:
+                continue
+            assert given is None or "services.gateway" in _cmdline(child), _cmdline(child)
+
         children = psutil.Process(proc.pid).children(recursive=True)
         spawned = {p.pid for p in children} | {_postmaster_pid(state)}
         router = next(p for p in children if "services.router" in _cmdline(p))
