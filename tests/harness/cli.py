@@ -6,8 +6,12 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 
 ADMIN_TOKEN = "admin-secret-for-tests"
+#: The CLI falls back to the admin token `modelfleet up` keeps in the state dir: point it at an empty one, so a
+#: developer's own fleet never lends its token to a test that means to send none.
+_EMPTY_STATE_DIR = tempfile.mkdtemp(prefix="modelfleet-cli-state-")
 
 
 def cli(
@@ -15,7 +19,8 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     code = "from services.cli.main import app; app()" if module == "services.cli.main" else None
     cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", module, *args]
-    env = {**os.environ, "MODELFLEET_URL": url, "MODELFLEET_ADMIN_TOKEN": token, "COLUMNS": "200"}
+    env = {**os.environ, "MODELFLEET_URL": url, "MODELFLEET_ADMIN_TOKEN": token, "COLUMNS": "200",
+           "MODELFLEET_STATE_DIR": _EMPTY_STATE_DIR}  # fmt: skip
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
