@@ -8,8 +8,9 @@ folded in full: an 80 GiB GPU, an Ollama backend listing 12 installed and 2 load
 are published to the EVENTS stream before anything reads them; then
 - `raw_events_per_s`: a nats-py push subscription on the same subject, every message acked (as the router's are),
   from the first message to the last;
-- `router_events_per_s`: `python -m services.router` (its real subscriber: FastStream, tracing middleware, contract
-  validation, `Fleet.observe_sample`, ack), started after the publishing, so it replays the events from the stream;
+- `router_events_per_s`: `python -m services.router` (its real subscriber: FastStream's consumer with the lean fold
+  path of services/runtime/dlq.py, contract validation, `Fleet.observe_sample`, ack; a consume span only when a
+  span processor records), started after the publishing, so it replays the events from the stream;
   timed from its consumer's first ack to the ack of the last event (JetStream consumer info, polled every 5 ms).
   The router's active checks are pushed out of the measurement (`CHECK_INTERVAL_S=3600`); goal >= 5,000/s;
 - `fold_events_per_s`: the same payloads through `GpuSampled.model_validate_json` and `Fleet.observe_sample` in
