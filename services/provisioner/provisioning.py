@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +46,19 @@ from services.runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Unrecorded:
+    """An Ollama pull that finished on the host but whose record (inventory, audit, model.pulled) did not commit: the
+    database was away. The request fails and is delivered again; that delivery (or any request for the same model on
+    the same host, first) writes this record, not an `adopt` without its model.pulled. Held in memory only: should
+    the process die meanwhile, the next delivery adopts the model."""
+
+    cmd: ProvisionCommand
+    row: InventoryRow
+    action: str
+    event: ModelPulled
 
 
 class Provisioner:
@@ -82,6 +96,8 @@ class Provisioner:
             poll_s=settings.flight_lease_poll_s,
         )
         self._kv: KeyValue | None = None
+        #: (host, model id) -> a finished pull not yet recorded (PostgreSQL away); see `Unrecorded`.
+        self.unrecorded: dict[tuple[str, str], Unrecorded] = {}
         #: Transfers running now by kind (read by the metrics' gauge): Ollama pulls, hub files, checkpoints.
         self.transfers: Counter[str] = Counter(ollama_pull=0, hub_file=0, checkpoint=0)
 
@@ -223,6 +239,12 @@ class Provisioner:
         name = ref.ollama_name
         assert name  # every reference Ollama pulls has its name on the host
         installed = await backend_call(backend.installed())
+        if name in installed and (late := self.unrecorded.get((host, ref.canonical))) is not None:
+            # This process pulled it, and the database went away before the pull was written down: write it now,
+            # model.pulled included (else the fact is lost and the host's model is taken for an adoption).
+            await self._record(late.cmd, host, late.row, late.action, late.event)
+            if late.cmd.request_id == cmd.request_id:
+                return action(t, host, "pulled", ollama_name=name, size=late.row.size_bytes)
         if name in installed:
             if cmd.force and self._skip(t) is None and await self._upstream_newer(name, installed[name].digest):
                 return await self._flight(host, name, lambda: self._pull(cmd, t, ref, host, backend, name))
@@ -378,21 +400,28 @@ class Provisioner:
     async def _record(
         self, cmd: ProvisionCommand, host: str, row: InventoryRow, action: str, event: ModelPulled | None
     ) -> None:
-        async with self.store.database.transaction() as session:
-            await self.store.upsert_inventory(session, row)
-            self.store.audit(
-                session,
-                actor=cmd.requested_by or "provisioner",
-                action=action,
-                host=host,
-                request_id=cmd.request_id,
-                model=row.model_id,
-                revision=row.revision,
-                sha256=row.sha256,
-                result="ok",
-            )
-            if event is not None:
-                await self.outbox.add(session, event)
+        key = (host, row.model_id)
+        try:
+            async with self.store.database.transaction() as session:
+                await self.store.upsert_inventory(session, row)
+                self.store.audit(
+                    session,
+                    actor=cmd.requested_by or "provisioner",
+                    action=action,
+                    host=host,
+                    request_id=cmd.request_id,
+                    model=row.model_id,
+                    revision=row.revision,
+                    sha256=row.sha256,
+                    result="ok",
+                )
+                if event is not None:
+                    await self.outbox.add(session, event)
+        except Exception:
+            if action == "pull" and event is not None:  # the request's next delivery records it (`Unrecorded`)
+                self.unrecorded[key] = Unrecorded(cmd, row, action, event)
+            raise
+        self.unrecorded.pop(key, None)
         self.outbox.wake()
 
     async def _failed(
