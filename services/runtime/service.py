@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -163,6 +164,8 @@ def run_service(build: Callable[[], Service]) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("faststream").setLevel(logging.WARNING)
+    # `kill -USR1 <pid>` writes every thread's stack to stderr (the service's log): a wedged process explains itself.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     async def main() -> None:
         await build().run()
