@@ -1,16 +1,18 @@
 """A performance profile carried through the router and the OpenAI chat endpoint: `POST /api/v1/route` with
-`performance_profile`, and `/v1/chat/completions` with the `x-modelfleet-performance-profile` header, reach the
-Ollama peer as options (catalog, router, gateway and the peer each a separate process)."""
+`performance_profile`, `modelfleet route --performance-profile P` (the CLI process), and `/v1/chat/completions` with
+the `x-modelfleet-performance-profile` header, reach the Ollama peer as options (catalog, router, gateway and the
+peer each a separate process)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nats
 import pytest
 
 from tests.harness.catalog import bearer, catalog_fleet
-from tests.harness.cli import ADMIN_TOKEN
+from tests.harness.cli import ADMIN_TOKEN, run_cli
 from tests.harness.fleet_events import gpu_sample, publish
 from tests.harness.waiting import until
 from tests.peers.ollama_server import OllamaPeer
@@ -50,6 +52,18 @@ async def test_route_and_chat_apply_the_named_performance_profile(
             unknown = await http.post("/api/v1/route", json={"role": "coding", "performance_profile": "turbo"},
                                       headers=ADMIN)  # fmt: skip
             assert unknown.status_code == 404 and unknown.json()["field"] == "performance_profile", unknown.text
+
+            # the same through the CLI, as an operator runs it
+            url = str(http.base_url).rstrip("/")
+            by_cli = await run_cli(url, "route", "--role", "coding", "--performance-profile", "code_gen", "--json")
+            assert by_cli.returncode == 0, by_cli.stderr
+            cli_options = json.loads(by_cli.stdout)["options"]
+            assert cli_options["temperature"] == 0.2 and cli_options["num_predict"] == 2048
+            short = await run_cli(url, "route", "--role", "coding", "-P", "balanced")
+            assert short.returncode == 0, short.stderr
+            assert '"num_predict": 1024' in short.stdout and '"temperature": 0.7' in short.stdout
+            by_cli = await run_cli(url, "route", "--role", "coding", "--performance-profile", "turbo")
+            assert by_cli.returncode == 1 and "404" in by_cli.stderr and "turbo" in by_cli.stderr
 
             chat = {"model": "coding", "messages": [{"role": "user", "content": "hi"}]}
             answered = await http.post("/v1/chat/completions", json=chat, headers={**ADMIN, HEADER: "balanced"})
