@@ -43,6 +43,7 @@ from contracts.rpc import (
     StreamRequest,
 )
 from services.runtime.metrics import meter
+from services.runtime.tasks import settle
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class Rpc:
         self._subs.clear()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await settle(list(self._tasks), f"{self.service}: request handler")
 
     async def _limited(self, limit: asyncio.Semaphore, reg: Registration, msg: Msg) -> None:
         async with limit:

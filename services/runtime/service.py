@@ -23,6 +23,7 @@ from services.runtime.bus import BusState, start_broker, stop_broker
 from services.runtime.db import Database, DbState
 from services.runtime.metrics import MetricsEndpoint
 from services.runtime.rpc import Rpc
+from services.runtime.tasks import settle
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class Service:
     async def stop(self) -> None:
         for task in self._running:
             task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await settle(self._running, f"{self.name}: background task")
         self.bus_state.closing = True
         await self.rpc.close()
         await stop_broker(self.broker)

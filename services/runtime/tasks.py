@@ -1,0 +1,29 @@
+"""Stopping background tasks within a bound, so that a task that ignores its cancel cannot hold a process up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Seconds a stopping process waits for its cancelled tasks; one that ignores the cancel is logged, with its stack,
+#: and left behind, so that SIGTERM always ends the process.
+STOP_GRACE_S = 10.0
+
+
+async def settle(tasks: Sequence[asyncio.Task[Any]], what: str, grace_s: float = STOP_GRACE_S) -> None:
+    """Wait up to `grace_s` for cancelled `tasks` to finish; log any that did not, with where it waits."""
+    if not tasks:
+        return
+    # asyncio.wait, not asyncio.timeout or wait_for: those can swallow a cancel of the caller on 3.11.
+    done, pending = await asyncio.wait(tasks, timeout=grace_s)
+    for task in done:  # retrieved, as gather(return_exceptions=True) would: a failure at stop is not news
+        if not task.cancelled():
+            task.exception()
+    for task in pending:
+        frames = "".join(f"\n  {f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}" for f in task.get_stack())
+        log.error("%s %s did not stop %.0f s after it was cancelled; left behind at:%s", what, task.get_name(),
+                  grace_s, frames)  # fmt: skip
