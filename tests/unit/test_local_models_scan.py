@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from services.catalog.local_models import LocalModelsView
 from services.hardware_probe.local_models import LocalModels, model_dirs_from
 from services.hardware_probe.settings import HardwareProbeSettings
 from tests.harness.gguf_builder import write_tiny_llama
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -172,11 +174,11 @@ async def test_the_report_loop_publishes_changes_promptly_and_drops_removed_file
     async def publish(event: LocalModelsScanned) -> None:
         events.append(event)
 
-    async def until(check: object) -> LocalModelsScanned:
-        async with asyncio.timeout(20):
-            while not (events and check(events[-1])):  # type: ignore[operator]
-                await asyncio.sleep(0.02)
-        return events[-1]
+    async def until(check: Callable[[LocalModelsScanned], bool]) -> LocalModelsScanned:
+        async def latest() -> LocalModelsScanned | None:
+            return events[-1] if events and check(events[-1]) else None
+
+        return await eventually(latest, 20, "a report that passes the check")
 
     local = LocalModels("h1", [models], tmp_path / "state", 0.2, 3600)
     task = asyncio.create_task(local.run(publish, "test"))
