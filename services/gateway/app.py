@@ -110,6 +110,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(route_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(ui.router)  # the web UI (docs/web-ui.md)
+    app.add_exception_handler(ui.PageAnswer, ui.page_answer)  # a page's sign-in redirect or error page
     app.mount("/ui/static", ui.static_files(), name="ui-static")
     gateway_metrics.stable_http_semconv()  # http.server.request.duration in s, by http.route
     # One server span per request; no internal `http send` / `http receive` span per ASGI message (one per SSE chunk

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from starlette.staticfiles import StaticFiles
 
-from services.gateway.ui.routes import router
+from services.gateway.ui.routes import PageAnswer, page_answer, router
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -16,4 +16,4 @@ def static_files() -> StaticFiles:
     return StaticFiles(directory=STATIC_DIR)
 
 
-__all__ = ["STATIC_DIR", "router", "static_files"]
+__all__ = ["STATIC_DIR", "PageAnswer", "page_answer", "router", "static_files"]

@@ -81,6 +81,27 @@ async def session(request: Request) -> Session | Response:
     return Session(token, who)
 
 
+class PageAnswer(Exception):
+    """What a page answers instead of itself (the sign-in page, an error page); the app turns it into the response."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+async def page_answer(request: Request, exc: Exception) -> Response:
+    """The app's handler for `PageAnswer` (registered in services/gateway/app.py)."""
+    assert isinstance(exc, PageAnswer)
+    return exc.response
+
+
+async def signed_in(request: Request) -> Session:
+    """The signed-in session, for a page; raises `PageAnswer` with what to answer when there is none."""
+    s = await session(request)
+    if not isinstance(s, Session):
+        raise PageAnswer(s)
+    return s
+
+
 def _safe_next(value: str | None) -> str:
     """Only a path of this UI (no scheme, no other host): an open redirect is not offered."""
     if value and value.startswith("/ui/") and not value.startswith("//") and "\\" not in value:
@@ -181,9 +202,7 @@ def _samples(answer: api.ApiAnswer) -> list[GpuSampled]:
 
 @router.get("/library")
 async def library_page(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     q = request.query_params
     errors = []
     num_ctx, err = _int_param(request, "num_ctx", DEFAULT_CONTEXT, 256, 10_000_000)
@@ -237,9 +256,7 @@ async def library_page(request: Request) -> Response:
 
 @router.get("/hosts")
 async def hosts_page(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     answer = await api.call(request, "GET", "/api/v1/hosts", s.token)
     errors = [] if answer.ok else [f"hosts: {answer.detail}"]
     hosts = []
@@ -273,9 +290,7 @@ async def _roles(request: Request, s: Session) -> list[str]:
 
 @router.get("/provision")
 async def provision_page(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     hosts = await api.call(request, "GET", "/api/v1/hosts", s.token)
     audit, audit_error = await _audit(request, s, {"limit": AUDIT_ROWS})
     ctx = {
@@ -303,9 +318,7 @@ async def _audit(request: Request, s: Session, params: dict[str, Any]) -> tuple[
 
 @router.post("/provision")
 async def provision_start(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     fields = await checked_form(request)
     body = {
         "roles": _names(fields, "roles"), "models": _names(fields, "models"), "hosts": _names(fields, "hosts"),
@@ -324,9 +337,7 @@ async def provision_start(request: Request) -> Response:
 
 @router.get("/provision/{request_id}")
 async def provision_request_page(request: Request, request_id: uuid.UUID) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     result = await api.call(request, "GET", f"/api/v1/models/provision/{request_id}", s.token)
     audit, audit_error = await _audit(request, s, {"request_id": str(request_id), "limit": AUDIT_ROWS})
     since = request.query_params.get("since", "")
@@ -345,9 +356,7 @@ async def provision_request_page(request: Request, request_id: uuid.UUID) -> Res
 
 @router.get("/inventory")
 async def inventory_page(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     answer = await api.call(request, "GET", "/api/v1/inventory", s.token)
     errors = [e for e in [request.query_params.get("err")] if e]
     if not answer.ok:
@@ -363,9 +372,7 @@ async def inventory_page(request: Request) -> Response:
 
 @router.post("/inventory/updates")
 async def inventory_updates(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     await checked_form(request)
     answer = await api.call(request, "POST", "/api/v1/updates/check", s.token)
     if not answer.ok:
@@ -379,9 +386,7 @@ async def inventory_updates(request: Request) -> Response:
 
 @router.post("/inventory/delete")
 async def inventory_delete(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     fields = await checked_form(request)
     host, model = first(fields, "host"), first(fields, "model")
     if not host or not model:
@@ -398,9 +403,7 @@ async def inventory_delete(request: Request) -> Response:
 
 @router.post("/inventory/default")
 async def inventory_default(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     fields = await checked_form(request)
     model = first(fields, "model")
     answer = await api.call(request, "POST", "/api/v1/models/default", s.token, json_body={"model": model})
@@ -411,9 +414,7 @@ async def inventory_default(request: Request) -> Response:
 
 @router.post("/inventory/sync")
 async def inventory_sync(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     await checked_form(request)
     answer = await api.call(request, "POST", "/api/v1/inventory/sync", s.token)
     if not answer.ok:
@@ -430,9 +431,7 @@ async def inventory_sync(request: Request) -> Response:
 
 @router.get("/chat")
 async def chat_page(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     return render(request, "chat.html", {"page": "chat", "user": s.caller, "roles": await _roles(request, s)})
 
 
@@ -488,9 +487,7 @@ def _hf_badge(host: str, fit: str) -> dict[str, str]:
 
 @router.get("/import")
 async def import_page(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     q = request.query_params
     repo, revision = q.get("repo", "").strip(), (q.get("revision", "").strip() or "main")
     num_ctx, err = _int_param(request, "num_ctx", DEFAULT_CONTEXT, 0, 10_000_000)
@@ -515,9 +512,7 @@ async def import_page(request: Request) -> Response:
 
 @router.post("/import")
 async def import_start(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     fields = await checked_form(request)
     repo, quant, host = first(fields, "repo"), first(fields, "quant"), first(fields, "host")
     commit, branch = first(fields, "commit"), first(fields, "revision")
@@ -543,9 +538,7 @@ async def import_start(request: Request) -> Response:
 
 @router.get("/roles")
 async def roles_page(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     errors = [e for e in [request.query_params.get("err")] if e]
     overview = None
     if s.caller.admin:
@@ -570,9 +563,7 @@ async def roles_page(request: Request) -> Response:
 
 @router.post("/roles/overrides")
 async def roles_overrides(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     fields = await checked_form(request)
     overrides = _json_object(first(fields, "overrides"), "overrides")
     if isinstance(overrides, str):
@@ -598,9 +589,7 @@ def _json_object(raw: str, what: str) -> dict[str, Any] | str:
 
 @router.post("/roles/profiles")
 async def profile_create(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     fields = await checked_form(request)
     parameters = _json_object(first(fields, "parameters"), "parameters")
     if isinstance(parameters, str):
@@ -621,9 +610,7 @@ async def profile_create(request: Request) -> Response:
 async def profile_edit(request: Request) -> Response:
     """Save the edit form of one profile: `PUT /api/v1/profiles/{id}` with every field the form shows (the API's
     owner/admin rules and the checks of a create apply)."""
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     fields = await checked_form(request)
     try:
         profile_id = uuid.UUID(first(fields, "profile_id"))
@@ -646,9 +633,7 @@ async def profile_edit(request: Request) -> Response:
 
 @router.post("/roles/profiles/delete")
 async def profile_delete(request: Request) -> Response:
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     fields = await checked_form(request)
     try:
         profile_id = uuid.UUID(first(fields, "profile_id"))
@@ -663,9 +648,7 @@ async def profile_delete(request: Request) -> Response:
 @router.post("/roles/use")
 async def profile_use(request: Request) -> Response:
     """Use a profile for its type (`profile_id` empty: back to the system default for that type)."""
-    s = await session(request)
-    if not isinstance(s, Session):
-        return s
+    s = await signed_in(request)
     fields = await checked_form(request)
     kind, raw = first(fields, "type"), first(fields, "profile_id")
     try:
