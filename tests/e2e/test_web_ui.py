@@ -231,6 +231,8 @@ def test_every_page_has_labelled_controls(page: Page, ui_fleet: Fleet) -> None:
                  .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.outerHTML)"""
         )
         assert unlabelled == [], (name, unlabelled)
+        title = page.title()  # a page's name, never markup
+        assert title.endswith(" · modelfleet") and "<" not in title and len(title) < 60, (name, title)
         page.keyboard.press("Tab")  # the first stop is the skip link
         assert page.evaluate("() => document.activeElement.textContent") == "Skip to content"
 
