@@ -44,6 +44,7 @@ from contracts.vram import (
 from services.gateway.auth import caller
 from services.gateway.bus_client import BusClient, bus_of
 from services.gateway.errors import ERROR_RESPONSES
+from services.gateway.fit_body import FitBody
 from services.gateway.subscriptions import dead_letter
 from services.runtime.egress import EgressDenied, EgressSettings, EgressTransport
 from services.runtime.gguf_io import read_file_header, read_url_header
@@ -70,15 +71,6 @@ class HostsReply(BaseModel):
 
 class HostDetail(HostSummary):
     history: list[GpuSampled] = Field(description="the host's last samples from the EVENTS stream, oldest first")
-
-
-class FitBody(BaseModel):
-    """POST /api/v1/fit: a model shape the caller read from a GGUF header (modelfleet fit PATH does)."""
-
-    model: str = Field(min_length=1, max_length=1024)
-    shape: ModelShape
-    settings: EstimateSettings = Field(default_factory=EstimateSettings)
-    host: str | None = Field(default=None, min_length=1, max_length=253)
 
 
 def _bus(request: Request) -> BusClient:

@@ -14,7 +14,10 @@ not input bugs, and it alone took minutes here. The whole test: 45 s on the 2-co
 quiet, up to 2 minutes under a load of 10.
 
 Then, from the same document, every string query parameter and top-level body field is sent empty and every bounded
-number past its bound: each must be a 422 naming that parameter or field.
+number past its bound: each must be a 422 naming that parameter or field. The same for every field nested in a JSON
+body (objects inside it, items of its arrays, values of its maps: `settings.num_ctx`, `shape.layer_bytes.0`,
+`hosts.0`), each sent in an otherwise valid body where one is known here: a 422 naming the field's whole path
+(`body.shape.layer_bytes.0`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +58,8 @@ RUN_TIMEOUT_S = 420.0
 #:   is installed anywhere in this fleet, and the router says so, naming the role).
 #: - 502 `upstream_failed` from the hub listing: the hub peer has no such repository or revision.
 #: - 422 for a schema-valid request refused by its content (`positive_data_acceptance`): a profile type or model
-#:   reference by the catalog's grammar (model references: docs/model-references.md, more than a pattern can say),
+#:   reference by the catalog's grammar (model references: docs/model-references.md, more than a pattern can say), a
+#:   fit shape's per-layer lists of another length than its `block_count`,
 #:   a manifest's content or a library patch's values (validated as an import validates them), an expiry in the
 #:   past (depends on the clock), profile ids that must exist, and "exactly one of" between optional fields
 #:   (/api/v1/fit, /api/v1/route, /api/v1/catalog/resolve, the /v1/ model name resolved by the catalog).
@@ -123,6 +128,19 @@ BODY_BASE: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {"model": "coding", "messages": [{"role": "user", "content": "hi"}]},
     "/v1/embeddings": {"model": "embedding", "input": "hi"},
 }
+#: A valid body around each nested field sent bad, so that field is the only one at fault (`field` names it).
+NESTED_BASE: dict[str, dict[str, Any]] = {
+    **BODY_BASE,
+    "/api/v1/fit": {
+        "model": "tiny",
+        "shape": {
+            "architecture": "llama", "block_count": 2, "embedding_length": 64, "head_count": 4,
+            "head_count_kv": [4, 4], "key_length": 16, "value_length": 16, "vocab_size": 100,
+            "layer_bytes": [1000, 1000], "weights_bytes": 3000, "tensor_types": {"q4_k": 4},
+        },
+        "settings": {},
+    },
+}  # fmt: skip
 
 
 def _bad_values(schema: dict[str, Any]) -> list[object]:
@@ -151,14 +169,88 @@ def _fields(spec: dict[str, Any], op: dict[str, Any]) -> list[tuple[str, str, di
     return out
 
 
+def _url(path: str) -> str:
+    """The path with every parameter filled: `x`, or a well-formed id nobody has where the route takes a UUID."""
+    url = re.sub(r"\{[^}]+\}", "x", path)
+    if "{profile_id}" in path or "{request_id}" in path or "{token_id}" in path:
+        url = re.sub(r"/x(?=/|$)", "/00000000-0000-0000-0000-000000000001", url)
+    return url
+
+
+def _deref(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _nested(
+    spec: dict[str, Any], schema: dict[str, Any], path: tuple[str, ...], seen: frozenset[str] = frozenset()
+) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+    """(path, schema) of every scalar under `schema` below the top level of a body: the fields of objects inside it
+    (`settings.num_ctx`), the items of its arrays (`hosts.0`, `messages.0.content`) and the values of its maps
+    (`shape.tensor_types.k`), through `$ref` and `anyOf` (a recursive schema is followed once)."""
+    for alt in schema.get("anyOf", schema.get("oneOf", [schema])):
+        ref = alt.get("$ref", "")
+        if ref in seen:
+            continue
+        alt = _deref(spec, alt)
+        inner = seen | {ref} if ref else seen
+        if alt.get("type") == "object" or "properties" in alt:
+            for name, sub in alt.get("properties", {}).items():
+                yield from _nested(spec, sub, (*path, name), inner)
+            if isinstance(alt.get("additionalProperties"), dict) and alt["additionalProperties"]:
+                yield from _nested(spec, alt["additionalProperties"], (*path, "k"), inner)
+        elif alt.get("type") == "array" and isinstance(alt.get("items"), dict):
+            yield from _nested(spec, alt["items"], (*path, "0"), inner)
+        elif len(path) > 1:
+            yield path, alt
+
+
+def _placed(base: Any, path: tuple[str, ...], value: object) -> Any:
+    """`base` (a JSON value) with `value` at `path`: objects and one-item lists made where the base has none."""
+    if not path:
+        return value
+    key, rest = path[0], path[1:]
+    if key == "0":
+        items = list(base) if isinstance(base, list) and base else [None]
+        return [_placed(items[0], rest, value), *items[1:]]
+    out = dict(base) if isinstance(base, dict) else {}
+    out[key] = _placed(out.get(key), rest, value)
+    return out
+
+
+async def _nested_empty_and_extreme(client: httpx.AsyncClient, spec: dict[str, Any]) -> tuple[list[str], int]:
+    """Every string inside a JSON body's objects, arrays and maps that must not be empty sent empty, every bounded
+    number there past its bound, in an otherwise valid body where the module knows one: a 422 naming the field's whole
+    path (`body.settings.num_ctx`, `body.hosts.0`; OpenAI's `param` under /v1/), or a problem listed. Also the number
+    of requests sent (the check must have found something to send)."""
+    problems: list[str] = []
+    sent = 0
+    for method, path, op in operations(spec):
+        body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+        if body is None:
+            continue
+        url = _url(path)
+        for where, schema in _nested(spec, body, ()):
+            for value in _bad_values(schema):
+                payload = _placed(NESTED_BASE.get(path, {}), where, value)
+                r = await client.request(method, url, json=payload)
+                sent += 1
+                answer = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                named = {answer.get("field"), (answer.get("error") or {}).get("param")}
+                named |= {".".join(map(str, e.get("loc", []))) for e in answer.get("detail", []) if isinstance(e, dict)}
+                dotted = ".".join(where)
+                if r.status_code != 422 or not named & {f"body.{dotted}", dotted}:
+                    problems.append(f"{method} {url} body.{dotted}={value!r}: {r.status_code} {r.text[:300]}")
+    return problems, sent
+
+
 async def _empty_and_extreme(client: httpx.AsyncClient, spec: dict[str, Any]) -> list[str]:
     """Every string query parameter and body field sent empty, every bounded number past its bound: a 422 naming it
     (the control plane's `field` or `detail[].loc`, OpenAI's `param` under /v1/), or a problem listed."""
     problems: list[str] = []
     for method, path, op in operations(spec):
-        url = re.sub(r"\{[^}]+\}", "x", path)
-        if "{profile_id}" in path or "{request_id}" in path or "{token_id}" in path:
-            url = re.sub(r"/x(?=/|$)", "/00000000-0000-0000-0000-000000000001", url)
+        url = _url(path)
         for where, name, schema in _fields(spec, op):
             for value in _bad_values(schema):
                 params = {name: str(value)} if where == "query" else None
@@ -216,10 +308,13 @@ async def test_every_operation_passes_every_check(service_env, database_url, tmp
                 (action,) = result["actions"]
                 assert action["action"] == "failed" and f"host '{host}' is unknown" in action["reason"], action
             problems = await _empty_and_extreme(client, spec)
+            nested_problems, nested_sent = await _nested_empty_and_extreme(client, spec)
         code, output = await _schemathesis(url, tmp_path / "schemathesis")
 
     print(output)  # the figures (operations, cases, failures) in the test's captured output
     assert not problems, "\n".join(problems)
+    assert nested_sent > 0, "no nested body field to check: the walk over the document found none"
+    assert not nested_problems, "\n".join(nested_problems)
     tested = re.search(r"Tested: (\d+)", output)
     assert tested is not None, output[-4000:]
     assert int(tested.group(1)) == len(operations(spec)), output[-4000:]
