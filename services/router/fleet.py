@@ -11,7 +11,7 @@ from contracts.fit import fit_on_host
 from contracts.hardware import BackendStatus, GpuSampled, HostHeartbeat
 from contracts.model_ref import with_default_tag
 from contracts.provisioner import ModelPulled
-from contracts.router import BackendBusy, BackendCallCompleted, BackendChecked, BackendKind
+from contracts.router import BackendBusy, BackendCallCompleted, BackendChecked, BackendKind, BackendRef
 from contracts.vram import EstimateSettings, FitClass
 
 #: Index key of a model on a kind of backend: ("ollama", "qwen3:8b") or ("openai", "smollm2").
@@ -145,6 +145,8 @@ class Backend:
     last_check: tuple[float, str] | None = None
     #: Calls in flight this backend takes (summed over the gateways); at it, routes skip the backend.
     limit: int = 64
+    #: This backend as a route reply names it, made once (router/operations.py `_backend`).
+    ref: BackendRef | None = None
 
     def report_in_flight(self, gateway: str, count: int, at: float) -> None:
         held = self.in_flight_by_gateway.get(gateway)

@@ -74,6 +74,7 @@ class Router:
         self.clock = clock
         self._resolutions: dict[tuple[str, str, str | None, str | None], Resolution] = {}
         self._contexts: dict[str, tuple[int | None, float]] = {}
+        self._candidates: dict[tuple[str, int, str, str], RouteCandidate] = {}
 
     def strategy_for(self, role: str | None) -> Strategy:
         return self.strategies.get(role, self.default) if role else self.default
@@ -145,10 +146,7 @@ class Router:
                 raise _no_backend(req, role, resolved)
         first = decision.picks[0]
         kinds = {p.backend.kind for p in decision.picks}
-        chain = [
-            RouteCandidate.model_construct(backend=_backend(p), model_name=p.model_name, model_ref=p.model_ref)
-            for p in decision.picks[1:]
-        ]
+        chain = [self._candidate(p) for p in decision.picks[1:]]
         if last is not None:
             chain.append(last[0])
         return RouteReply(
@@ -171,6 +169,18 @@ class Router:
             ),
             fallback_source=last[1] if last else None,
         )
+
+    def _candidate(self, p: Pick) -> RouteCandidate:
+        """A chain entry; contracts are frozen, so one made for a (backend, limit, model) serves every later route."""
+        b = p.backend
+        key = (b.id, b.limit, p.model_name, p.model_ref)
+        got = self._candidates.get(key)
+        if got is None:
+            if len(self._candidates) >= _CACHE_LIMIT:
+                self._candidates.clear()
+            got = RouteCandidate.model_construct(backend=_backend(p), model_name=p.model_name, model_ref=p.model_ref)
+            self._candidates[key] = got
+        return got
 
     def backends(self, watch: RoleWatch) -> BackendsReply:
         """Every backend of the view with its health, and each watched role's state (for `GET /api/v1/backends`)."""
@@ -254,9 +264,16 @@ def _from_fallback(
 
 
 def _backend(p: Pick) -> BackendRef:
-    """Unvalidated construction: every value comes from a contract the fold validated (the hot path)."""
+    """Unvalidated construction: every value comes from a contract the fold validated (the hot path); made once per
+    backend and limit (contracts are frozen)."""
     b = p.backend
-    return BackendRef.model_construct(host_id=b.host.host_id, kind=b.kind, base_url=b.base_url, max_in_flight=b.limit)
+    ref = b.ref
+    if ref is None or ref.max_in_flight != b.limit:
+        ref = BackendRef.model_construct(
+            host_id=b.host.host_id, kind=b.kind, base_url=b.base_url, max_in_flight=b.limit
+        )
+        b.ref = ref
+    return ref
 
 
 def _subject(req: RouteRequest, role: str | None) -> tuple[str, str]:

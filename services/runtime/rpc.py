@@ -105,11 +105,11 @@ _duration = _meter.create_histogram(
 )
 
 
-def _record(reg: Registration, started: float, error: RpcError | None) -> None:
+def _record(reg: Registration, seconds: float, error: RpcError | None) -> None:
     _answered[(reg.subject, reg.kind, "ok" if error is None else "error")] += 1
     if error is not None:
         _errors[(reg.subject, reg.kind, str(error.status), error.code or "error")] += 1
-    _duration.record(time.perf_counter() - started, {"rpc.subject": reg.subject, "rpc.kind": reg.kind})
+    _duration.record(seconds, {"rpc.subject": reg.subject, "rpc.kind": reg.kind})
 
 
 def invalid_request(exc: ValidationError, what: str) -> RpcError:
@@ -277,20 +277,22 @@ class Rpc:
         started = time.perf_counter()
         with self._server_span(reg.subject, msg) as span:
             headers: dict[str, str] | None = None
+            error: RpcError | None = None
             try:
                 reply = await reg.call(self._decode(reg, msg))
                 data = reply.model_dump_json().encode()
                 self.stats.served[reg.subject] += 1
-                _record(reg, started, None)
             except Exception as exc:
                 error = self._error(reg, exc)
                 self.stats.failed[reg.subject] += 1
-                _record(reg, started, error)
                 span.set_status(Status(StatusCode.ERROR, error.code))
                 span.set_attribute("rpc.error.status", error.status)
                 data, headers = ErrorReply(error=error.body).model_dump_json().encode(), _ERROR_HEADERS
             if msg.reply:
                 await self.broker.connection.publish(msg.reply, data, headers=headers)
+            # The reply goes out first: the client's flusher runs at the next turn of the loop, so the metrics
+            # (microseconds of SDK work) are recorded after it, off the caller's round trip.
+            asyncio.get_running_loop().call_soon(_record, reg, time.perf_counter() - started, error)
 
     async def _serve_stream(self, reg: Registration, msg: Msg) -> None:
         nc: NatsClient = self.broker.connection
@@ -336,7 +338,7 @@ class Rpc:
                 totals = await pump
                 end = StreamEnd(chunks=sent, totals=totals.model_dump(mode="json") if totals is not None else None)
                 self.stats.served[reg.subject] += 1
-                _record(reg, started, None)
+                _record(reg, time.perf_counter() - started, None)
             except asyncio.CancelledError:
                 if not credit.cancelled:
                     raise  # we are being shut down, not cancelled by the caller
@@ -346,7 +348,7 @@ class Rpc:
             except Exception as exc:
                 error = self._error(reg, exc)
                 self.stats.failed[reg.subject] += 1
-                _record(reg, started, error)
+                _record(reg, time.perf_counter() - started, error)
                 span.set_status(Status(StatusCode.ERROR, error.code))
                 end = StreamEnd(chunks=sent, error=error.body)
             finally:
