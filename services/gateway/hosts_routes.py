@@ -240,8 +240,8 @@ async def _capacities(bus: BusClient, host: str | None) -> list[HostCapacity]:
 
 
 #: GGUF headers read for catalog models, by URL (a header is small and a published file does not change).
-#: A remote GGUF's server connects within this long (the fit route's own bound is the gateway setting
-#: `OUTBOUND_CONNECT_TIMEOUT_S`, at most this) and goes silent no longer than the read bound.
+#: A remote GGUF's server connects within this long and goes silent no longer than the read bound (the fit route's own
+#: bounds are the gateway settings `OUTBOUND_CONNECT_TIMEOUT_S` and `OUTBOUND_READ_TIMEOUT_S`, at most these).
 OUTBOUND_CONNECT_TIMEOUT_S = 10.0
 OUTBOUND_READ_TIMEOUT_S = 30.0
 _HEADER_CACHE: OrderedDict[str, ModelShape] = OrderedDict()
@@ -261,14 +261,17 @@ async def _header_shape(url: str) -> ModelShape:
     return shape
 
 
-async def _read_url_header(url: str, connect_timeout_s: float) -> tuple[GgufHeader, int | None]:
-    """A remote GGUF's header through the egress policy, connecting within `connect_timeout_s` (every hop)."""
-    timeout = httpx.Timeout(OUTBOUND_READ_TIMEOUT_S, connect=connect_timeout_s)
+async def _read_url_header(
+    url: str, connect_timeout_s: float, read_timeout_s: float = OUTBOUND_READ_TIMEOUT_S
+) -> tuple[GgufHeader, int | None]:
+    """A remote GGUF's header through the egress policy, connecting within `connect_timeout_s` and silent no longer
+    than `read_timeout_s` (every hop)."""
+    timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
     async with httpx.AsyncClient(follow_redirects=True, timeout=timeout, transport=EgressTransport()) as client:
         return await read_url_header(url, client=client)
 
 
-def _unreachable(exc: GgufError, url: str, connect_timeout_s: float) -> RpcError | None:
+def _unreachable(exc: GgufError, url: str, connect_timeout_s: float, read_timeout_s: float) -> RpcError | None:
     """A read that failed because the URL's server took no connection in time (503) or went silent (504), naming
     it; None for any other failure (the file's own fault: a 404, not a GGUF)."""
     cause = exc.__cause__
@@ -284,7 +287,7 @@ def _unreachable(exc: GgufError, url: str, connect_timeout_s: float) -> RpcError
         )
         return RpcError(503, detail, code="unavailable", field="gguf_url")
     if isinstance(cause, httpx.TimeoutException):
-        detail = f"gguf_url: {where} did not answer within {OUTBOUND_READ_TIMEOUT_S:g}s ({type(cause).__name__})"
+        detail = f"gguf_url: {where} did not answer within {read_timeout_s:g}s ({type(cause).__name__})"
         return RpcError(504, detail, code="timeout", field="gguf_url")
     return None
 
@@ -363,10 +366,11 @@ async def fit_get(
     if gguf_url is not None:
         try:
             connect_s: float = request.app.state.settings.outbound_connect_timeout_s
-            header, total = await _read_url_header(gguf_url, connect_s)
+            read_s: float = request.app.state.settings.outbound_read_timeout_s
+            header, total = await _read_url_header(gguf_url, connect_s, read_s)
             shape = model_shape(header, total or 0)
         except GgufError as exc:
-            raise _unreachable(exc, gguf_url, connect_s) or HTTPException(422, f"gguf_url: {exc}") from exc
+            raise _unreachable(exc, gguf_url, connect_s, read_s) or HTTPException(422, f"gguf_url: {exc}") from exc
         except EgressDenied as exc:  # the egress policy (docs/gateway.md "Outbound requests"): nothing was contacted
             raise RpcError(403, f"gguf_url: {exc}", code="egress_not_allowed", field="gguf_url") from None
         return fit_report(gguf_url, "gguf", s, hosts, shape=shape, quant=shape.file_type, method="header")

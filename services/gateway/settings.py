@@ -17,6 +17,9 @@ class GatewaySettings(RuntimeSettings):
     outbound_connect_timeout_s: float = Field(
         default=10.0, gt=0, le=10, description="Connecting to a caller's `gguf_url` (else 503 naming its host)."
     )
+    outbound_read_timeout_s: float = Field(
+        default=30.0, gt=0, le=30, description="Longest silence of a caller's `gguf_url` (else 504 naming its host)."
+    )
     backend_read_timeout_s: float = Field(
         default=300.0, gt=0, le=3600, description="Longest silence of a backend between two bytes of its answer."
     )
