@@ -43,11 +43,32 @@ class ModelDetails:
     quantization: str | None
 
 
+def backends(timeout_s: float) -> Callable[[str], OllamaBackend]:
+    """One `OllamaBackend` per Ollama URL, made on first use and kept for every later call: building its HTTP client
+    (the SSL context's CA bundle) took ~25 ms of CPU, which every provision paid when each call made its own."""
+    made: dict[str, OllamaBackend] = {}
+
+    def backend(url: str) -> OllamaBackend:
+        found = made.get(url)
+        if found is None:
+            found = made[url] = OllamaBackend(url, timeout_s)
+        return found
+
+    return backend
+
+
 class OllamaBackend:
     def __init__(self, url: str, timeout_s: float = 30.0, egress: EgressPolicy | None = None):
         self.url = url  # the operator's Ollama (probe or static map): configured, not a user's destination
         # A host whose Ollama takes no connection is "unreachable" within 10 s, whatever the (long) read bound.
-        self.client = ollama.AsyncClient(host=url, timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)))
+        # One backend per URL serves every caller (`backends`), long pulls included: no bound on connections. None is
+        # kept alive: each call connects afresh (cheap to a host's Ollama), so a restarted Ollama is never asked over
+        # a connection it dropped, and a stopped test peer never answers over an old one.
+        self.client = ollama.AsyncClient(
+            host=url,
+            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+        )
         self.egress = egress
 
     async def check_registry(self, name: str) -> None:

@@ -36,7 +36,7 @@ from services.provisioner.flights import FleetLease, ResultCache, SingleFlight, 
 from services.provisioner.hosts import HostDirectory
 from services.provisioner.hub import Cancelled, Downloaded, HubClient, RemoteFile
 from services.provisioner.local_files import register_local
-from services.provisioner.ollama_backend import OllamaBackend
+from services.provisioner.ollama_backend import OllamaBackend, backends
 from services.provisioner.outcomes import Failure, Target, action, backend_call, hub_call, inventory_row, kind_of
 from services.provisioner.progress import ProgressRelay, Publish
 from services.provisioner.settings import ProvisionerSettings
@@ -83,7 +83,7 @@ class Provisioner:
         self.hub = hub
         self.catalog = catalog
         self.host_id = host_id
-        self.backend = backend or (lambda url: OllamaBackend(url, settings.ollama_timeout_s))
+        self.backend = backend or backends(settings.ollama_timeout_s)
         self.pulls: SingleFlight[ProvisionActionResult] = SingleFlight()
         self.files: SingleFlight[Downloaded] = SingleFlight()
         self.cache: ResultCache[ProvisionActionResult] = ResultCache()
