@@ -35,8 +35,14 @@ async def register_local(
     backend = p.backend(url)
     installed = await backend_call(backend.installed())
     if name in installed and not cmd.force:
-        if await p.store.find(host, ref.canonical) is None:
-            await p._record(cmd, host, _row(host, ref, name, file, sha256), "adopt", None)
+        if await p.store.find(host, ref.canonical) is None:  # news to the fleet, as in Provisioner._news
+            row = _row(host, ref, name, file, sha256)
+            details = await backend_call(backend.details(name))
+            row.parameter_count, row.context_window = details.parameter_count, details.context_window
+            verb, done = ("register", "imported") if t.resumed else ("adopt", "present")
+            pulled = p._pulled(cmd, host, name, size_bytes=file.size_bytes, sha256=sha256)
+            if await p._record(cmd, host, row, verb, pulled, news=True):
+                return action(t, host, done, ollama_name=name, size=file.size_bytes, sha256=sha256)
         return action(t, host, "present", ollama_name=name, size=file.size_bytes, sha256=sha256)
     return await p._flight(host, name, lambda: _register(p, cmd, t, ref, host, backend, file, sha256, name))
 

@@ -25,6 +25,9 @@ class Target:
     model: str
     provider: str = "ollama"
     auto_download: bool = True
+    #: The request was delivered before and did not complete: a model its host holds now that the inventory lacks is
+    #: most likely that earlier delivery's work, finished while its record could not be written (PostgreSQL away).
+    resumed: bool = False
 
 
 class Failure(RuntimeError):

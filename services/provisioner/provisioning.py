@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,19 +46,6 @@ from services.runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Unrecorded:
-    """An Ollama pull that finished on the host but whose record (inventory, audit, model.pulled) did not commit: the
-    database was away. The request fails and is delivered again; that delivery (or any request for the same model on
-    the same host, first) writes this record, not an `adopt` without its model.pulled. Held in memory only: should
-    the process die meanwhile, the next delivery adopts the model."""
-
-    cmd: ProvisionCommand
-    row: InventoryRow
-    action: str
-    event: ModelPulled
 
 
 class Provisioner:
@@ -96,8 +83,6 @@ class Provisioner:
             poll_s=settings.flight_lease_poll_s,
         )
         self._kv: KeyValue | None = None
-        #: (host, model id) -> a finished pull not yet recorded (PostgreSQL away); see `Unrecorded`.
-        self.unrecorded: dict[tuple[str, str], Unrecorded] = {}
         #: Transfers running now by kind (read by the metrics' gauge): Ollama pulls, hub files, checkpoints.
         self.transfers: Counter[str] = Counter(ollama_pull=0, hub_file=0, checkpoint=0)
 
@@ -123,8 +108,10 @@ class Provisioner:
         """One download of `name` on `host` at a time: in this process (joined), and fleet-wide (the lease)."""
         return await self.pulls.run((host, name), lambda: self.lease.run(lease_key(host, name), work))
 
-    async def handle(self, cmd: ProvisionCommand) -> list[ProvisionActionResult]:
+    async def handle(self, cmd: ProvisionCommand, *, resumed: bool = False) -> list[ProvisionActionResult]:
+        """The request's actions; `resumed`: an earlier delivery of it was accepted and did not complete."""
         targets, actions = await self._targets(cmd)
+        targets = [replace(t, resumed=resumed) for t in targets]
         # A checkpoint goes into this provisioner's own models dir: the hosts and their Ollamas concern the others
         # only (a request for checkpoints alone, like the fallback's, gets no "no host with a reachable Ollama").
         pulled = [t for t in targets if kind_of(t.model) != "checkpoint"]
@@ -239,23 +226,41 @@ class Provisioner:
         name = ref.ollama_name
         assert name  # every reference Ollama pulls has its name on the host
         installed = await backend_call(backend.installed())
-        if name in installed and (late := self.unrecorded.get((host, ref.canonical))) is not None:
-            # This process pulled it, and the database went away before the pull was written down: write it now,
-            # model.pulled included (else the fact is lost and the host's model is taken for an adoption).
-            await self._record(late.cmd, host, late.row, late.action, late.event)
-            if late.cmd.request_id == cmd.request_id:
-                return action(t, host, "pulled", ollama_name=name, size=late.row.size_bytes)
         if name in installed:
             if cmd.force and self._skip(t) is None and await self._upstream_newer(name, installed[name].digest):
                 return await self._flight(host, name, lambda: self._pull(cmd, t, ref, host, backend, name))
             if await self.store.find(host, ref.canonical) is None:
-                await self._record(
-                    cmd, host, inventory_row(host, ref, name, installed[name].size, None, None), "adopt", None
-                )
+                return await self._news(cmd, t, ref, host, backend, name)
             return action(t, host, "present", ollama_name=name, size=installed[name].size)
         if (reason := self._skip(t)) is not None:
             return action(t, host, "skipped", reason, ollama_name=name)
         return await self._flight(host, name, lambda: self._pull(cmd, t, ref, host, backend, name))
+
+    async def _news(
+        self, cmd: ProvisionCommand, t: Target, ref: ModelRef, host: str, backend: OllamaBackend, name: str
+    ) -> ProvisionActionResult:
+        """The host has the model and the inventory has no row for it: news to the fleet, whoever put it there.
+
+        Written as a pull would be, model.pulled included, by whichever request gets here first (the row is inserted
+        only if absent, so a concurrent request that loses the race reports `present` and emits nothing). A resumed
+        request (`Target.resumed`) reports `pulled` and audits `pull`: its own earlier delivery most likely pulled it
+        and could not write that down (PostgreSQL away, then maybe a restart). Any other request reports `present`
+        and audits `adopt` (the model was installed outside the fleet, or by a pull whose request is not back yet).
+        """
+        row = await self._pulled_row(ref, host, backend, name)
+        verb, done = ("pull", "pulled") if t.resumed else ("adopt", "present")
+        event = self._pulled(cmd, host, name, size_bytes=row.size_bytes)
+        first = await self._record(cmd, host, row, verb, event, news=True)
+        return action(t, host, done if first else "present", ollama_name=name, size=row.size_bytes)
+
+    async def _pulled_row(self, ref: ModelRef, host: str, backend: OllamaBackend, name: str) -> InventoryRow:
+        """The inventory row of an Ollama model on `host`, with what its Ollama reports (size, shape, quantization)."""
+        size = (await backend_call(backend.installed())).get(name)
+        details = await backend_call(backend.details(name))
+        row = inventory_row(host, ref, name, size.size if size else None, None, None)
+        row.parameter_count, row.context_window = details.parameter_count, details.context_window
+        row.quantization = details.quantization or row.quantization
+        return row
 
     async def _upstream_newer(self, name: str, digest: str | None) -> bool:
         """The last update check saw a registry digest for `name` other than the one this host holds."""
@@ -270,11 +275,7 @@ class Provisioner:
         ) as relay:
             with self._transferring("ollama_pull"):
                 await backend_call(backend.pull(name, relay.update))
-        size = (await backend_call(backend.installed())).get(name)
-        details = await backend_call(backend.details(name))
-        row = inventory_row(host, ref, name, size.size if size else None, None, None)
-        row.parameter_count, row.context_window = details.parameter_count, details.context_window
-        row.quantization = details.quantization or row.quantization
+        row = await self._pulled_row(ref, host, backend, name)
         pulled = self._pulled(cmd, host, name, size_bytes=row.size_bytes)
         await self._record(cmd, host, row, "pull", pulled)
         return action(t, host, "pulled", ollama_name=name, size=row.size_bytes)
@@ -398,31 +399,43 @@ class Provisioner:
         )  # fmt: skip
 
     async def _record(
-        self, cmd: ProvisionCommand, host: str, row: InventoryRow, action: str, event: ModelPulled | None
-    ) -> None:
-        key = (host, row.model_id)
-        try:
-            async with self.store.database.transaction() as session:
+        self,
+        cmd: ProvisionCommand,
+        host: str,
+        row: InventoryRow,
+        action: str,
+        event: ModelPulled | None,
+        *,
+        news: bool = False,
+    ) -> bool:
+        """Write the row, its audit entry and `event` (through the outbox) in one transaction. With `news`, only if
+        the inventory has no row for (host, model) yet: False (nothing written) when another request wrote it first.
+
+        Should this fail (PostgreSQL away) after the model landed on the host, the request fails and is delivered
+        again; that delivery, or any request for the model first, finds the model on the host and no row, and
+        writes it as news (`_news`), model.pulled included: nothing is kept in memory, so a restart loses nothing.
+        """
+        async with self.store.database.transaction() as session:
+            if news:
+                if not await self.store.insert_inventory(session, row):
+                    return False
+            else:
                 await self.store.upsert_inventory(session, row)
-                self.store.audit(
-                    session,
-                    actor=cmd.requested_by or "provisioner",
-                    action=action,
-                    host=host,
-                    request_id=cmd.request_id,
-                    model=row.model_id,
-                    revision=row.revision,
-                    sha256=row.sha256,
-                    result="ok",
-                )
-                if event is not None:
-                    await self.outbox.add(session, event)
-        except Exception:
-            if action == "pull" and event is not None:  # the request's next delivery records it (`Unrecorded`)
-                self.unrecorded[key] = Unrecorded(cmd, row, action, event)
-            raise
-        self.unrecorded.pop(key, None)
+            self.store.audit(
+                session,
+                actor=cmd.requested_by or "provisioner",
+                action=action,
+                host=host,
+                request_id=cmd.request_id,
+                model=row.model_id,
+                revision=row.revision,
+                sha256=row.sha256,
+                result="ok",
+            )
+            if event is not None:
+                await self.outbox.add(session, event)
         self.outbox.wake()
+        return True
 
     async def _failed(
         self, cmd: ProvisionCommand, t: Target, host: str, reason: str, channel: str | None, status: int | None

@@ -127,6 +127,12 @@ class ProvisionerStore:
         updates = {k: stmt.excluded[k] for k in _INVENTORY_FIELDS if k not in ("host", "model_id", "installed_at")}
         await session.execute(stmt.on_conflict_do_update(constraint="inventory_host_model", set_=updates))
 
+    async def insert_inventory(self, session: AsyncSession, row: InventoryRow) -> bool:
+        """Insert the row unless (host, model_id) has one already; True if this call inserted it."""
+        values = row.model_dump(include=set(_INVENTORY_FIELDS))
+        stmt = insert(InventoryRow).values(**values).on_conflict_do_nothing(constraint="inventory_host_model")
+        return bool((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
     async def inventory(self, host: str | None = None) -> list[InventoryRow]:
         async with self.database.transaction() as session:
             stmt = sa.select(InventoryRow).order_by(InventoryRow.host, InventoryRow.model_id)

@@ -142,7 +142,7 @@ class Operations:
         if stored is not None and stored.completed_at is not None:
             await delivery.ack()
             return
-        self.jobs.spawn(self._work(cmd, delivery))
+        self.jobs.spawn(self._work(cmd, delivery, resumed=not fresh))
 
     async def _announce(self, progress: ProvisionProgress) -> None:
         try:
@@ -150,7 +150,7 @@ class Operations:
         except Exception as exc:  # best effort: the request runs whether or not anyone heard it was accepted
             log.warning("progress event not published: %s", exc)
 
-    async def _work(self, cmd: ProvisionCommand, delivery: Delivery) -> None:
+    async def _work(self, cmd: ProvisionCommand, delivery: Delivery, *, resumed: bool) -> None:
         # JetStream redelivers after ack_wait: a long pull keeps the message ours by saying it is in progress, and so
         # does a request queued behind the job limit (else a burst of commands is redelivered while it waits, and
         # dead-lettered after max_deliver without ever running).
@@ -158,7 +158,7 @@ class Operations:
         try:
             async with self.jobs.turn():
                 try:
-                    actions = await self.provisioner.handle(cmd)
+                    actions = await self.provisioner.handle(cmd, resumed=resumed)
                     async with self.store.database.transaction() as session:
                         await self.store.complete(session, cmd.event_id, [a.model_dump(mode="json") for a in actions])
                         await self.outbox.add(
