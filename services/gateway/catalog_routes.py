@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from contracts.catalog import (
@@ -44,6 +44,7 @@ from contracts.catalog import (
     UserConfigReply,
     UserConfigRequest,
 )
+from services.gateway import links
 from services.gateway.auth import admin, caller
 from services.gateway.bus_client import bus_of
 from services.gateway.errors import ERROR_RESPONSES
@@ -97,7 +98,7 @@ async def set_default(request: Request, body: DefaultModelBody, who: Caller = De
     return await bus_of(request).ask(SetDefaultRequest(caller=who, model=body.model))
 
 
-@router.get("/api/v1/profiles", response_model=ProfileListReply)
+@router.get("/api/v1/profiles", response_model=ProfileListReply, responses={200: {"links": links.PROFILE_LIST_LINKS}})
 async def list_profiles(
     request: Request,
     type: Annotated[str | None, Query(min_length=1, max_length=64, description="A profile type name or number")] = None,
@@ -108,18 +109,24 @@ async def list_profiles(
     return await bus_of(request).ask(ProfileListRequest(caller=who, type=type, owner_id=owner_id))
 
 
-@router.get("/api/v1/profiles/{profile_id}", response_model=ProfileDoc)
+@router.get("/api/v1/profiles/{profile_id}", response_model=ProfileDoc, responses={200: {"links": links.PROFILE_LINKS}})
 async def get_profile(request: Request, profile_id: uuid.UUID, who: Caller = Depends(caller)) -> ProfileDoc:
     return await bus_of(request).ask(ProfileGetRequest(caller=who, profile_id=profile_id))
 
 
-@router.post("/api/v1/profiles", response_model=ProfileDoc, status_code=201)
-async def create_profile(request: Request, body: ProfileInput, who: Caller = Depends(caller)) -> ProfileDoc:
+@router.post(
+    "/api/v1/profiles", response_model=ProfileDoc, status_code=201, responses={201: {"links": links.PROFILE_LINKS}}
+)
+async def create_profile(
+    request: Request,
+    body: Annotated[ProfileInput, Body(openapi_examples=links.PROFILE_EXAMPLES)],
+    who: Caller = Depends(caller),
+) -> ProfileDoc:
     """A user's profile is theirs; one an admin creates is a system profile."""
     return await bus_of(request).ask(ProfileSaveRequest(caller=who, profile=body))
 
 
-@router.put("/api/v1/profiles/{profile_id}", response_model=ProfileDoc)
+@router.put("/api/v1/profiles/{profile_id}", response_model=ProfileDoc, responses={200: {"links": links.PROFILE_LINKS}})
 async def update_profile(
     request: Request, profile_id: uuid.UUID, body: ProfileInput, who: Caller = Depends(caller)
 ) -> ProfileDoc:
@@ -225,7 +232,12 @@ async def put_profile_config(
     return await bus_of(request).ask(req)
 
 
-@router.post("/api/v1/users/{user_id}/tokens", response_model=TokenIssueReply, status_code=201)
+@router.post(
+    "/api/v1/users/{user_id}/tokens",
+    response_model=TokenIssueReply,
+    status_code=201,
+    responses={201: {"links": links.TOKEN_LINKS}},
+)
 async def issue_token(
     request: Request, user_id: UserPath, body: TokenBody, who: Caller = Depends(admin)
 ) -> TokenIssueReply:
@@ -238,7 +250,9 @@ async def issue_token(
     return await bus_of(request).ask(req)
 
 
-@router.get("/api/v1/users/{user_id}/tokens", response_model=TokenListReply)
+@router.get(
+    "/api/v1/users/{user_id}/tokens", response_model=TokenListReply, responses={200: {"links": links.TOKEN_LIST_LINKS}}
+)
 async def list_tokens(request: Request, user_id: UserPath, who: Caller = Depends(caller)) -> TokenListReply:
     """The admin, or the user themself: every token's metadata (id, created, expiry, last use, status), no secret."""
     return await bus_of(request).ask(TokenListRequest(caller=who, user_id=user_id))
