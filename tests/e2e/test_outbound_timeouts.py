@@ -69,6 +69,8 @@ async def test_a_gguf_url_that_connects_and_stays_silent_answers_504_naming_it(s
         url = await start_gateway(
             service_env(
                 MODELFLEET_ADMIN_TOKEN=ADMIN_TOKEN,
+                # allowlisted as an operator would a GGUF server on this machine: by name and port, nothing else
+                MODELFLEET_EGRESS_ALLOW=f"localhost:{server.port}",
                 MODELFLEET_GATEWAY_OUTBOUND_CONNECT_TIMEOUT_S="5",
                 MODELFLEET_GATEWAY_OUTBOUND_READ_TIMEOUT_S="0.3",
             )
