@@ -63,7 +63,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     timeout = httpx.Timeout(settings.backend_read_timeout_s, connect=settings.backend_connect_timeout_s)
     http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=settings.backend_max_connections))
     ollama_backend = OllamaBackend(timeout)
-    reporter = CallReporter(bus.publish)
+    reporter = CallReporter(bus.report)
     callers: dict[str, Backend] = {
         "ollama": ollama_backend,
         "openai": OpenAIBackend(http),
@@ -101,6 +101,10 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_response)
     app.add_exception_handler(StarletteHTTPException, http_error_response)
     app.add_exception_handler(ValidationError, contract_error_response)
+    # The data plane first: FastAPI's router and the OpenTelemetry instrumentation (which finds each request's route
+    # template again) both try the routes in order, so /v1/ requests match at once instead of after every
+    # control-plane route (tens of regex matches per request, twice).
+    app.include_router(openai_routes.router)
     app.include_router(handlers.router)
     app.include_router(hosts_routes.router)
     app.include_router(local_models_routes.router)
@@ -108,7 +112,6 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(provision_routes.router)
     app.include_router(updates_routes.router)
     app.include_router(route_routes.router)
-    app.include_router(openai_routes.router)
     app.include_router(ui.router)  # the web UI (docs/web-ui.md)
     app.add_exception_handler(ui.PageAnswer, ui.page_answer)  # a page's sign-in redirect or error page
     app.mount("/ui/static", ui.static_files(), name="ui-static")

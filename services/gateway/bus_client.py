@@ -12,7 +12,7 @@ from contracts.envelope import Envelope
 from contracts.health import HealthRequest
 from contracts.rpc import RpcError, RpcRequest
 from contracts.subjects import fill
-from services.runtime.bus import BusState, publish_event, start_broker, stop_broker
+from services.runtime.bus import BusState, publish_event, publish_lean, start_broker, stop_broker
 from services.runtime.rpc import Rep, Rpc
 
 
@@ -86,6 +86,11 @@ class BusClient:
     async def publish(self, event: Envelope) -> None:
         self.require()
         await publish_event(self.broker, event)
+
+    async def report(self, event: Envelope) -> None:
+        """A call or busy report: published lean (services/runtime/bus.py `publish_lean`), acked all the same."""
+        self.require()
+        await publish_lean(self.broker, event)
 
 
 def bus_of(request: Request) -> BusClient:

@@ -20,9 +20,11 @@ class CallReporter:
     rule): best effort, never on the answer's path. Reports wait in a bounded queue drained by one task; when the
     bus is slower than the calls, the newest reports are dropped (and counted) rather than held in memory.
 
-    A backend's first open call is told at once (`BackendBusy`, its count going from 0 to 1), and every
-    `busy_refresh_s` while calls stay open, so that the routers know a backend that answers no check is busy
-    serving, not hung; the refresh must come well within the routers' `in_flight_ttl_s` (30 s)."""
+    A backend's first open call is told `busy_after_s` after it started if it is still open then (`BackendBusy`, the
+    count then), and every `busy_refresh_s` while calls stay open, so that the routers know a backend that answers
+    no check is busy serving, not hung; the refresh must come well within the routers' `in_flight_ttl_s` (30 s).
+    A call that ends within `busy_after_s` (most small completions) costs one report, its `BackendCallCompleted`:
+    the delay must stay well below the routers' check timeout (1 s), which is what the busy report is for."""
 
     def __init__(
         self,
@@ -31,11 +33,13 @@ class CallReporter:
         instance: str | None = None,
         max_pending: int = 1024,
         busy_refresh_s: float = 5.0,
+        busy_after_s: float = 0.05,
     ):
         self.publish = publish
         self.instance = instance or f"gateway-{uuid.uuid4().hex[:12]}"
         self.in_flight: Counter[tuple[str, str]] = Counter()
         self.busy_refresh_s = busy_refresh_s
+        self.busy_after_s = busy_after_s
         self.dropped = 0
         self.failed = 0
         self._queue: asyncio.Queue[Envelope] = asyncio.Queue(max_pending)
@@ -43,6 +47,9 @@ class CallReporter:
         self._refresher: asyncio.Task[None] | None = None
         #: the backend of every key counted, for its busy reports
         self._backends: dict[tuple[str, str], BackendRef] = {}
+        #: backends whose open calls were told and not yet told ended (by a call report or a busy report of 0)
+        self._told: set[tuple[str, str]] = set()
+        self._busy_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     def open_calls(self, backend: BackendRef) -> int:
         """Calls this gateway has open on `backend` now (exact: counted here, not reported)."""
@@ -51,11 +58,18 @@ class CallReporter:
     def started(self, backend: BackendRef) -> None:
         key = (backend.host_id, backend.base_url)
         self.in_flight[key] += 1
-        if self.in_flight[key] == 1 and backend.kind != "fallback":  # the only publish a call start costs
-            self._backends[key] = backend
-            self._enqueue(self._busy(key))
-            if self._refresher is None or self._refresher.done():
-                self._refresher = asyncio.create_task(self._refresh(), name="gateway-busy-reports")
+        if self.in_flight[key] == 1 and backend.kind != "fallback" and key not in self._busy_timers:
+            self._backends[key] = backend  # the only publish a call start may cost, once `busy_after_s` has passed
+            self._busy_timers[key] = asyncio.get_running_loop().call_later(self.busy_after_s, self._tell_busy, key)
+
+    def _tell_busy(self, key: tuple[str, str]) -> None:
+        self._busy_timers.pop(key, None)
+        if self.in_flight[key] <= 0:
+            return  # the calls ended meanwhile: their call reports told the routers all there was
+        self._told.add(key)
+        self._enqueue(self._busy(key))
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.create_task(self._refresh(), name="gateway-busy-reports")
 
     def abandoned(self, backend: BackendRef) -> None:
         """A call the client gave up on: it no longer counts as open, and it says nothing about the backend (no call
@@ -63,7 +77,8 @@ class CallReporter:
         key = (backend.host_id, backend.base_url)
         was = self.in_flight[key]
         self.in_flight[key] = max(0, was - 1)
-        if was == 1 and key in self._backends:
+        if was == 1 and key in self._told:
+            self._told.discard(key)
             self._enqueue(self._busy(key))
 
     def finished(
@@ -78,6 +93,8 @@ class CallReporter:
     ) -> None:
         key = (backend.host_id, backend.base_url)
         self.in_flight[key] = max(0, self.in_flight[key] - 1)
+        if self.in_flight[key] == 0:
+            self._told.discard(key)  # this report's count of 0 tells the end
         if backend.kind == "fallback":
             return  # the fallback is no HTTP backend of the fleet view: it has slots, not a circuit (docs/gateway.md)
         report = BackendCallCompleted(
@@ -123,6 +140,9 @@ class CallReporter:
 
     async def aclose(self, flush_s: float = 1.0) -> None:
         """Give queued reports up to `flush_s` to go out, then stop."""
+        for timer in self._busy_timers.values():
+            timer.cancel()
+        self._busy_timers.clear()
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)

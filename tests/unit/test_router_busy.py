@@ -144,10 +144,10 @@ async def test_the_gateway_tells_the_first_open_call_refreshes_it_and_tells_the_
     async def publish(e: Envelope) -> None:
         sent.append(e)
 
-    reporter = CallReporter(publish, instance="gw-1", busy_refresh_s=0.05)
+    reporter = CallReporter(publish, instance="gw-1", busy_refresh_s=0.05, busy_after_s=0.02)
     try:
-        reporter.started(ref())
-        reporter.started(ref())  # 1 -> 2: no report
+        reporter.started(ref())  # 0 -> 1: told once `busy_after_s` has passed, with the count then
+        reporter.started(ref())  # 1 -> 2: no report of its own
 
         def busy_reports() -> list[BackendBusy]:
             return [e for e in sent if isinstance(e, BackendBusy)]
@@ -158,9 +158,9 @@ async def test_the_gateway_tells_the_first_open_call_refreshes_it_and_tells_the_
         await eventually(refreshed, 5, "busy reports refreshed while calls are open")
         first = busy_reports()[0]
         assert (first.host_id, first.backend_url, first.kind, first.gateway_instance, first.in_flight) == (
-            "a", "http://a:8000/v1", "openai", "gw-1", 1
+            "a", "http://a:8000/v1", "openai", "gw-1", 2
         )  # fmt: skip
-        assert {e.in_flight for e in busy_reports()[1:]} == {2}
+        assert {e.in_flight for e in busy_reports()} == {2}
         reporter.finished(ref(), "m", "ok", latency_ms=5)
         reporter.finished(ref(), "m", "ok", latency_ms=5)
 
@@ -175,11 +175,42 @@ async def test_the_gateway_tells_the_first_open_call_refreshes_it_and_tells_the_
         assert len(sent) == count and isinstance(sent[-1], BackendCallCompleted)
 
         reporter.started(ref("b"))
+
+        async def told() -> bool:
+            return [e.in_flight for e in busy_reports() if e.host_id == "b"] == [1]
+
+        await eventually(told, 5, "the open call told")
         reporter.abandoned(ref("b"))  # the client left: its end is told as a count of 0, with no call report
 
         async def abandoned() -> bool:
             return [e.in_flight for e in busy_reports() if e.host_id == "b"] == [1, 0]
 
         await eventually(abandoned, 5, "the abandoned call's end told")
+    finally:
+        await reporter.aclose()
+
+
+async def test_a_call_that_ends_before_busy_after_s_costs_its_call_report_alone() -> None:
+    sent: list[Envelope] = []
+
+    async def publish(e: Envelope) -> None:
+        sent.append(e)
+
+    reporter = CallReporter(publish, instance="gw-1", busy_after_s=0.05)
+    try:
+        reporter.started(ref("c"))
+        reporter.finished(ref("c"), "m", "ok", latency_ms=2)  # a small completion, done within the delay
+        reporter.started(ref("d"))
+        reporter.abandoned(ref("d"))  # gone before it was told: nothing to take back
+
+        async def reported() -> bool:
+            return any(isinstance(e, BackendCallCompleted) for e in sent)
+
+        await eventually(reported, 5, "the call report sent")
+        timer_ran = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.1, timer_ran.set)  # past `busy_after_s`: the busy timers have run
+        await timer_ran.wait()
+        assert [type(e).__name__ for e in sent] == ["BackendCallCompleted"]
+        assert isinstance(sent[0], BackendCallCompleted) and sent[0].in_flight == 0
     finally:
         await reporter.aclose()
