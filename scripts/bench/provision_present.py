@@ -87,8 +87,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "p99_ms": round(pct(samples, 0.99), 3), "baseline_p50_ms": round(statistics.median(baseline), 3),
             "baseline_p99_ms": round(pct(baseline, 0.99), 3),
             "baseline": "raw NATS request/reply to an echo responder",
-            "path": "JetStream command -> durable pull consumer -> request row -> cached per-role result -> "
-                    "result row + outbox -> evt.provisioner.request.completed.v1",
+            "path": "JetStream command -> durable pull consumer -> request row -> cached per-role result, checked "
+                    "against the host's /api/tags -> result row + outbox -> evt.provisioner.request.completed.v1",
             "goal": "p50_ms <= 10", "goal_met": p50 <= 10,
         }  # fmt: skip
     finally:
