@@ -255,6 +255,19 @@ BENCHES: tuple[Bench, ...] = (
         quick_args=("--requests", "40", "--clients", "8", "--concurrent-requests", "40"),
     ),
     Bench(
+        "http_client",
+        (
+            Row(
+                "gateway's backend client: CPU per small completion (`OpenAIBackend`, aiohttp)",
+                "cpu_us",
+                "us",
+                "httpx_cpu_us",
+                "httpx.AsyncClient, the same request (the client it replaced)",
+            ),
+        ),
+        quick_args=("--requests", "400"),
+    ),
+    Bench(
         "fallback",
         (
             Row(

@@ -61,12 +61,15 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     )
 
     timeout = httpx.Timeout(settings.backend_read_timeout_s, connect=settings.backend_connect_timeout_s)
-    http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=settings.backend_max_connections))
+    openai_backend = OpenAIBackend(
+        connect_timeout_s=settings.backend_connect_timeout_s, read_timeout_s=settings.backend_read_timeout_s,
+        max_connections=settings.backend_max_connections,
+    )  # fmt: skip
     ollama_backend = OllamaBackend(timeout)
     reporter = CallReporter(bus.report)
     callers: dict[str, Backend] = {
         "ollama": ollama_backend,
-        "openai": OpenAIBackend(http),
+        "openai": openai_backend,
         "fallback": FallbackBackend(bus.rpc, settings.fallback_timeout_s),
     }
     plane = DataPlane(bus, callers, reporter,
@@ -81,7 +84,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             yield
         finally:
             await reporter.aclose()
-            await http.aclose()
+            await openai_backend.aclose()
             await ollama_backend.aclose()
             await bus.stop()
             metrics.flush()

@@ -1,5 +1,6 @@
-"""The two backend callers behind /v1/ (Ollama through the `ollama` client, OpenAI-compatible through httpx), one
-interface, OpenAI-shaped output; every failure is a `BackendError` that says how the call ended."""
+"""The backend callers behind /v1/ (Ollama through the `ollama` client, OpenAI-compatible servers through aiohttp, the
+fallback over the bus), one interface, OpenAI-shaped output; every failure is a `BackendError` that says how the call
+ended."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
 import httpx
 import ollama
 
@@ -65,9 +67,9 @@ class Backend(Protocol):
 
 
 def _http_failure(exc: Exception) -> BackendError:
-    if isinstance(exc, httpx.ConnectError | ConnectionError):
+    if isinstance(exc, httpx.ConnectError | aiohttp.ClientConnectorError | ConnectionError):
         return BackendError("connect_refused", f"cannot connect: {exc}")
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
         return BackendError("timeout", f"timed out: {type(exc).__name__}")
     return BackendError("error", f"{type(exc).__name__}: {exc}")
 
@@ -154,11 +156,33 @@ _CUT_SHORT = (
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible server (llama.cpp, vLLM, SGLang…) through the app's one httpx client; streams are
-    passed on chunk by chunk as they arrive, with `model` rewritten to what the client asked."""
+    """An OpenAI-compatible server (llama.cpp, vLLM, SGLang…) through one aiohttp session (one connection pool for every
+    backend); streams are passed on line by line as they arrive, with `model` rewritten to what the client asked.
 
-    def __init__(self, http: httpx.AsyncClient):
-        self.http = http
+    aiohttp, not httpx, on this path (docs/gateway.md "Backend HTTP client"): a small completion costs the gateway
+    about a fifth of the client CPU (`python -m scripts.bench.http_client`), and it sends a request's headers and body
+    in one write where httpcore makes two; both count in every /v1/ request's added latency."""
+
+    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, max_connections: int):
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        """Made on first use, inside the running loop (an aiohttp session belongs to its loop)."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
+            # `read_bufsize`: a server-sent line may be long (a whole answer in one chunk). No proxy: backends are on
+            # the fleet's own network, and reading the proxy variables costs ~0.25 ms of CPU per request.
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self.timeout, read_bufsize=1 << 20, trust_env=False
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _body(self, model: str, call: ChatCall, stream: bool) -> dict[str, Any]:
         body = {**call.passthrough, **wire.openai_options(call.options), "model": model, "messages": call.messages,
@@ -168,44 +192,54 @@ class OpenAIBackend:
         return body
 
     @staticmethod
-    async def _refusal(response: httpx.Response) -> BackendError:
-        raw = (await response.aread()).decode(errors="replace")
+    async def _refusal(response: aiohttp.ClientResponse) -> BackendError:
+        raw = (await response.read()).decode(errors="replace")
         try:
             message = json.loads(raw)["error"]["message"]
         except (ValueError, KeyError, TypeError):
-            message = raw[:500] or response.reason_phrase
-        return _status_failure(response.status_code, str(message), response.headers.get("retry-after"))
+            message = raw[:500] or response.reason or ""
+        return _status_failure(response.status, str(message), response.headers.get("retry-after"))
+
+    async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` as JSON; the answer's JSON document, or the `BackendError` of a refusal or a failure."""
+        try:
+            async with self._http().post(url, data=json.dumps(body), headers=_JSON) as response:
+                if response.status >= 400:
+                    raise await self._refusal(response)
+                raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _http_failure(exc) from None
+        try:
+            doc: dict[str, Any] = json.loads(raw)
+        except ValueError as exc:
+            raise BackendError("error", f"the backend's answer is not JSON: {exc}", response.status) from None
+        return doc
 
     async def complete(self, base_url: str, model: str, call: ChatCall) -> dict[str, Any]:
-        try:
-            response = await self.http.post(f"{base_url}/chat/completions", json=self._body(model, call, False))
-            if response.status_code >= 400:
-                raise await self._refusal(response)
-            doc: dict[str, Any] = response.json()
-        except httpx.HTTPError as exc:
-            raise _http_failure(exc) from None
-        except ValueError as exc:
-            raise BackendError("error", f"the backend's answer is not JSON: {exc}", response.status_code) from None
+        doc = await self._post(f"{base_url}/chat/completions", self._body(model, call, False))
         doc["model"] = call.client_model
         return doc
 
     async def stream(self, base_url: str, model: str, call: ChatCall) -> AsyncIterator[dict[str, Any]]:
-        request = self.http.build_request("POST", f"{base_url}/chat/completions", json=self._body(model, call, True))
+        body = json.dumps(self._body(model, call, True))
         try:
-            response = await self.http.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self._http().post(f"{base_url}/chat/completions", data=body, headers=_JSON)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _http_failure(exc) from None
+        ended = False
         try:
-            if response.status_code >= 400:
+            if response.status >= 400:
                 raise await self._refusal(response)
             finished = False
-            async for line in response.aiter_lines():
+            async for raw in response.content:
+                line = raw.decode(errors="replace").strip()
                 if not line.startswith("data:"):
                     continue  # blank separators, comments, `event:` lines
                 data = line[5:].strip()
                 if data == "[DONE]":
                     if not finished:
                         raise BackendError("error", _CUT_SHORT)
+                    ended = True
                     return
                 try:
                     item = json.loads(data)
@@ -218,24 +252,24 @@ class OpenAIBackend:
                 item["model"] = call.client_model
                 finished = finished or any(c.get("finish_reason") for c in item.get("choices") or ())
                 yield item
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise _http_failure(exc) from None
         finally:
-            await response.aclose()
+            # A stream read to its end gives the connection back; one left early (the client went away, an error)
+            # is closed, which ends the backend's request (it sees the connection drop).
+            if ended:
+                response.release()
+            else:
+                response.close()
         raise BackendError("error", "the stream ended without `data: [DONE]`")
 
     async def embed(self, base_url: str, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
-        try:
-            response = await self.http.post(f"{base_url}/embeddings", json={"model": model, "input": texts})
-            if response.status_code >= 400:
-                raise await self._refusal(response)
-            doc = response.json()
-        except httpx.HTTPError as exc:
-            raise _http_failure(exc) from None
-        except ValueError as exc:
-            raise BackendError("error", f"the backend's answer is not JSON: {exc}", response.status_code) from None
+        doc = await self._post(f"{base_url}/embeddings", {"model": model, "input": texts})
         rows = sorted(doc.get("data") or [], key=lambda d: d.get("index", 0))
         return [list(r["embedding"]) for r in rows], int((doc.get("usage") or {}).get("prompt_tokens") or 0)
+
+
+_JSON = {"Content-Type": "application/json"}
 
 
 #: The key a backend puts in its first chunk (or its completion) to name itself in `x-modelfleet-backend` when the
