@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from services.gateway import openai_wire as wire
 from services.gateway.backends import BackendError, ChatCall, OpenAIBackend
 from services.runtime.embedded import free_port
 from tests.harness.llama_server import llama_server
+from tests.harness.silent_server import silent_server
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +25,14 @@ def call(**kw) -> ChatCall:
                     "num_ctx": 4096, "seed": 1}, **kw)  # fmt: skip
 
 
+def backend_caller(read_timeout_s: float = 60) -> OpenAIBackend:
+    return OpenAIBackend(connect_timeout_s=2, read_timeout_s=read_timeout_s, max_connections=8)
+
+
 async def test_complete_and_stream_against_llama_cpp(engine):
     base_url, model_id = engine
-    async with httpx.AsyncClient(timeout=60) as http:
-        backend = OpenAIBackend(http)
+    backend = backend_caller()
+    try:
         done = await backend.complete(base_url, model_id, call())
         assert done["model"] == "role:chat" and done["object"] == "chat.completion"
         assert done["choices"][0]["message"]["content"] and done["usage"]["completion_tokens"] <= 8
@@ -53,15 +57,28 @@ async def test_complete_and_stream_against_llama_cpp(engine):
         await stream.aclose()
         again = await backend.complete(base_url, model_id, call())
         assert again["choices"][0]["message"]["content"]
+    finally:
+        await backend.aclose()
 
 
 async def test_failures_say_how_the_call_ended(engine):
     base_url, _ = engine
-    async with httpx.AsyncClient(timeout=30) as http:
-        backend = OpenAIBackend(http)
+    backend = backend_caller(read_timeout_s=0.5)
+    try:
         with pytest.raises(BackendError) as refused:
             await backend.complete(f"http://127.0.0.1:{free_port()}/v1", "x", call())
         assert refused.value.outcome == "connect_refused" and refused.value.retryable
         with pytest.raises(BackendError) as missing:
             await anext(backend.stream(f"{base_url}/nowhere", "x", call()))
         assert missing.value.status == 404 and missing.value.retryable
+        with silent_server() as silent:  # takes the request and never answers: the read timeout, not a hang
+            for ask in (
+                lambda url: backend.complete(url, "x", call()),
+                lambda url: anext(backend.stream(url, "x", call())),
+            ):
+                with pytest.raises(BackendError) as hung:
+                    await ask(f"http://127.0.0.1:{silent.port}/v1")
+                assert hung.value.outcome == "timeout" and hung.value.retryable and hung.value.status is None
+            assert all(b"POST /v1/chat/completions" in got for got in silent.received())
+    finally:
+        await backend.aclose()
