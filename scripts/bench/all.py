@@ -263,6 +263,8 @@ BENCHES: tuple[Bench, ...] = (
                 "us",
                 "httpx_cpu_us",
                 "httpx.AsyncClient, the same request (the client it replaced)",
+                "ratio <= 0.5",
+                lambda f: _f(f, "cpu_us") / _f(f, "httpx_cpu_us") <= 0.5,
             ),
         ),
         quick_args=("--requests", "400"),
