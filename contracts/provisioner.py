@@ -40,6 +40,14 @@ class ProvisionCommand(Envelope):
     )
 
 
+class ProvisionFetch(ProvisionCommand):
+    """A provision command for the provisioners of one host (`cmd.provisioner.fetch.<host>.v1`): what it fetches must
+    land in THAT host's models directory (the inference fallback's checkpoints). Same payload as ProvisionCommand;
+    only the provisioners whose host id fills the subject consume it (one durable per host, `provisioner-<host>`)."""
+
+    SUBJECT = "cmd.provisioner.fetch.{host}.v1"
+
+
 class ProvisionProgress(Envelope):
     SUBJECT = "evt.provisioner.progress.v1"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from contracts.envelope import Envelope
 from contracts.fallback import AdapterUpdated, FallbackAdvertised, SlotEvicted, SlotLoaded
-from contracts.provisioner import ProvisionCommand
+from contracts.provisioner import ProvisionFetch
 from services.inference_fallback import devices, handlers, loader, metrics
 from services.inference_fallback.adapters import AdapterBook, AdapterWatcher
 from services.inference_fallback.fetch import CheckpointFetcher, nats_subscribe
@@ -26,8 +26,8 @@ def build_app(settings: InferenceFallbackSettings) -> Service:
     unsloth = devices.prepare_unsloth(settings)
     parts = build_parts("inference-fallback", settings)
 
-    async def publish(event: Envelope) -> None:
-        await publish_event(parts.broker, event)
+    async def publish(event: Envelope, subject: str | None = None) -> None:
+        await publish_event(parts.broker, event, subject)
 
     memory = HostMemory(settings, use_unsloth=unsloth.applied)
     limits = SlotLimits(
@@ -63,8 +63,8 @@ def build_app(settings: InferenceFallbackSettings) -> Service:
     service = parts.service(
         tasks=tasks,
         # AdapterUpdated only with a registry folder; declared always, so the document does not depend on settings
-        # ProvisionCommand: a `fallback.repo` checkpoint not on this host yet is asked of the provisioner (fetch.py)
-        publishes=[SlotLoaded, SlotEvicted, FallbackAdvertised, AdapterUpdated, ProvisionCommand],
+        # ProvisionFetch: a `fallback.repo` checkpoint not on this host is asked of this host's provisioner (fetch.py)
+        publishes=[SlotLoaded, SlotEvicted, FallbackAdvertised, AdapterUpdated, ProvisionFetch],
     )
     ops.instance_id = service.instance_id
 

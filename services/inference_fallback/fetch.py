@@ -1,7 +1,9 @@
-"""A role's `fallback: {"repo", "revision"}` that is not in the models directory yet is fetched through the provisioner:
-a `cmd.provisioner.provision.v1` for the checkpoint reference `org/name@<revision>`, waited for (bounded) on its
-`evt.provisioner.request.completed.v1`. The provisioner pins a tag to its commit, downloads every file and verifies
-each sha256; the action it reports names the commit (the folder `<models dir>/<repo>/<commit>/`) or why it failed.
+"""A role's `fallback: {"repo", "revision"}` that is not in the models directory yet is fetched through the provisioner
+of THIS host: a `cmd.provisioner.fetch.<host id>.v1` (a ProvisionFetch) for the checkpoint reference
+`org/name@<revision>`, waited for (bounded) on its `evt.provisioner.request.completed.v1`. Only the provisioners whose
+host id fills the subject consume it, so the files land in this host's models directory, never in another host's.
+The provisioner pins a tag to its commit, downloads every file and verifies each sha256; the action it reports names
+the commit (the folder `<models dir>/<repo>/<commit>/`) or why it failed.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from contracts.envelope import Envelope
-from contracts.health import HealthRequest
-from contracts.provisioner import ProvisionActionResult, ProvisionCommand, ProvisionCompleted, ProvisionFailed
+from contracts.health import HealthReply, HealthRequest
+from contracts.provisioner import ProvisionActionResult, ProvisionCompleted, ProvisionFailed, ProvisionFetch
 from contracts.rpc import RpcError
 from contracts.subjects import fill
 from services.runtime.rpc import Rpc
@@ -31,6 +33,8 @@ class FetchError(RpcError):
     """A checkpoint the provisioner could not fetch (or nobody fetches): the error names the repo and why."""
 
 
+#: Publishes a command or event on a subject (the stream's, with the envelope's event_id as Nats-Msg-Id).
+Publish = Callable[[Envelope, str], Awaitable[None]]
 #: Subscribes a callback to a subject; returns what unsubscribes it.
 Subscribe = Callable[[str, Callable[[bytes], Awaitable[None]]], Awaitable[Callable[[], Awaitable[None]]]]
 
@@ -41,7 +45,7 @@ class CheckpointFetcher:
     def __init__(
         self,
         rpc: Rpc,
-        publish: Callable[[Envelope], Awaitable[None]],
+        publish: Publish,
         subscribe: Subscribe,
         *,
         host_id: str,
@@ -65,7 +69,7 @@ class CheckpointFetcher:
     async def _fetch(self, repo: str, revision: str) -> tuple[str, str]:
         ref = f"{repo}@{revision}"
         await self._provisioner_answers(ref)
-        cmd = ProvisionCommand(
+        cmd = ProvisionFetch(
             producer="inference-fallback",
             host=self.host_id,
             models=[ref],
@@ -95,9 +99,11 @@ class CheckpointFetcher:
             await self.subscribe(ProvisionCompleted.SUBJECT, on_completed),
             await self.subscribe(ProvisionFailed.SUBJECT, on_failed),
         ]
-        log.info("fallback.fetch %s: asking the provisioner (request %s)", ref, cmd.request_id)
+        subject = fill(ProvisionFetch.SUBJECT, host=self.host_id)
+        log.info("fallback.fetch %s: asking the provisioner of %s on %s (request %s)", ref, self.host_id, subject,
+                 cmd.request_id)  # fmt: skip
         try:
-            await self.publish(cmd)
+            await self.publish(cmd, subject)
             done = await asyncio.wait_for(got, self.timeout_s)
         except TimeoutError:
             raise FetchError(
@@ -112,15 +118,24 @@ class CheckpointFetcher:
         return self._commit(ref, revision, done.actions)
 
     async def _provisioner_answers(self, ref: str) -> None:
-        """A durable command nobody consumes would only time out: say so at once instead."""
+        """The fetch command is consumed only by a provisioner on this host; with none, it would wait in the stream
+        for nobody and the request would time out: say so at once instead. Health replies name their host."""
         subject = fill(HealthRequest.SUBJECT, service="provisioner")
+        host = self.host_id
+
+        def here(got: list[HealthReply]) -> bool:
+            return any(r.healthy and r.host == host for r in got)
+
         replies = await self.rpc.gather(HealthRequest(), subject=subject, timeout_s=self.provisioner_timeout_s,
-                                        done=lambda got: any(r.healthy for r in got))  # fmt: skip
-        if not any(r.healthy for r in replies):
+                                        done=here)  # fmt: skip
+        if not here(replies):
+            elsewhere = sorted({r.host for r in replies if r.healthy})
+            seen = f"healthy provisioners answered from {', '.join(elsewhere)} only" if elsewhere else "none answered"
             raise FetchError(
                 503,
-                f"{FIELD}: {ref} is not in this host's models directory and no healthy provisioner answers to fetch "
-                f"it (asked {subject} for {self.provisioner_timeout_s:g} s)",
+                f"{FIELD}: {ref} is not in this host's models directory and no healthy provisioner runs on host "
+                f"{host} to fetch it into that directory (asked {subject} for {self.provisioner_timeout_s:g} s; "
+                f"{seen}); start a provisioner with MODELFLEET_HOST_ID={host} on this host",
                 code="no_provisioner", field=FIELD,
             )  # fmt: skip
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from faststream.nats import NatsMessage, PullSub
 
@@ -18,6 +20,7 @@ from contracts.provisioner import (
     InventorySyncRequest,
     ProvisionCommand,
     ProvisionFailed,
+    ProvisionFetch,
     ProvisionResultReply,
     ProvisionResultRequest,
     QuantizationsReply,
@@ -27,7 +30,7 @@ from contracts.provisioner import (
     UpdateStatusReply,
     UpdateStatusRequest,
 )
-from contracts.subjects import COMMANDS_STREAM
+from contracts.subjects import COMMANDS_STREAM, fill
 from services.provisioner.operations import Operations
 from services.provisioner.updates import UpdateChecker
 from services.runtime.bus import jstream
@@ -35,6 +38,8 @@ from services.runtime.dlq import FailedEvent, StreamRouter
 from services.runtime.rpc import Rpc
 
 log = logging.getLogger(__name__)
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
 def gave_up(host_id: str) -> FailedEvent:
@@ -51,22 +56,33 @@ def gave_up(host_id: str) -> FailedEvent:
 
 def register(rpc: Rpc, streams: StreamRouter, ops: Operations, *, ack_wait_s: float) -> None:
     """Request/reply handlers join the queue group `provisioner`, so replicas share the load; an `RpcError` an
-    operation raises (a hub or Ollama failure, translated) becomes the typed error reply."""
-    deliveries = streams.deliveries
-    durable = "provisioner"
-    failed = gave_up(deliveries.host_id)
-    consumer = deliveries.retried(
-        ProvisionCommand.SUBJECT, durable=durable, failed=failed, ack_wait_s=ack_wait_s, manual=True
-    )
+    operation raises (a hub or Ollama failure, translated) becomes the typed error reply.
 
-    @streams.subscriber(
-        ProvisionCommand.SUBJECT,
-        stream=jstream(COMMANDS_STREAM),
-        durable=durable,
-        pull_sub=PullSub(batch_size=8, timeout=0.2),
-        config=consumer.config,
-        ack_policy=consumer.ack_policy,
-    )
+    Commands come on two durable consumers, through the same handler and the same delivery rules: `provisioner`
+    (cmd.provisioner.provision.v1, shared by every replica of the fleet) and `provisioner-<host id>`
+    (cmd.provisioner.fetch.<host id>.v1, shared only by the replicas on this host: what it fetches lands in this
+    host's models directory)."""
+    deliveries = streams.deliveries
+    failed = gave_up(deliveries.host_id)
+
+    def consume(subject: str, durable: str) -> Callable[[Handler], Handler]:
+        consumer = deliveries.retried(subject, durable=durable, failed=failed, ack_wait_s=ack_wait_s, manual=True)
+        subscriber = streams.subscriber(
+            subject,
+            stream=jstream(COMMANDS_STREAM),
+            durable=durable,
+            pull_sub=PullSub(batch_size=8, timeout=0.2),
+            config=consumer.config,
+            ack_policy=consumer.ack_policy,
+        )
+
+        def add(handler: Handler) -> Handler:
+            subscriber(handler)
+            return handler
+
+        return add
+
+    @consume(ProvisionCommand.SUBJECT, "provisioner")
     async def on_provision(cmd: ProvisionCommand, msg: NatsMessage) -> None:
         """Consumes cmd.provisioner.provision.v1; emits progress, model.pulled / failed, then request.completed.
 
@@ -75,6 +91,15 @@ def register(rpc: Rpc, streams: StreamRouter, ops: Operations, *, ack_wait_s: fl
         delivered again by the backoff schedule; after the last delivery it goes to dlq.cmd.provisioner.provision.v1
         and evt.provisioner.failed.v1 (target `*`, error_channel `dead_letter`) tells the requester why.
         """
+        await ops.accept(cmd, deliveries.delivery(msg, cmd.request_id))
+
+    host = deliveries.host_id
+
+    @consume(fill(ProvisionFetch.SUBJECT, host=host), f"provisioner-{host}")
+    async def on_fetch(cmd: ProvisionFetch, msg: NatsMessage) -> None:
+        """Consumes cmd.provisioner.fetch.<this host>.v1 (durable provisioner-<host>, shared by this host's replicas
+        only); the same as cmd.provisioner.provision.v1, done here so the files land in this host's models directory.
+        Dead letters go to dlq.cmd.provisioner.fetch.<host>.v1, with the same failed event."""
         await ops.accept(cmd, deliveries.delivery(msg, cmd.request_id))
 
     @rpc.handler(ProvisionResultRequest)

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -70,7 +71,7 @@ def sent_addresses(document: dict[str, object]) -> set[str]:
     channels: dict[str, dict[str, str]] = document["channels"]  # type: ignore[assignment]
     operations: dict[str, dict[str, dict[str, str]]] = document["operations"]  # type: ignore[assignment]
     return {
-        channels[op["channel"]["$ref"].rsplit("/", 1)[-1].replace("%20", " ")]["address"]
+        channels[unquote(op["channel"]["$ref"].rsplit("/", 1)[-1])]["address"]
         for op in operations.values()
         if op["action"] == "send"
     }
@@ -81,9 +82,9 @@ def sent_addresses(document: dict[str, object]) -> set[str]:
 PLANNED: set[str] = set()
 
 
-#: A command may have several senders (an event has one): a provision comes from an operator (gateway), an
-#: on-demand route (router) and a fallback fetching its checkpoint (inference-fallback).
-COMMAND_SENDERS = {"cmd.provisioner.provision.v1": ["gateway", "inference-fallback", "router"]}
+#: A command may have several senders (an event has one): a provision comes from an operator (gateway) and an
+#: on-demand route (router); a fallback fetching its checkpoint sends cmd.provisioner.fetch.{host}.v1 instead.
+COMMAND_SENDERS = {"cmd.provisioner.provision.v1": ["gateway", "router"]}
 
 
 def test_every_event_and_command_is_documented_as_sent_by_the_one_service_whose_code_sends_it(
@@ -121,7 +122,7 @@ def test_what_an_app_declares_it_publishes_is_built_by_its_code(service: str) ->
 
 
 def _address(document: dict[str, Any], op: dict[str, Any]) -> str:
-    channel = op["channel"]["$ref"].rsplit("/", 1)[-1].replace("%20", " ")
+    channel = unquote(op["channel"]["$ref"].rsplit("/", 1)[-1])
     address: str = document["channels"][channel]["address"]
     return address
 
