@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from faststream.nats import NatsBroker
 
+from contracts.dlq import DeadLetter
 from contracts.envelope import Envelope
 from contracts.health import HealthReply, HealthRequest
 from contracts.provisioner import ProvisionCommand, ProvisionFetch
-from contracts.subjects import fill
+from contracts.subjects import COMMANDS_STREAM, dlq_subject, fill
 from services.inference_fallback.fetch import CheckpointFetcher, FetchError, nats_subscribe
 from services.runtime.bus import ensure_streams, publish_event
 from services.runtime.rpc import Rpc
@@ -120,3 +121,25 @@ async def test_a_fetch_for_a_host_without_a_provisioner_is_a_503_naming_the_host
     assert "answered from host-a, host-b only" in str(error.detail)  # the others are named, and not used
     await nc.flush()
     assert commands == []  # nothing was asked of anyone
+
+
+async def test_a_fetch_command_that_can_never_succeed_is_dead_lettered_by_that_hosts_consumer(
+    two_hosts: dict[str, Any],
+) -> None:
+    subject = fill(ProvisionFetch.SUBJECT, host="host-b")
+    letters: list[DeadLetter] = []
+
+    async def record(msg: Any) -> None:
+        letters.append(DeadLetter.model_validate_json(msg.data))
+
+    nc = two_hosts["broker"].connection
+    await nc.subscribe(dlq_subject(subject), cb=record)
+    await nc.flush()
+    await nc.jetstream().publish(subject, b'{"models": "not a list"}', stream=COMMANDS_STREAM)
+    [letter] = await eventually(lambda: _some(letters), timeout_s=30, what=f"a dead letter on {dlq_subject(subject)}")
+    assert (letter.original_subject, letter.consumer) == (subject, "provisioner-host-b")
+    assert "ValidationError" in letter.reason
+
+
+async def _some(items: list[DeadLetter]) -> list[DeadLetter] | None:
+    return list(items) or None
