@@ -133,6 +133,7 @@ class FileCache:
         self.path = path
         self.entries: dict[str, Known] = {}
         self.lock = threading.Lock()
+        self._writing = threading.Lock()  # one save at a time: they share the temporary file
 
     def load(self) -> None:
         try:
@@ -146,6 +147,10 @@ class FileCache:
             log.warning("local models: cache %s unreadable (%s); every file is read and hashed again", self.path, exc)
 
     def save(self) -> None:
+        with self._writing:
+            self._save()
+
+    def _save(self) -> None:
         with self.lock:
             doc = {"version": CACHE_VERSION, "files": {p: k.to_json() for p, k in sorted(self.entries.items())}}
         try:
@@ -380,4 +385,7 @@ class LocalModels:
             self._hasher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._hasher
+            # A hash learnt just before the cancel may have lost its save with it (an executor job cancelled before
+            # it ran): the cache on disk holds every hash this process made.
+            await asyncio.to_thread(self.cache.save)
         self._stop.clear()
