@@ -174,7 +174,7 @@ def run_service(build: Callable[[], Service]) -> None:
 
     # libuv's event loop (uvloop, as the gateway's uvicorn takes it): a service's every bus message costs less loop
     # work; MODELFLEET_EVENT_LOOP=asyncio keeps the standard one.
-    if os.environ.get("MODELFLEET_EVENT_LOOP", "uvloop") == "asyncio":
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+    loop = os.environ.get("MODELFLEET_EVENT_LOOP", "uvloop")
+    if loop not in ("uvloop", "asyncio"):
+        raise SystemExit(f"MODELFLEET_EVENT_LOOP={loop!r} is not an event loop; use uvloop (the default) or asyncio")
+    (asyncio.run if loop == "asyncio" else uvloop.run)(main())
