@@ -7,8 +7,10 @@ answer its health rpc afterwards."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -22,6 +24,7 @@ from contracts.catalog import (
     ExportRequest,
     ImportRequest,
     ModelInfoRequest,
+    ModelPatchRequest,
     OverviewRequest,
     ProfileChanged,
     ProfileDeleteRequest,
@@ -41,7 +44,9 @@ from contracts.envelope import Contract
 from contracts.fallback import AdapterUpdated, FallbackAdvertised, GenerateRequest, SlotsRequest
 from contracts.hardware import GpuSampled, HostHeartbeat, SampleRequest
 from contracts.health import HealthReply, HealthRequest
+from contracts.local_models import LocalModelsRequest, LocalModelsScanned
 from contracts.provisioner import (
+    AuditRequest,
     InventoryDeleteRequest,
     InventoryRequest,
     InventorySyncRequest,
@@ -49,6 +54,7 @@ from contracts.provisioner import (
     ProvisionCommand,
     ProvisionCompleted,
     ProvisionFailed,
+    ProvisionFetch,
     ProvisionResultRequest,
     QuantizationsRequest,
     UpdateCheckRequest,
@@ -75,6 +81,7 @@ HOST = "test-host"
 #: Stream subject -> (its contract, how many of the services consume it: each consumer dead-letters it once).
 CONSUMED: dict[str, tuple[type[Contract], int]] = {
     ProvisionCommand.SUBJECT: (ProvisionCommand, 1),  # provisioner
+    fill(ProvisionFetch.SUBJECT, host=HOST): (ProvisionFetch, 1),  # the provisioner of this host (durable per host)
     CatalogChanged.SUBJECT: (CatalogChanged, 2),  # catalog, router
     ProfileChanged.SUBJECT: (ProfileChanged, 1),  # router
     HostHeartbeat.SUBJECT: (HostHeartbeat, 1),
@@ -89,6 +96,7 @@ CONSUMED: dict[str, tuple[type[Contract], int]] = {
     LlmRecovered.SUBJECT: (LlmRecovered, 2),
     FallbackAdvertised.SUBJECT: (FallbackAdvertised, 1),  # router
     AdapterUpdated.SUBJECT: (AdapterUpdated, 1),  # inference-fallback
+    LocalModelsScanned.SUBJECT: (LocalModelsScanned, 1),  # catalog
 }
 RPC: dict[str, type[Contract]] = {
     c.SUBJECT: c
@@ -98,10 +106,11 @@ RPC: dict[str, type[Contract]] = {
         ProfileSaveRequest, ProfileDeleteRequest, UserConfigRequest, UserConfigGetRequest, OverviewRequest,
         ImportRequest, ExportRequest, UpdateCheckRequest, UpdateStatusRequest, InventoryRequest, InventorySyncRequest,
         InventoryDeleteRequest, QuantizationsRequest, ProvisionResultRequest, RouteRequest, BackendsRequest,
-        SlotsRequest, GenerateRequest,
+        SlotsRequest, GenerateRequest, ModelPatchRequest, LocalModelsRequest, AuditRequest,
     )
 } | {fill(SampleRequest.SUBJECT, host=HOST): SampleRequest}  # fmt: skip
 HEALTH = {fill(HealthRequest.SUBJECT, service=s): HealthRequest for s in SERVICES}
+ASYNCAPI = Path(__file__).resolve().parents[2] / "docs" / "asyncapi"
 STREAM_MESSAGES = 7_000
 RPC_MESSAGES = 3_000
 
@@ -188,6 +197,22 @@ async def test_ten_thousand_malformed_messages_are_dead_lettered_or_refused(
         )
     finally:
         await nc.close()
+
+
+def test_every_subject_a_service_receives_is_fuzzed() -> None:
+    """The services' own AsyncAPI documents (generated from the handlers, checked by `scripts.gen_asyncapi --check`)
+    list what each receives: every such subject is fuzzed, and each stream subject expects one dead letter per
+    service that consumes it."""
+    receivers: Counter[str] = Counter()
+    for service in SERVICES:
+        doc = json.loads((ASYNCAPI / f"{service}.json").read_text())
+        for op in doc["operations"].values():
+            if op["action"] == "receive":
+                channel = doc["channels"][op["channel"]["$ref"].rsplit("/", 1)[-1]]
+                receivers[channel["address"].replace("example-host", HOST)] += 1
+    streams = {s: n for s, n in receivers.items() if not s.startswith("rpc.")}
+    assert streams == {s: n for s, (_, n) in CONSUMED.items()}
+    assert {s for s in receivers if s.startswith("rpc.")} == set(RPC) | set(HEALTH)
 
 
 def _answer(subject: str, contract: type[Contract], msg: Msg) -> str:
