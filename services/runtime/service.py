@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Literal
 
 import uvloop
 from faststream.nats import NatsBroker
@@ -172,9 +172,16 @@ def run_service(build: Callable[[], Service]) -> None:
     async def main() -> None:
         await build().run()
 
-    # libuv's event loop (uvloop, as the gateway's uvicorn takes it): a service's every bus message costs less loop
-    # work; MODELFLEET_EVENT_LOOP=asyncio keeps the standard one.
+    (asyncio.run if event_loop() == "asyncio" else uvloop.run)(main())
+
+
+def event_loop() -> Literal["uvloop", "asyncio"]:
+    """The event loop every service (the gateway's uvicorn included) runs on: libuv's (uvloop), where a service's
+    every bus message costs less loop work, unless MODELFLEET_EVENT_LOOP=asyncio keeps the standard one. Any other
+    value stops the service at start."""
     loop = os.environ.get("MODELFLEET_EVENT_LOOP", "uvloop")
-    if loop not in ("uvloop", "asyncio"):
-        raise SystemExit(f"MODELFLEET_EVENT_LOOP={loop!r} is not an event loop; use uvloop (the default) or asyncio")
-    (asyncio.run if loop == "asyncio" else uvloop.run)(main())
+    if loop == "uvloop":
+        return "uvloop"
+    if loop == "asyncio":
+        return "asyncio"
+    raise SystemExit(f"MODELFLEET_EVENT_LOOP={loop!r} is not an event loop; use uvloop (the default) or asyncio")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ from services.cli.supervisor import Child, Supervisor
 from services.gateway.domain import fleet_health
 from services.runtime.db import async_url
 from services.runtime.hostid import stable_host_id, validate_host_id
+from services.runtime.service import event_loop
 from services.runtime.settings import RuntimeSettings
 
 pytestmark = pytest.mark.unit
@@ -99,3 +102,20 @@ def test_supervisor_restarts_a_crashing_child_with_growing_backoff(tmp_path):
     assert child.restarts >= 3
     assert child.history[:3] == [3, 3, 3]
     assert child.backoff_s >= 4.0  # 0.5 → 1 → 2 → 4 …
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_event_loop_is_uvloop_unless_asyncio_is_asked_for(monkeypatch, given, expected):
+    if given is None:
+        monkeypatch.delenv("MODELFLEET_EVENT_LOOP", raising=False)
+    else:
+        monkeypatch.setenv("MODELFLEET_EVENT_LOOP", given)
+    assert event_loop() == expected
+
+
+@pytest.mark.parametrize("module", ["services.gateway", "services.catalog"])
+def test_an_unknown_event_loop_stops_a_service_at_start_naming_the_two_it_takes(module):
+    env = {**os.environ, "MODELFLEET_EVENT_LOOP": "trio", "MODELFLEET_NATS_URL": "nats://127.0.0.1:1"}
+    done = subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "MODELFLEET_EVENT_LOOP='trio' is not an event loop; use uvloop (the default) or asyncio" in done.stderr
