@@ -220,9 +220,11 @@ def container_env(docs: list[dict[str, Any]], pod: dict[str, Any], container: di
     return env
 
 
-#: The workload kind of each service that is not a Deployment: the probe runs on every GPU node, and each
-#: provisioner replica keeps its own host id and download claim.
-KINDS = {"hardware-probe": "DaemonSet", "provisioner": "StatefulSet"}
+#: The workload kind of each service that is not a Deployment: the probe runs on every GPU node, each provisioner
+#: replica keeps its own host id and download claim, and so does each fallback pod (with a provisioner beside it).
+KINDS = {"hardware-probe": "DaemonSet", "provisioner": "StatefulSet", "inference-fallback": "StatefulSet"}
+#: Containers that run beside a workload's own: each fallback pod's provisioner (deploy/k8s/inference-fallback.yaml).
+SIDECARS = {"inference-fallback": ["provisioner"]}
 
 
 def workload(docs: list[dict[str, Any]], service: str) -> dict[str, Any]:
@@ -239,20 +241,23 @@ def test_k8s_everything_lives_in_the_modelfleet_namespace(k8s: list[dict[str, An
 def test_k8s_workload_runs_its_module_with_the_env_the_code_reads(k8s: list[dict[str, Any]], service: str) -> None:
     spec = workload(k8s, service)["spec"]
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
-    (container,) = spec["template"]["spec"]["containers"]
-    assert container["command"] == ["python", "-m", module_of(service)]
-    env = container_env(k8s, spec["template"], container)
-    check_env(service, env)
-    assert urlsplit(env["MODELFLEET_NATS_URL"]).hostname.split(".")[0] == "nats"
-    find(k8s, "Service", "nats")
-    if uses_database(service):
-        assert urlsplit(env["MODELFLEET_DATABASE_URL"]).hostname.split(".")[0] == "postgres"
-        find(k8s, "Service", "postgres")
-    probe = container["readinessProbe"]
-    if service == "gateway":
-        assert probe["httpGet"]["path"] == "/healthz"
-    else:
-        assert probe["exec"]["command"] == ["python", "deploy/healthcheck.py", service]
+    containers = spec["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == [service, *SIDECARS.get(service, [])]
+    for container in containers:
+        runs = container["name"]
+        assert container["command"] == ["python", "-m", module_of(runs)]
+        env = container_env(k8s, spec["template"], container)
+        check_env(runs, env)
+        assert urlsplit(env["MODELFLEET_NATS_URL"]).hostname.split(".")[0] == "nats"
+        find(k8s, "Service", "nats")
+        if uses_database(runs):
+            assert urlsplit(env["MODELFLEET_DATABASE_URL"]).hostname.split(".")[0] == "postgres"
+            find(k8s, "Service", "postgres")
+        probe = container["readinessProbe"]
+        if runs == "gateway":
+            assert probe["httpGet"]["path"] == "/healthz"
+        else:
+            assert probe["exec"]["command"] == ["python", "deploy/healthcheck.py", runs]
 
 
 @pytest.mark.parametrize("service", SCALABLE)

@@ -72,6 +72,21 @@ def app_workload(service: str) -> dict[str, Any]:
     return match
 
 
+def container(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    (match,) = [c for c in pod(workload)["containers"] if c["name"] == name]
+    return match
+
+
+def app_containers() -> list[tuple[str, str, dict[str, Any]]]:
+    """(workload, service, container) for every container that runs a modelfleet service."""
+    out = []
+    for w in workloads():
+        for c in pod(w)["containers"]:
+            if c.get("command", [])[:2] == ["python", "-m"] and c["command"][2].startswith("services."):
+                out.append((w["metadata"]["name"], c["command"][2].removeprefix("services.").replace("_", "-"), c))
+    return out
+
+
 # --- the schemas ------------------------------------------------------------------------------------------
 
 
@@ -152,10 +167,12 @@ def pod_labels(w: dict[str, Any]) -> dict[str, str]:
 # --- probes and replicas ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", APP)
-def test_every_service_has_readiness_and_liveness_probes(service: str) -> None:
-    (container,) = pod(app_workload(service))["containers"]
-    ready, live = container["readinessProbe"], container["livenessProbe"]
+@pytest.mark.parametrize(
+    ("workload", "service", "box"), app_containers(), ids=[f"{w}/{s}" for w, s, _ in app_containers()]
+)
+def test_every_service_has_readiness_and_liveness_probes(workload: str, service: str, box: dict[str, Any]) -> None:
+    assert {s for _, s, _ in app_containers()} == set(APP)
+    ready, live = box["readinessProbe"], box["livenessProbe"]
     if service == "gateway":
         assert ready["httpGet"]["path"] == live["httpGet"]["path"] == "/healthz"
         return
@@ -171,15 +188,37 @@ def test_scalable_services_run_several_replicas(service: str) -> None:
     assert app_workload(service)["spec"]["replicas"] >= 2
 
 
-def test_provisioner_replicas_each_have_their_own_id_and_download_claim() -> None:
-    sts = find("StatefulSet", "provisioner")
-    (container,) = pod(sts)["containers"]
-    env = {e["name"]: e for e in container["env"]}
+@pytest.mark.parametrize("workload", ["provisioner", "inference-fallback"])
+def test_provisioner_replicas_each_have_their_own_id_and_download_claim(workload: str) -> None:
+    sts = find("StatefulSet", workload)
+    provisioner = container(sts, "provisioner")
+    env = {e["name"]: e for e in provisioner["env"]}
     assert env["MODELFLEET_HOST_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    state = next(m for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/modelfleet")
+    state = next(m for m in provisioner["volumeMounts"] if m["mountPath"] == "/var/lib/modelfleet")
     assert state["name"] in {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
     assert not any(v["name"] == state["name"] for v in pod(sts).get("volumes", [])), "a shared volume, not a claim"
     assert "MODELFLEET_PROVISIONER_MODELS_DIR" not in env
+
+
+def test_each_fallback_pod_fetches_its_checkpoints_through_a_provisioner_of_its_own() -> None:
+    """The fallback asks `cmd.provisioner.fetch.<its host id>.v1` for a `fallback.repo` checkpoint: the provisioner
+    with that host id must be in the same pod (same pod name as host id), and write where the fallback reads."""
+    sts = find("StatefulSet", "inference-fallback")
+    fallback, provisioner = container(sts, "inference-fallback"), container(sts, "provisioner")
+    assert provisioner["command"] == ["python", "-m", "services.provisioner"]
+    for c in (fallback, provisioner):
+        host = next(e for e in c["env"] if e["name"] == "MODELFLEET_HOST_ID")
+        assert host["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    env = {e["name"]: e.get("value") for e in fallback["env"]}
+    written = next(m for m in provisioner["volumeMounts"] if m["mountPath"] == "/var/lib/modelfleet")
+    (read,) = [m for m in fallback["volumeMounts"] if m["name"] == written["name"]]
+    assert read["readOnly"] is True
+    # The provisioner's models directory is <its state dir>/models (services/provisioner/settings.py).
+    assert env["MODELFLEET_FALLBACK_MODELS_DIR"] == f"{read['mountPath']}/models"
+    own = next(m for m in fallback["volumeMounts"] if m["mountPath"] == "/var/lib/modelfleet")
+    assert own["name"] != written["name"], "the fallback's own state is not the provisioner's"
+    ports = [p["containerPort"] for c in pod(sts)["containers"] for p in c["ports"]]
+    assert len(ports) == len(set(ports)), "two containers of the pod serve metrics on one port"
 
 
 # --- NATS cluster -----------------------------------------------------------------------------------------
@@ -229,7 +268,7 @@ def test_probe_is_a_daemonset_on_gpu_nodes_with_the_nvidia_runtime_and_no_gpu_ta
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
 
 
-def test_each_secret_goes_only_to_the_pods_that_use_it() -> None:
+def test_each_secret_goes_only_to_the_containers_that_use_it() -> None:
     receivers: dict[str, set[str]] = {}
     for w in workloads():
         for c in pod(w)["containers"]:
@@ -237,12 +276,13 @@ def test_each_secret_goes_only_to_the_pods_that_use_it() -> None:
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
-                    receivers.setdefault(ref["name"], set()).add(w["metadata"]["name"])
+                    receivers.setdefault(ref["name"], set()).add(f"{w['metadata']['name']}/{c['name']}")
     assert receivers == {
-        "modelfleet-admin-token": {"gateway"},
-        "modelfleet-hf-token": {"provisioner"},
-        "modelfleet-database": {"catalog", "provisioner", "postgres"},
-    }
+        "modelfleet-admin-token": {"gateway/gateway"},
+        "modelfleet-hf-token": {"provisioner/provisioner", "inference-fallback/provisioner"},
+        "modelfleet-database": {"catalog/catalog", "provisioner/provisioner", "inference-fallback/provisioner",
+                                "postgres/postgres"},
+    }  # fmt: skip
 
 
 def test_one_postgresql_and_one_nats_version_everywhere() -> None:
