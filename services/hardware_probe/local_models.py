@@ -148,18 +148,15 @@ class FileCache:
 
     def save(self) -> None:
         with self._writing:
-            self._save()
-
-    def _save(self) -> None:
-        with self.lock:
-            doc = {"version": CACHE_VERSION, "files": {p: k.to_json() for p, k in sorted(self.entries.items())}}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            log.warning("local models: cache %s not written (%s)", self.path, exc)
+            with self.lock:
+                doc = {"version": CACHE_VERSION, "files": {p: k.to_json() for p, k in sorted(self.entries.items())}}
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(doc))
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                log.warning("local models: cache %s not written (%s)", self.path, exc)
 
     def get(self, path: str, size: int, mtime_ns: int) -> Known | None:
         with self.lock:
