@@ -29,6 +29,7 @@ class ProgressRelay:
         self.status = "starting"
         self._sent: tuple[int, str] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def update(self, done: int, total: int | None, status: str = "downloading") -> None:
         self.meter.done = done
@@ -58,9 +59,12 @@ class ProgressRelay:
             log.warning("progress event not published: %s", exc)
 
     async def _tick(self) -> None:
-        while True:
+        # Stopped by the flag as well as by the cancel: on Python 3.11 a cancel that lands as a publish's ack arrives
+        # is swallowed by asyncio.wait_for inside nats-py, and a loop that only stops on it would tick for ever (the
+        # pull that owns it never finishing, its command held by its in-progress heartbeat).
+        while not self._stopped:
             await asyncio.sleep(max(self.gate.wait_s(time.monotonic()), 0.05))
-            if self.gate.wait_s(time.monotonic()) == 0:
+            if not self._stopped and self.gate.wait_s(time.monotonic()) == 0:
                 await self._emit()
 
     async def __aenter__(self) -> ProgressRelay:
@@ -70,6 +74,7 @@ class ProgressRelay:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
