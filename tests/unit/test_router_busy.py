@@ -214,3 +214,26 @@ async def test_a_call_that_ends_before_busy_after_s_costs_its_call_report_alone(
         assert isinstance(sent[0], BackendCallCompleted) and sent[0].in_flight == 0
     finally:
         await reporter.aclose()
+
+
+async def test_the_reporter_closes_even_when_a_publish_in_flight_swallows_its_cancel() -> None:
+    """As the provisioner's progress relay (tests/unit/test_provision_progress.py): a cancel lost inside a publish
+    must not leave the drainer waiting on its queue for ever, which would hang the gateway's shutdown."""
+    in_flight = asyncio.Event()
+    published: list[Envelope] = []
+
+    async def publish(event: Envelope) -> None:
+        published.append(event)
+        in_flight.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return  # the ack came as the cancel landed: the cancel is gone
+
+    reporter = CallReporter(publish, instance="gw-1", busy_after_s=10)
+    reporter.started(ref())
+    reporter.finished(ref(), "m", "ok", latency_ms=1.0)
+    await in_flight.wait()
+    done, _ = await asyncio.wait([asyncio.ensure_future(reporter.aclose(flush_s=0.01))], timeout=10)
+    assert done, "the reporter did not close"
+    assert len(published) == 1
