@@ -277,7 +277,10 @@ async def concurrent(paths: Paths, clients: int, n: int) -> dict[str, float]:
 async def bench(requests: int, clients: int, concurrent_requests: int, llama_threads: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         async with fleet(Path(tmp), llama_threads) as setup:
-            limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2)
+            # An idle connection is dropped after 4 s, before llama-cpp-python's server closes it (uvicorn: 5 s), so
+            # no direct request goes out on a connection being closed (the gateway keeps its own for 75 s).
+            limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2,
+                                  keepalive_expiry=4.0)  # fmt: skip
             async with httpx.AsyncClient(timeout=60, limits=limits) as http:
                 paths = Paths(http, setup)
                 figures: dict[str, object] = {"model": setup["model"], "cpus": os.cpu_count(),

@@ -15,7 +15,13 @@ def main() -> None:
     loop = event_loop()  # a bad MODELFLEET_EVENT_LOOP stops the gateway here, as it stops every service
     settings = GatewaySettings()
     uvicorn.run(
-        build_app(settings), host=settings.bind, port=settings.port, loop=loop, log_level="warning", access_log=False
+        build_app(settings),
+        host=settings.bind,
+        port=settings.port,
+        loop=loop,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

@@ -63,7 +63,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     timeout = httpx.Timeout(settings.backend_read_timeout_s, connect=settings.backend_connect_timeout_s)
     openai_backend = OpenAIBackend(
         connect_timeout_s=settings.backend_connect_timeout_s, read_timeout_s=settings.backend_read_timeout_s,
-        max_connections=settings.backend_max_connections,
+        max_connections=settings.backend_max_connections, keep_alive_s=settings.backend_keep_alive_s,
     )  # fmt: skip
     ollama_backend = OllamaBackend(timeout)
     reporter = CallReporter(bus.report)

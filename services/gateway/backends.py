@@ -163,15 +163,23 @@ class OpenAIBackend:
     about a fifth of the client CPU (`python -m scripts.bench.http_client`), and it sends a request's headers and body
     in one write where httpcore makes two; both count in every /v1/ request's added latency."""
 
-    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, max_connections: int):
+    def __init__(
+        self, *, connect_timeout_s: float, read_timeout_s: float, max_connections: int, keep_alive_s: float = 4.0
+    ):
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
         self.max_connections = max_connections
+        #: An idle connection is reused for this long only: less than the servers' own idle close (uvicorn, so vLLM
+        #: and llama-cpp-python, 5 s; llama.cpp's server 5 s), so that a request never goes out on a connection the
+        #: server is closing (it would fail and count against the backend).
+        self.keep_alive_s = keep_alive_s
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         """Made on first use, inside the running loop (an aiohttp session belongs to its loop)."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections, limit_per_host=0, keepalive_timeout=self.keep_alive_s
+            )
             # `read_bufsize`: a server-sent line may be long (a whole answer in one chunk). No proxy: backends are on
             # the fleet's own network, and reading the proxy variables costs ~0.25 ms of CPU per request.
             self._session = aiohttp.ClientSession(

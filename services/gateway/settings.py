@@ -11,6 +11,11 @@ class GatewaySettings(RuntimeSettings):
 
     bind: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8080, ge=1, le=65535)
+    keep_alive_s: int = Field(
+        default=75, ge=1, le=3600, description="How long an idle client connection stays open. Longer than the idle "
+        "expiry of common HTTP clients (httpx and so the `openai` client: 5 s), so that the client, not the gateway, "
+        "closes it: a gateway closing it as the client reuses it fails that request (uvicorn's own default is 5 s).",
+    )  # fmt: skip
     health_timeout_s: float = Field(default=1.5, gt=0, le=30, description="How long a service may stay silent.")
     request_timeout_s: float = Field(default=10.0, gt=0, le=600, description="Timeout of a bus request.")
     backend_connect_timeout_s: float = Field(default=2.0, gt=0, le=10, description="Connecting to a backend.")
@@ -29,6 +34,11 @@ class GatewaySettings(RuntimeSettings):
         "also the longest silence between two of its chunks.",
     )  # fmt: skip
     backend_max_connections: int = Field(default=512, ge=1, description="Open connections to backends, all told.")
+    backend_keep_alive_s: float = Field(
+        default=4.0, gt=0, le=3600, description="How long an idle connection to a backend is reused: less than the "
+        "backends' own idle close (uvicorn-based servers and llama.cpp's: 5 s), so no request goes out on a connection "
+        "the backend is closing.",
+    )  # fmt: skip
     provision_wait_s: float = Field(
         default=60.0, ge=0, le=3600, description="How long a request waits for an auto_download role's model to be "
         "pulled (the router's own bound applies too); the route ask's timeout grows by as much.",
