@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from contracts.envelope import Envelope
 from contracts.router import BackendBusy, BackendCallCompleted, BackendRef, CallOutcome
+from services.runtime.tasks import LoopStop
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ class CallReporter:
         #: backends whose open calls were told and not yet told ended (by a call report or a busy report of 0)
         self._told: set[tuple[str, str]] = set()
         self._busy_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
-        #: set by `aclose`: the drainer stops on it as well as on its cancel, which a publish in flight may swallow
-        self._closing = False
+        self._stop_draining = LoopStop()
 
     def open_calls(self, backend: BackendRef) -> int:
         """Calls this gateway has open on `backend` now (exact: counted here, not reported)."""
@@ -132,7 +132,7 @@ class CallReporter:
                 self._enqueue(self._busy(key))
 
     async def _drain(self) -> None:
-        while not self._closing:
+        while not self._stop_draining.requested:
             report = await self._queue.get()
             try:
                 await self.publish(report)
@@ -156,8 +156,4 @@ class CallReporter:
                     await asyncio.sleep(0.01)
         except TimeoutError:
             pass
-        # On Python 3.11 asyncio.wait_for (under nats-py's request) drops a cancel that lands as the ack arrives: the
-        # flag ends the loop then, after the publish in flight.
-        self._closing = True
-        self._drainer.cancel()
-        await asyncio.gather(self._drainer, return_exceptions=True)
+        await self._stop_draining(self._drainer)

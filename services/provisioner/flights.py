@@ -13,6 +13,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from services.runtime.tasks import LoopStop
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -165,11 +167,11 @@ class FleetLease(Generic[T]):
 
     async def _hold(self, kv: KeyValue, key: str, revision: int, work: Callable[[], Awaitable[T]]) -> T:
         current = revision
-        stopping = False
+        stop = LoopStop()  # awaited before the outcome is written, so that it is written over the last renewal
 
         async def renew() -> None:
             nonlocal current
-            while not stopping:
+            while not stop.requested:
                 await asyncio.sleep(self.ttl_s / 3)
                 try:
                     current = await kv.update(key, self._doc("running"), last=current)
@@ -179,27 +181,18 @@ class FleetLease(Generic[T]):
                 except Exception as exc:  # NATS away for a moment: try again at the next tick
                     log.warning("flight %s: lease renewal failed: %s", key, exc)
 
-        async def stop_renewing() -> None:
-            """Ended before the outcome is written, so that it is written over the last renewal's revision. The flag
-            ends it too: on Python 3.11 asyncio.wait_for (under nats-py's request) drops a cancel that lands as an
-            update's ack arrives, and a renewer that lived on would hold the lease for ever."""
-            nonlocal stopping
-            stopping = True
-            renewing.cancel()
-            await asyncio.wait([renewing])
-
         renewing = asyncio.create_task(renew())
         try:
             result = await work()
         except BaseException as exc:
-            await stop_renewing()
+            await stop(renewing)
             failure = self.codec.dump_failure(exc) if isinstance(exc, Exception) else None
             if failure is not None:
                 await self._finish(kv, key, current, self._doc("failed", failure=failure))
             else:  # stopped or an unexpected error: let go at once, so a waiter takes over
                 await self._release(kv, key, current)
             raise
-        await stop_renewing()
+        await stop(renewing)
         await self._finish(kv, key, current, self._doc("done", result=self.codec.dump(result)))
         return result
 

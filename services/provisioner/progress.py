@@ -12,6 +12,7 @@ from types import TracebackType
 
 from contracts.provisioner import ProvisionProgress
 from services.provisioner import domain
+from services.runtime.tasks import LoopStop
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class ProgressRelay:
         self.status = "starting"
         self._sent: tuple[int, str] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._stopped = False
+        self._stop = LoopStop()
 
     def update(self, done: int, total: int | None, status: str = "downloading") -> None:
         self.meter.done = done
@@ -59,12 +60,10 @@ class ProgressRelay:
             log.warning("progress event not published: %s", exc)
 
     async def _tick(self) -> None:
-        # Stopped by the flag as well as by the cancel: on Python 3.11 a cancel that lands as a publish's ack arrives
-        # is swallowed by asyncio.wait_for inside nats-py, and a loop that only stops on it would tick for ever (the
-        # pull that owns it never finishing, its command held by its in-progress heartbeat).
-        while not self._stopped:
+        # A ticker that outlived its transfer would keep the pull from returning (its command held by its heartbeat).
+        while not self._stop.requested:
             await asyncio.sleep(max(self.gate.wait_s(time.monotonic()), 0.05))
-            if not self._stopped and self.gate.wait_s(time.monotonic()) == 0:
+            if not self._stop.requested and self.gate.wait_s(time.monotonic()) == 0:
                 await self._emit()
 
     async def __aenter__(self) -> ProgressRelay:
@@ -74,10 +73,7 @@ class ProgressRelay:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._stop(self._task)
         if et is None:
             await asyncio.sleep(self.gate.wait_s(time.monotonic()))
             await self._emit()

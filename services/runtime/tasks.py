@@ -27,3 +27,21 @@ async def settle(tasks: Sequence[asyncio.Task[Any]], what: str, grace_s: float =
         frames = "".join(f"\n  {f.f_code.co_filename}:{f.f_lineno} in {f.f_code.co_name}" for f in task.get_stack())
         log.error("%s %s did not stop %.0f s after it was cancelled; left behind at:%s", what, task.get_name(),
                   grace_s, frames)  # fmt: skip
+
+
+class LoopStop:
+    """The stop of a background loop whose owner waits for its end in the middle of a flow (not only at shutdown): the
+    loop runs `while not stop.requested`, and `await stop(task)` ends it and waits for it.
+
+    The flag ends the loop as well as the cancel: on Python 3.11 `asyncio.wait_for` (under nats-py's request, so under
+    every JetStream publish and KV update) drops a cancel that lands as the reply arrives, and a loop stopped by its
+    cancel alone would then run for ever, holding up its owner (docs/reliability.md, the lost-cancel fault)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    async def __call__(self, task: asyncio.Task[Any] | None) -> None:
+        self.requested = True
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
