@@ -10,10 +10,9 @@ from typing import Annotated, NamedTuple
 
 import httpx
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
 from contracts.advice import CandidateFit, advise_host, library_candidate
@@ -48,6 +47,7 @@ from services.gateway.fit_body import FitBody
 from services.gateway.subscriptions import dead_letter
 from services.runtime.egress import EgressDenied, EgressSettings, EgressTransport
 from services.runtime.gguf_io import read_file_header, read_url_header
+from services.runtime.kv_scan import last_entries
 
 # Read-only, but fleet internals: any valid token (a user's or the admin's).
 router = APIRouter(dependencies=[Depends(caller)], responses=ERROR_RESPONSES)
@@ -96,33 +96,23 @@ def _summary(sample: GpuSampled, now: datetime) -> HostSummary:
 
 
 async def latest_samples(bus: BusClient) -> list[GpuSampled]:
-    """The latest sample of every host, in one pass over the `hosts` bucket's last entry per key (a watch): a key a
-    probe deletes, or the bucket's max age expires, while the listing runs is left out instead of failing it (a
-    listing of the keys then a `get` of each raised for a key gone in between)."""
-    kv = await _bucket(bus)
-    if kv is None:
+    """The latest sample of every host, in one pass over the `hosts` bucket's last entry per key: a key a probe
+    deletes, or the bucket's max age expires, while the listing runs is left out instead of failing it (a listing of
+    the keys then a `get` of each raised for a key gone in between)."""
+    if await _bucket(bus) is None:
         return []
-    watcher = await kv.watchall()
-    latest: dict[str, GpuSampled] = {}
     try:
-        while True:
-            try:
-                entry = await watcher.updates(timeout=LIST_TIMEOUT_S)  # type: ignore[no-untyped-call]
-            except NatsTimeoutError as exc:
-                detail = f"the `{HOSTS_BUCKET}` bucket did not list in {LIST_TIMEOUT_S:g}s"
-                raise RpcError(504, detail, code="timeout") from exc
-            if entry is None:  # the end of the entries there were when the watch started
-                break
-            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                latest.pop(entry.key, None)
-                continue
-            try:
-                latest[entry.key] = GpuSampled.model_validate_json(entry.value)
-            except ValidationError:
-                latest.pop(entry.key, None)  # a newer, incompatible writer: skip rather than fail the listing
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    return [latest[key] for key in sorted(latest)]
+        entries = await last_entries(bus.broker.connection.jetstream(), HOSTS_BUCKET, LIST_TIMEOUT_S)
+    except TimeoutError as exc:
+        detail = f"the `{HOSTS_BUCKET}` bucket did not list in {LIST_TIMEOUT_S:g}s"
+        raise RpcError(504, detail, code="timeout") from exc
+    samples = []
+    for entry in entries:
+        try:
+            samples.append(GpuSampled.model_validate_json(entry.value))
+        except ValidationError:
+            continue  # a newer, incompatible writer: skip rather than fail the listing
+    return samples
 
 
 @router.get("/api/v1/hosts", response_model=HostsReply, tags=["hosts"])

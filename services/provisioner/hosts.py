@@ -7,12 +7,16 @@ import time
 from dataclasses import dataclass
 
 from faststream.nats import NatsBroker
-from nats.js.errors import BucketNotFoundError, NoKeysError
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from contracts.hardware import HOSTS_BUCKET, GpuSampled
+from services.runtime.kv_scan import last_entries
 
 log = logging.getLogger(__name__)
+
+#: The longest a read of the `hosts` bucket may wait for its next entry.
+LIST_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -49,18 +53,15 @@ class HostDirectory:
 
     async def _samples(self) -> list[GpuSampled]:
         try:
-            kv = await self.broker.connection.jetstream().key_value(HOSTS_BUCKET)
-            keys = await kv.keys()
-        except (BucketNotFoundError, NoKeysError):
-            return []
+            entries = await last_entries(self.broker.connection.jetstream(), HOSTS_BUCKET, LIST_TIMEOUT_S)
+        except NotFoundError:
+            return []  # no probe has reported yet: the bucket does not exist
         out = []
-        for key in keys:
+        for entry in entries:
             try:
-                entry = await kv.get(key)
-                if entry.value:
-                    out.append(GpuSampled.model_validate_json(entry.value))
-            except (ValidationError, NoKeysError, Exception) as exc:  # one bad entry must not hide the others
-                log.warning("ignored hosts/%s: %s", key, exc)
+                out.append(GpuSampled.model_validate_json(entry.value))
+            except ValidationError as exc:  # one bad entry must not hide the others
+                log.warning("ignored hosts/%s: %s", entry.key, exc)
         return out
 
     async def targets(self, requested: list[str]) -> tuple[dict[str, str], dict[str, str]]:
