@@ -31,6 +31,7 @@ from services.hardware_probe.sampler import Sampler
 from services.hardware_probe.settings import HardwareProbeSettings
 from services.hardware_probe.torch_stats import TorchStats
 from services.runtime.embedded import free_port
+from services.runtime.kv_scan import last_entries
 from services.runtime.nvml import NvmlReader
 from tests.harness.no_gpu import no_gpu_env
 from tests.harness.nvml_stand_in import GIB, stand_in, two_gpus
@@ -176,7 +177,8 @@ async def test_host_id_is_stable_across_restarts(
         js = nc.jetstream()
 
         async def keys() -> list[str] | None:
-            return list(await (await js.key_value(HOSTS_BUCKET)).keys()) or None
+            # Not kv.keys(): nats-py's watcher may mark the end before the first key (services/runtime/kv_scan.py).
+            return [e.key for e in await last_entries(js, HOSTS_BUCKET, 5.0)] or None
 
         first = await start_service("hardware-probe", env)
         [host_id] = await eventually(keys, what="a host key")
