@@ -11,8 +11,6 @@ from typing import Annotated, NamedTuple
 import httpx
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError
-from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field, ValidationError
 
 from contracts.advice import CandidateFit, advise_host, library_candidate
@@ -47,15 +45,13 @@ from services.gateway.fit_body import FitBody
 from services.gateway.subscriptions import dead_letter
 from services.runtime.egress import EgressDenied, EgressSettings, EgressTransport
 from services.runtime.gguf_io import read_file_header, read_url_header
-from services.runtime.kv_scan import last_entries
+from services.runtime.kv_scan import HOSTS_LIST_TIMEOUT_S, host_samples
 
 # Read-only, but fleet internals: any valid token (a user's or the admin's).
 router = APIRouter(dependencies=[Depends(caller)], responses=ERROR_RESPONSES)
 
 #: A host whose latest sample is older than this many of its intervals is reported stale.
 STALE_INTERVALS = 3.0
-#: The longest a listing of the `hosts` bucket may wait for its next entry.
-LIST_TIMEOUT_S = 5.0
 
 
 class HostSummary(BaseModel):
@@ -80,13 +76,6 @@ def _bus(request: Request) -> BusClient:
     return bus
 
 
-async def _bucket(bus: BusClient) -> KeyValue | None:
-    try:
-        return await bus.broker.connection.jetstream().key_value(HOSTS_BUCKET)
-    except BucketNotFoundError:
-        return None  # no probe has reported yet
-
-
 def _summary(sample: GpuSampled, now: datetime) -> HostSummary:
     age = max(0.0, (now - sample.occurred_at).total_seconds())
     return HostSummary(
@@ -99,20 +88,11 @@ async def latest_samples(bus: BusClient) -> list[GpuSampled]:
     """The latest sample of every host, in one pass over the `hosts` bucket's last entry per key: a key a probe
     deletes, or the bucket's max age expires, while the listing runs is left out instead of failing it (a listing of
     the keys then a `get` of each raised for a key gone in between)."""
-    if await _bucket(bus) is None:
-        return []
     try:
-        entries = await last_entries(bus.broker.connection.jetstream(), HOSTS_BUCKET, LIST_TIMEOUT_S)
+        return await host_samples(bus.broker.connection.jetstream())
     except TimeoutError as exc:
-        detail = f"the `{HOSTS_BUCKET}` bucket did not list in {LIST_TIMEOUT_S:g}s"
+        detail = f"the `{HOSTS_BUCKET}` bucket did not list in {HOSTS_LIST_TIMEOUT_S:g}s"
         raise RpcError(504, detail, code="timeout") from exc
-    samples = []
-    for entry in entries:
-        try:
-            samples.append(GpuSampled.model_validate_json(entry.value))
-        except ValidationError:
-            continue  # a newer, incompatible writer: skip rather than fail the listing
-    return samples
 
 
 @router.get("/api/v1/hosts", response_model=HostsReply, tags=["hosts"])

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
 from faststream.nats import NatsBroker
-from nats.js.errors import NotFoundError
-from pydantic import ValidationError
 
-from contracts.hardware import HOSTS_BUCKET, GpuSampled
-from services.runtime.kv_scan import last_entries
-
-log = logging.getLogger(__name__)
-
-#: The longest a read of the `hosts` bucket may wait for its next entry.
-LIST_TIMEOUT_S = 5.0
+from services.runtime.kv_scan import host_samples
 
 
 @dataclass(frozen=True)
@@ -46,23 +37,10 @@ class HostDirectory:
 
     async def _read(self) -> dict[str, Host]:
         hosts = {h: Host(h, url, True, 0) for h, url in self.static.items()}
-        for sample in await self._samples():
+        for sample in await host_samples(self.broker.connection.jetstream()):
             free = sum(g.memory_free_bytes for g in sample.gpus) if sample.has_gpu else 0
             hosts[sample.host_id] = Host(sample.host_id, sample.ollama_url, sample.ollama_reachable, free)
         return hosts
-
-    async def _samples(self) -> list[GpuSampled]:
-        try:
-            entries = await last_entries(self.broker.connection.jetstream(), HOSTS_BUCKET, LIST_TIMEOUT_S)
-        except NotFoundError:
-            return []  # no probe has reported yet: the bucket does not exist
-        out = []
-        for entry in entries:
-            try:
-                out.append(GpuSampled.model_validate_json(entry.value))
-            except ValidationError as exc:  # one bad entry must not hide the others
-                log.warning("ignored hosts/%s: %s", entry.key, exc)
-        return out
 
     async def targets(self, requested: list[str]) -> tuple[dict[str, str], dict[str, str]]:
         """(host -> Ollama URL to provision, host -> why it cannot be). None requested: every reachable host."""

@@ -12,17 +12,26 @@ server gives when the consumer is created is exact, and each message's own `num_
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE
+from pydantic import ValidationError
+
+from contracts.hardware import HOSTS_BUCKET, GpuSampled
+
+log = logging.getLogger(__name__)
 
 #: Server-placed markers (nats-server 2.11+) that end a key: its max age or TTL expired, it was purged or removed.
 _REMOVAL_MARKERS = frozenset({"MaxAge", "Purge", "Remove"})
 #: Messages fetched per request.
 _BATCH = 256
+#: The longest a read of the `hosts` bucket waits for its next entry.
+HOSTS_LIST_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -72,3 +81,21 @@ async def last_entries(js: JetStreamContext, bucket: str, timeout_s: float) -> l
             except (NatsError, TimeoutError):
                 pass  # the server removes it after the threshold anyway
     return [latest[key] for key in sorted(latest)]
+
+
+async def host_samples(js: JetStreamContext) -> list[GpuSampled]:
+    """The latest sample of every host in the `hosts` bucket, sorted by host id; none when no probe has reported yet
+    (no bucket). An entry of an incompatible writer is logged and skipped: one bad entry hides no other host.
+
+    Raises `TimeoutError` as `last_entries` does, after `HOSTS_LIST_TIMEOUT_S`."""
+    try:
+        entries = await last_entries(js, HOSTS_BUCKET, HOSTS_LIST_TIMEOUT_S)
+    except NotFoundError:
+        return []
+    samples = []
+    for entry in entries:
+        try:
+            samples.append(GpuSampled.model_validate_json(entry.value))
+        except ValidationError as exc:
+            log.warning("ignored %s/%s: %s", HOSTS_BUCKET, entry.key, exc)
+    return samples
