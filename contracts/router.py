@@ -115,6 +115,8 @@ class RouteRequest(RpcRequest[RouteReply]):
 
 class BackendCallCompleted(Envelope):
     """A gateway's report of one backend call: what every router replica folds into the backend's passive health.
+    Gateways send these batched, as the items of a `BackendCallsCompleted`; one published alone on this subject
+    (an older gateway's) is folded the same way.
 
     `in_flight` is the reporting gateway's own count of calls still open on that backend once this one ended; the
     router keeps the latest count per gateway instance and sums the fresh ones (docs/router.md).
@@ -132,6 +134,21 @@ class BackendCallCompleted(Envelope):
     ttft_ms: float | None = Field(default=None, ge=0, description="Time to the first token, for streamed calls.")
     gateway_instance: Name
     in_flight: int | None = Field(default=None, ge=0)
+
+
+#: The most call reports one `BackendCallsCompleted` carries (a fuller queue goes out as several).
+MAX_CALLS_PER_REPORT = 256
+
+
+class BackendCallsCompleted(Envelope):
+    """A gateway's reports of the backend calls that ended within one short window, in the order they ended: one
+    message on the bus for many calls (docs/router.md, "Call reports"). Every router replica folds each item as it
+    would fold a `BackendCallCompleted` of its own; each item keeps its own `event_id` and `occurred_at`."""
+
+    SUBJECT = "evt.gateway.backend.calls.completed.v1"
+
+    gateway_instance: Name
+    calls: list[BackendCallCompleted] = Field(min_length=1, max_length=MAX_CALLS_PER_REPORT)
 
 
 class BackendBusy(Envelope):

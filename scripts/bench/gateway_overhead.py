@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 import nats
+import psutil
 
 from contracts.hardware import BackendLoadedModel, BackendStatus
 from contracts.router import RouteRequest
@@ -61,9 +62,9 @@ FIELDS: dict[str, Any] = {"max_tokens": 1, "temperature": 0, "seed": 1}
 
 
 @contextmanager
-def llama_server(log: Path, threads: int) -> Iterator[tuple[str, str]]:
+def llama_server(log: Path, threads: int) -> Iterator[tuple[str, str, int]]:
     """llama-cpp-python's server on SmolLM2 with `threads` compute threads (tests/harness/llama_server.py gives it
-    every core, which on a small machine leaves none for the fleet); yields its base URL and model id."""
+    every core, which on a small machine leaves none for the fleet); yields its base URL, model id and process id."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", "smollm2",
@@ -86,7 +87,7 @@ def llama_server(log: Path, threads: int) -> Iterator[tuple[str, str]]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"llama_cpp.server not ready after 60 s; see {log}") from None
                 time.sleep(0.1)
-        yield base, str(listed[0]["id"])
+        yield base, str(listed[0]["id"]), proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -97,7 +98,7 @@ def llama_server(log: Path, threads: int) -> Iterator[tuple[str, str]]:
 
 
 @asynccontextmanager
-async def fleet(tmp: Path, llama_threads: int) -> AsyncIterator[dict[str, str]]:
+async def fleet(tmp: Path, llama_threads: int) -> AsyncIterator[dict[str, Any]]:
     """NATS, PostgreSQL, catalog, router, gateway and the llama.cpp server, the `coding` role routed to it; yields the
     gateway's URL, the server's base URL, its model id and the body the gateway sends it."""
     async with AsyncExitStack() as stack:
@@ -113,14 +114,19 @@ async def fleet(tmp: Path, llama_threads: int) -> AsyncIterator[dict[str, str]]:
             # a starved 2-core machine can hold the server's /models past the default 1 s check: no cooled-down run
             "MODELFLEET_ROUTER_CHECK_TIMEOUT_S": "10",
         }  # fmt: skip
+        pids = {"nats": nats_srv.proc.pid if nats_srv.proc else 0}
         for name in ("catalog", "router"):
             proc = ServiceProcess(name, env, tmp / "logs" / f"{name}.log").start()
             stack.callback(proc.stop)
+            pids[name] = proc.proc.pid if proc.proc else 0
             await proc.wait_healthy(nats_srv.url, 60)
         gateway = GatewayProcess("gateway", env, tmp / "logs" / "gateway.log").start()
         stack.callback(gateway.stop)
         url = await gateway.wait_ready(60)
-        base_url, model_id = stack.enter_context(llama_server(tmp / "logs" / "llama.log", llama_threads))
+        pids["gateway"] = gateway.proc.pid if gateway.proc else 0
+        base_url, model_id, pids["backend"] = stack.enter_context(
+            llama_server(tmp / "logs" / "llama.log", llama_threads)
+        )
 
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         manifest = {"profiles": {"default": {"models": {ROLE: {"name": model_id, "provider": "openai"}}}}}
@@ -156,13 +162,14 @@ async def fleet(tmp: Path, llama_threads: int) -> AsyncIterator[dict[str, str]]:
             "direct_body": json.dumps(direct_body),
             "nats": nats_srv.url,
             "route_body": route.model_dump_json(),
+            "pids": pids,
         }
 
 
 class Paths:
     """The two ways to the same server, one shared keep-alive client."""
 
-    def __init__(self, http: httpx.AsyncClient, setup: dict[str, str]):
+    def __init__(self, http: httpx.AsyncClient, setup: dict[str, Any]):
         self.http = http
         self.gateway_url = f"{setup['gateway']}/v1/chat/completions"
         self.healthz_url = f"{setup['gateway']}/healthz"
@@ -190,11 +197,21 @@ class Paths:
         return elapsed
 
 
-async def sequential(paths: Paths, n: int) -> dict[str, float]:
+def cpu_ms(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) each process has used so far, in ms."""
+    used = {}
+    for name, pid in pids.items():
+        times = psutil.Process(pid).cpu_times()
+        used[name] = (times.user + times.system) * 1000
+    return used
+
+
+async def sequential(paths: Paths, n: int, pids: dict[str, int]) -> dict[str, float]:
     for _ in range(30):  # warm both paths (connections, the server's prompt cache, the router's caches)
         await paths.gateway()
         await paths.direct()
     via, direct, header, added = [], [], [], []
+    before = cpu_ms({**pids, "client": os.getpid()})
     for i in range(n):
         if i % 2 == 0:
             (g, h), d = await paths.gateway(), await paths.direct()
@@ -205,7 +222,13 @@ async def sequential(paths: Paths, n: int) -> dict[str, float]:
         direct.append(d)
         header.append(h)
         added.append(g - d)
+    after = cpu_ms({**pids, "client": os.getpid()})
+    # Per gateway request: every process but the backend and the client serves only the gateway's requests; the
+    # backend and the client serve both paths, so theirs is per request of either path.
+    cpu = {f"cpu_ms_per_request_{name}": round((after[name] - before[name]) / (2 * n if name in ("backend", "client")
+           else n), 3) for name in before}  # fmt: skip
     return {
+        **cpu,
         "requests": n,
         "added_p50_ms": round(pct(added, 0.5), 3),
         "added_p99_ms": round(pct(via, 0.99) - pct(direct, 0.99), 3),
@@ -285,7 +308,7 @@ async def bench(requests: int, clients: int, concurrent_requests: int, llama_thr
                 paths = Paths(http, setup)
                 figures: dict[str, object] = {"model": setup["model"], "cpus": os.cpu_count(),
                                               "llama_threads": llama_threads}  # fmt: skip
-                figures.update(await sequential(paths, requests))
+                figures.update(await sequential(paths, requests, setup["pids"]))
                 figures.update(await floors(paths, setup["nats"], setup["route_body"]))
                 figures.update(await concurrent(paths, clients, concurrent_requests))
     return figures

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.provisioner import ProvisionCommand
-from contracts.router import BackendBusy, BackendCallCompleted
+from contracts.router import BackendBusy, BackendCallsCompleted
 from contracts.rpc import RpcError
 from services.gateway import (
     catalog_routes,
@@ -55,7 +55,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         state,
         Rpc(broker, "gateway", tracer_provider),
         request_timeout_s=settings.request_timeout_s,
-        publishes=[ProvisionCommand, BackendCallCompleted, BackendBusy],
+        publishes=[ProvisionCommand, BackendCallsCompleted, BackendBusy],
         retry_initial_s=settings.retry_initial_s,
         retry_max_s=settings.retry_max_s,
     )
@@ -66,7 +66,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         max_connections=settings.backend_max_connections, keep_alive_s=settings.backend_keep_alive_s,
     )  # fmt: skip
     ollama_backend = OllamaBackend(timeout)
-    reporter = CallReporter(bus.report)
+    reporter = CallReporter(bus.report, batch_window_s=settings.report_window_s)
     callers: dict[str, Backend] = {
         "ollama": ollama_backend,
         "openai": openai_backend,

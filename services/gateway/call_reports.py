@@ -1,5 +1,5 @@
-"""The gateway's per-backend in-flight counts, its `BackendCallCompleted` and `BackendBusy` reports, published in
-the background."""
+"""The gateway's per-backend in-flight counts, its call reports (`BackendCallCompleted`, batched in
+`BackendCallsCompleted`) and `BackendBusy` reports, published in the background."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from contracts.envelope import Envelope
-from contracts.router import BackendBusy, BackendCallCompleted, BackendRef, CallOutcome
+from contracts.router import (
+    MAX_CALLS_PER_REPORT,
+    BackendBusy,
+    BackendCallCompleted,
+    BackendCallsCompleted,
+    BackendRef,
+    CallOutcome,
+)
 from services.runtime.tasks import LoopStop
 
 log = logging.getLogger(__name__)
@@ -25,7 +32,13 @@ class CallReporter:
     count then), and every `busy_refresh_s` while calls stay open, so that the routers know a backend that answers
     no check is busy serving, not hung; the refresh must come well within the routers' `in_flight_ttl_s` (30 s).
     A call that ends within `busy_after_s` (most small completions) costs one report, its `BackendCallCompleted`:
-    the delay must stay well below the routers' check timeout (1 s), which is what the busy report is for."""
+    the delay must stay well below the routers' check timeout (1 s), which is what the busy report is for.
+
+    Call reports go out batched: a successful call's report waits up to `batch_window_s` for the calls that end after
+    it, and all of them go out as one `BackendCallsCompleted` (at most `MAX_CALLS_PER_REPORT` a message), so a busy
+    gateway sends the bus, and every router, one message per window instead of one per call. What ends the window at
+    once: a failure (it counts toward a circuit), a busy report (a check needs it), and the end of a call on a
+    backend the routers were told busy (their count of its open calls is too high until they hear it)."""
 
     def __init__(
         self,
@@ -35,15 +48,21 @@ class CallReporter:
         max_pending: int = 1024,
         busy_refresh_s: float = 5.0,
         busy_after_s: float = 0.05,
+        batch_window_s: float = 0.05,
     ):
         self.publish = publish
         self.instance = instance or f"gateway-{uuid.uuid4().hex[:12]}"
         self.in_flight: Counter[tuple[str, str]] = Counter()
         self.busy_refresh_s = busy_refresh_s
         self.busy_after_s = busy_after_s
+        self.batch_window_s = batch_window_s
         self.dropped = 0
         self.failed = 0
         self._queue: asyncio.Queue[Envelope] = asyncio.Queue(max_pending)
+        #: set when a report that must not wait (a failure, a busy report, the close) is queued: it ends the window
+        self._urgent = asyncio.Event()
+        #: reports taken from the queue and not yet published (the window's batch)
+        self._held = 0
         self._drainer: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
         #: the backend of every key counted, for its busy reports
@@ -95,6 +114,7 @@ class CallReporter:
     ) -> None:
         key = (backend.host_id, backend.base_url)
         self.in_flight[key] = max(0, self.in_flight[key] - 1)
+        told = key in self._told  # the routers count this backend's calls from a busy report: correct them at once
         if self.in_flight[key] == 0:
             self._told.discard(key)  # this report's count of 0 tells the end
         if backend.kind == "fallback":
@@ -105,19 +125,21 @@ class CallReporter:
             ttft_ms=None if ttft_ms is None else round(max(ttft_ms, 0.0), 3), gateway_instance=self.instance,
             in_flight=self.in_flight[key],
         )  # fmt: skip
-        self._enqueue(report)
+        self._enqueue(report, urgent=told or outcome != "ok")
 
     def _busy(self, key: tuple[str, str]) -> BackendBusy:
         b = self._backends[key]
         return BackendBusy(producer="gateway", host_id=b.host_id, backend_url=b.base_url, kind=b.kind,
                            gateway_instance=self.instance, in_flight=self.in_flight[key])  # fmt: skip
 
-    def _enqueue(self, report: Envelope) -> None:
+    def _enqueue(self, report: Envelope, *, urgent: bool = True) -> None:
         try:
             self._queue.put_nowait(report)
         except asyncio.QueueFull:
             self.dropped += 1
             return
+        if urgent:
+            self._urgent.set()
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name="gateway-call-reports")
 
@@ -133,12 +155,44 @@ class CallReporter:
 
     async def _drain(self) -> None:
         while not self._stop_draining.requested:
-            report = await self._queue.get()
-            try:
-                await self.publish(report)
-            except Exception as exc:  # NATS down or slow: a lost report only delays passive health
-                self.failed += 1
-                log.debug("call report not published: %s", exc)
+            first = await self._queue.get()
+            self._held = 1
+            if not self._urgent.is_set():
+                try:  # the window: the calls that end meanwhile go out in the same message
+                    async with asyncio.timeout(self.batch_window_s):
+                        await self._urgent.wait()
+                except TimeoutError:
+                    pass
+            self._urgent.clear()
+            held = [first]
+            while not self._queue.empty():
+                held.append(self._queue.get_nowait())
+            self._held = len(held)
+            for message in self._batched(held):
+                try:
+                    await self.publish(message)
+                except Exception as exc:  # NATS down or slow: a lost report only delays passive health
+                    self.failed += 1
+                    log.debug("call report not published: %s", exc)
+            self._held = 0
+
+    def _batched(self, reports: list[Envelope]) -> list[Envelope]:
+        """The reports in the order they were made: each run of call reports as one `BackendCallsCompleted` (split at
+        `MAX_CALLS_PER_REPORT`), busy reports as they are."""
+        out: list[Envelope] = []
+        run: list[BackendCallCompleted] = []
+        for report in [*reports, None]:
+            if isinstance(report, BackendCallCompleted) and len(run) < MAX_CALLS_PER_REPORT:
+                run.append(report)
+                continue
+            if run:
+                out.append(BackendCallsCompleted(producer="gateway", gateway_instance=self.instance, calls=run))
+                run = []
+            if isinstance(report, BackendCallCompleted):
+                run.append(report)
+            elif report is not None:
+                out.append(report)
+        return out
 
     async def aclose(self, flush_s: float = 1.0) -> None:
         """Give queued reports up to `flush_s` to go out, then stop."""
@@ -150,9 +204,10 @@ class CallReporter:
             await asyncio.gather(self._refresher, return_exceptions=True)
         if self._drainer is None:
             return
+        self._urgent.set()  # no window: what is queued goes out now
         try:
             async with asyncio.timeout(flush_s):
-                while not self._queue.empty():  # noqa: ASYNC110 - a bounded flush at shutdown only
+                while not self._queue.empty() or self._held:  # noqa: ASYNC110 - a bounded flush at shutdown only
                     await asyncio.sleep(0.01)
         except TimeoutError:
             pass

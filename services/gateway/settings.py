@@ -47,6 +47,10 @@ class GatewaySettings(RuntimeSettings):
         default=86400.0, ge=1, le=86400, description="The longest a provision or import with `wait: true` holds its "
         "HTTP request (a longer `timeout_s` is cut to it): past it, 202 with where to follow the request.",
     )  # fmt: skip
+    report_window_s: float = Field(
+        default=0.05, ge=0, le=1, description="How long a successful call's report waits for the calls that end after "
+        "it, to go out in one message (a failure's goes out at once); 0: none waits (what is queued goes together).",
+    )  # fmt: skip
     busy_retry_after_s: int = Field(
         default=1, ge=1, le=3600, description="`Retry-After` of a 429 when every backend is at its concurrency limit."
     )

@@ -14,6 +14,7 @@ from contracts.provisioner import ModelPulled, ProvisionCompleted, ProvisionFail
 from contracts.router import (
     BackendBusy,
     BackendCallCompleted,
+    BackendCallsCompleted,
     BackendChecked,
     BackendsReply,
     BackendsRequest,
@@ -90,9 +91,17 @@ def register(
 
     @ingest(BackendCallCompleted.SUBJECT)
     async def on_call(event: BackendCallCompleted) -> None:
-        """Consumes evt.gateway.backend.call.completed.v1 into passive health (in-flight, EWMA, failures, circuit).
+        """Consumes evt.gateway.backend.call.completed.v1 (one report alone, as older gateways send it) into passive
+        health (in-flight, EWMA, failures, circuit).
         Folded once per delivery, in stream order: every replica gets the same figures."""
         fleet.observe_call(event)
+
+    @ingest(BackendCallsCompleted.SUBJECT)
+    async def on_calls(event: BackendCallsCompleted) -> None:
+        """Consumes evt.gateway.backend.calls.completed.v1 (a gateway's call reports of one short window, in the
+        order the calls ended): each folded as a `BackendCallCompleted` of its own. Every replica gets the same."""
+        for call in event.calls:
+            fleet.observe_call(call)
 
     @ingest(BackendBusy.SUBJECT)
     async def on_busy(event: BackendBusy) -> None:

@@ -63,6 +63,7 @@ from contracts.provisioner import (
 from contracts.router import (
     BackendBusy,
     BackendCallCompleted,
+    BackendCallsCompleted,
     BackendChecked,
     BackendsRequest,
     LlmDegraded,
@@ -90,6 +91,7 @@ CONSUMED: dict[str, tuple[type[Contract], int]] = {
     ProvisionFailed.SUBJECT: (ProvisionFailed, 1),
     ProvisionCompleted.SUBJECT: (ProvisionCompleted, 1),
     BackendCallCompleted.SUBJECT: (BackendCallCompleted, 1),
+    BackendCallsCompleted.SUBJECT: (BackendCallsCompleted, 1),
     BackendBusy.SUBJECT: (BackendBusy, 1),
     BackendChecked.SUBJECT: (BackendChecked, 1),
     LlmDegraded.SUBJECT: (LlmDegraded, 2),  # router, inference-fallback

@@ -152,7 +152,7 @@ async def test_gateway_and_router_metrics_after_a_few_requests(fleet):
     assert rt.value("modelfleet_rpc_requests_total", rpc_subject="rpc.router.route.v1", rpc_outcome="ok") == 4
     assert (
         rt.value(
-            "modelfleet_messages_consumed_total", messaging_destination_name="evt.gateway.backend.call.completed.v1"
+            "modelfleet_messages_consumed_total", messaging_destination_name="evt.gateway.backend.calls.completed.v1"
         )
         >= 1
     )

@@ -12,7 +12,7 @@ import nats
 import openai
 import pytest
 
-from contracts.router import BackendCallCompleted
+from contracts.router import BackendCallCompleted, BackendCallsCompleted
 from contracts.vram import GIB
 from tests.harness.cli import ADMIN_TOKEN
 from tests.harness.fleet_events import gpu_sample, publish
@@ -122,7 +122,7 @@ async def test_the_router_answers_429_when_the_reported_in_flight_fills_every_ba
 async def test_a_client_that_leaves_mid_stream_cancels_the_backend_request_and_frees_its_slot(fleet):
     peer: OllamaPeer = fleet["peer"]
     client: openai.AsyncOpenAI = fleet["client"]
-    reports = await fleet["nc"].subscribe(BackendCallCompleted.SUBJECT)
+    reports = await fleet["nc"].subscribe(BackendCallsCompleted.SUBJECT)
     peer.chat_gate = threading.Event()  # the peer sends a first word, then holds the rest of the answer
     body = {"model": "coding", "messages": ASK, "stream": True}
     async with httpx.AsyncClient(timeout=30) as http, http.stream(
@@ -139,7 +139,7 @@ async def test_a_client_that_leaves_mid_stream_cancels_the_backend_request_and_f
         return peer.chat_aborted == 1 and peer.chat_streaming == 0
 
     await eventually(backend_saw_it, 20, "the peer to see its request cancelled")
-    report = BackendCallCompleted.model_validate_json((await reports.next_msg(timeout=20)).data)
+    report = BackendCallsCompleted.model_validate_json((await reports.next_msg(timeout=20)).data).calls[-1]
     assert report.host_id == HOST and report.in_flight == 0  # the gateway's count on the backend is back to 0
     done = await client.chat.completions.create(model="coding", messages=ASK)  # and its one slot is free again
     assert done.choices[0].message.content == "echo: hello there"

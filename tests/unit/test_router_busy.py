@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from contracts.envelope import Envelope
-from contracts.router import BackendBusy, BackendCallCompleted, BackendChecked, BackendRef
+from contracts.router import BackendBusy, BackendCallCompleted, BackendCallsCompleted, BackendChecked, BackendRef
 from services.gateway.call_reports import CallReporter
 from services.router.domain import target
 from services.router.fleet import Fleet, HealthRules
@@ -138,6 +138,11 @@ def ref(host: str = "a") -> BackendRef:
     return BackendRef(host_id=host, kind="openai", base_url=f"http://{host}:8000/v1")
 
 
+def reports(sent: list[Envelope]) -> list[Envelope]:
+    """What the reporter published, each batch of call reports opened into its calls."""
+    return [c for e in sent for c in (e.calls if isinstance(e, BackendCallsCompleted) else [e])]
+
+
 async def test_the_gateway_tells_the_first_open_call_refreshes_it_and_tells_the_end() -> None:
     sent: list[Envelope] = []
 
@@ -165,14 +170,14 @@ async def test_the_gateway_tells_the_first_open_call_refreshes_it_and_tells_the_
         reporter.finished(ref(), "m", "ok", latency_ms=5)
 
         async def ended() -> bool:
-            done = [e for e in sent if isinstance(e, BackendCallCompleted)]
+            done = [e for e in reports(sent) if isinstance(e, BackendCallCompleted)]
             return len(done) == 2 and done[-1].in_flight == 0
 
         await eventually(ended, 5, "both calls reported")
         await asyncio.sleep(0.2)  # a few refresh periods with nothing open: the refresher stopped, nothing more sent
         count = len(sent)
         await asyncio.sleep(0.2)
-        assert len(sent) == count and isinstance(sent[-1], BackendCallCompleted)
+        assert len(sent) == count and isinstance(sent[-1], BackendCallsCompleted)
 
         reporter.started(ref("b"))
 
@@ -204,14 +209,14 @@ async def test_a_call_that_ends_before_busy_after_s_costs_its_call_report_alone(
         reporter.abandoned(ref("d"))  # gone before it was told: nothing to take back
 
         async def reported() -> bool:
-            return any(isinstance(e, BackendCallCompleted) for e in sent)
+            return any(isinstance(e, BackendCallsCompleted) for e in sent)
 
         await eventually(reported, 5, "the call report sent")
         timer_ran = asyncio.Event()
         asyncio.get_running_loop().call_later(0.1, timer_ran.set)  # past `busy_after_s`: the busy timers have run
         await timer_ran.wait()
-        assert [type(e).__name__ for e in sent] == ["BackendCallCompleted"]
-        assert isinstance(sent[0], BackendCallCompleted) and sent[0].in_flight == 0
+        assert [type(e).__name__ for e in reports(sent)] == ["BackendCallCompleted"]
+        assert isinstance(sent[0], BackendCallsCompleted) and sent[0].calls[0].in_flight == 0
     finally:
         await reporter.aclose()
 
