@@ -390,7 +390,7 @@ class Rpc:
         nc = self._connection(subject)
         headers: dict[str, str] = {}
         with self._client_span(subject) as span:
-            _PROPAGATOR.inject(headers)
+            _inject_sampled(headers)
             try:
                 msg = await self._request(nc, subject, request.model_dump_json().encode(), timeout_s, headers)
             except NoRespondersError:
@@ -531,7 +531,7 @@ class Rpc:
         headers: dict[str, str] = {}
         try:
             with self._client_span(subject):
-                _PROPAGATOR.inject(headers)
+                _inject_sampled(headers)
                 await nc.publish(subject, request.model_dump_json().encode(), reply=inbox, headers=headers)
                 try:
                     await asyncio.wait_for(finished.wait(), timeout_s)
@@ -557,6 +557,13 @@ def _error_of(subject: str, data: bytes) -> RpcError:
 
 def _span_attributes(subject: str) -> dict[str, str]:
     return {"messaging.system": "nats", "messaging.destination.name": subject, "rpc.system": "modelfleet"}
+
+
+def _inject_sampled(headers: dict[str, str]) -> None:
+    """The current trace's context into `headers`, only when that trace is sampled: an unsampled one would make the
+    other side parse a header and start a span that records nothing (the seam starts no trace of its own)."""
+    if trace.get_current_span().get_span_context().trace_flags.sampled:
+        _PROPAGATOR.inject(headers)
 
 
 def _window(headers: dict[str, str] | None) -> int:

@@ -8,6 +8,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 
 
 def build_tracer_provider(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
@@ -17,7 +18,7 @@ def build_tracer_provider(service_name: str, exporter: SpanExporter | None = Non
     """
     os.environ.setdefault("OTEL_SERVICE_NAME", service_name)
     resource = Resource.create({"service.name": os.environ["OTEL_SERVICE_NAME"], "service.namespace": "modelfleet"})
-    provider = TracerProvider(resource=resource)
+    provider = traced_when_exported(resource)
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     elif _otlp_endpoint_configured():
@@ -31,5 +32,33 @@ def build_tracer_provider(service_name: str, exporter: SpanExporter | None = Non
     return provider
 
 
+def traced_when_exported(resource: Resource | None = None) -> TracerProvider:
+    """A provider whose spans record only while it has a span processor, or under a caller's sampled trace."""
+    sampler = WhenExported()
+    provider = TracerProvider(resource=resource or Resource.create({}), sampler=ParentBased(root=sampler))
+    sampler.provider = provider
+    return provider
+
+
 def _otlp_endpoint_configured() -> bool:
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+class WhenExported(Sampler):
+    """Start a trace only when this process's spans go somewhere (its provider has a span processor, which may be
+    added after the provider is built); a trace a caller started and sampled is always continued (`ParentBased`).
+
+    An unexported trace still cost a recording span per HTTP request and bus hop, a traceparent header on every
+    request and its parsing on the other side, for nothing: on the data plane that was a measurable share of the
+    gateway's and the router's CPU per small completion (observability/README.md)."""
+
+    provider: TracerProvider | None = None
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):  # type: ignore[no-untyped-def]
+        exported = self.provider is None or bool(self.provider._active_span_processor._span_processors)
+        return (ALWAYS_ON if exported else ALWAYS_OFF).should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return "WhenExported"

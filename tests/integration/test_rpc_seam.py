@@ -19,6 +19,7 @@ from pydantic import Field
 from contracts.envelope import Contract
 from contracts.rpc import ErrorReply, RpcError, RpcRequest, StreamRequest
 from services.runtime.rpc import DEFAULT_WINDOW, Rpc
+from services.runtime.telemetry import traced_when_exported
 
 pytestmark = pytest.mark.integration
 
@@ -286,3 +287,33 @@ async def test_a_malformed_error_frame_is_a_typed_502(nats_url: str) -> None:
             assert (caught.value.status, caught.value.code) == (502, "upstream_failed")
         finally:
             await nc.close()
+
+
+async def test_an_untraced_process_starts_no_trace_and_sends_no_trace_context(nats_url: str) -> None:
+    """A provider with no span processor (nothing exports): its spans do not record and an ask made under one carries
+    no traceparent, so the other side parses no header and starts no span; once a processor is added, it traces."""
+    provider = traced_when_exported()
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("request") as untraced:
+        assert not untraced.is_recording()
+    async with replica(nats_url) as client:
+        nc = await nats.connect(nats_url)
+        headers: list[dict[str, str]] = []
+        try:
+
+            async def answer(msg: Msg) -> None:
+                headers.append(dict(msg.headers or {}))
+                await nc.publish(msg.reply, EchoReply(text="ok").model_dump_json().encode())
+
+            await nc.subscribe(EchoRequest.SUBJECT, cb=answer)
+            await nc.flush()
+            with tracer.start_as_current_span("request"):
+                await client.ask(EchoRequest(text="hi"))
+            provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+            with tracer.start_as_current_span("request") as traced:
+                assert traced.is_recording()
+                await client.ask(EchoRequest(text="hi"))
+        finally:
+            await nc.close()
+    assert "traceparent" not in headers[0]
+    assert headers[1]["traceparent"].split("-")[1] == format(traced.get_span_context().trace_id, "032x")
