@@ -16,7 +16,10 @@ runs, and the comparison would measure that).
   the gateway's p99 minus the direct p99. `overhead_header_p50_ms`: the gateway's own `x-modelfleet-overhead-ms`
   (it stops before the response is encoded and counts the gateway's own HTTP client inside the backend's time).
   Beside them, two parts of the path alone: `healthz_p50_ms` (the gateway's cheapest answer: uvicorn and FastAPI,
-  untraced) and `route_ask_p50_ms` (the route ask it makes, from this process).
+  untraced) and `route_ask_p50_ms` (the route ask it makes, from this process). `cpu_ms_per_request_<process>`: the
+  CPU time (user + system) each process used over the sequential pairs, per gateway request (for the backend and this
+  client, which serve both paths: per request of either path); a load-independent view of what each hop costs, where
+  latency moves with whatever else the machine runs.
 - Concurrent: `--clients` tasks sharing one client, `--concurrent-requests` per round, three rounds each way in
   alternating order; `rps` and `direct_rps` are the median rounds (goal rps >= 0.8 x direct_rps).
 The last line is one JSON object with the figures.
