@@ -100,11 +100,12 @@ async def start_service(nats_url: str, tmp_path: Path) -> AsyncIterator[Callable
 
 @pytest.fixture
 async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
-    """`url = await start_gateway(env)` runs the gateway as a process on a free port; stopped at the end."""
+    """`url = await start_gateway(env)` runs the gateway as a process on a free port; stopped at the end.
+    `service="gateway-router"`: the gateway with a router replica in its process."""
     started: list[GatewayProcess] = []
 
-    async def start(env: dict[str, str], timeout_s: float = 30.0) -> str:
-        proc = GatewayProcess("gateway", env, tmp_path / "logs" / f"gateway-{len(started)}.log").start()
+    async def start(env: dict[str, str], timeout_s: float = 30.0, service: str = "gateway") -> str:
+        proc = GatewayProcess(service, env, tmp_path / "logs" / f"{service}-{len(started)}.log").start()
         started.append(proc)
         return await proc.wait_ready(timeout_s)
 

@@ -64,6 +64,8 @@ class Bench:
     quick_args: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     timeout_s: float = 1800.0
+    #: `scripts.bench.<module>` when it is not `name` (the same benchmark run again with other `args`)
+    module: str | None = None
 
 
 def _f(figures: Figures, key: str) -> float:
@@ -255,6 +257,32 @@ BENCHES: tuple[Bench, ...] = (
         quick_args=("--requests", "40", "--clients", "8", "--concurrent-requests", "40"),
     ),
     Bench(
+        "gateway_overhead_local",
+        (
+            Row(
+                "gateway /v1/ chat completion, router in the gateway's process, sequential p50",
+                "gateway_p50_ms",
+                "ms",
+                "direct_p50_ms",
+                "the same request straight to llama.cpp's server",
+                "added p50 <= 2 ms",
+                lambda f: _f(f, "added_p50_ms") <= 2,
+            ),
+            Row(
+                "gateway /v1/ chat completions, router in the gateway's process, 32 clients",
+                "rps",
+                "req/s",
+                "direct_rps",
+                "the same requests straight to llama.cpp's server",
+                "ratio >= 0.8",
+                lambda f: _f(f, "rps_over_direct") >= 0.8,
+            ),
+        ),
+        args=("--router", "local"),
+        quick_args=("--requests", "40", "--clients", "8", "--concurrent-requests", "40"),
+        module="gateway_overhead",
+    ),
+    Bench(
         "http_client",
         (
             Row(
@@ -345,7 +373,8 @@ def last_json(lines: list[str]) -> Any:
 
 def run_bench(bench: Bench, *, quick: bool, python: str = sys.executable, source: Path = ROOT) -> Result:
     """The benchmark as its own process, run from `source`; its last stdout line is its JSON object."""
-    command = [python, "-m", f"scripts.bench.{bench.name}", *(bench.quick_args if quick else bench.args)]
+    args = (*bench.args, *bench.quick_args) if quick else bench.args
+    command = [python, "-m", f"scripts.bench.{bench.module or bench.name}", *args]
     started = time.monotonic()
     result = Result(bench, command=command)
     try:

@@ -20,8 +20,11 @@ runs, and the comparison would measure that).
   CPU time (user + system) each process used over the sequential pairs, per gateway request (for the backend and this
   client, which serve both paths: per request of either path); a load-independent view of what each hop costs, where
   latency moves with whatever else the machine runs.
-- Concurrent: `--clients` tasks sharing one client, `--concurrent-requests` per round, three rounds each way in
-  alternating order; `rps` and `direct_rps` are the median rounds (goal rps >= 0.8 x direct_rps).
+- Concurrent: `--clients` tasks sharing one client, `--concurrent-requests` per round, `--rounds` rounds each way in
+  alternating order; `rps` and `direct_rps` are the median rounds (goal rps >= 0.8 x direct_rps), and
+  `concurrent_cpu_ms_per_request_<process>` each process's CPU per request over the gateway's rounds.
+- `--router local`: no router process; the gateway hosts the router replica (`python -m services.gateway_router`)
+  and decides routes in-process (docs/gateway.md). `route_ask_p50_ms` is then that replica answering on the bus.
 The last line is one JSON object with the figures.
 """
 
@@ -101,9 +104,10 @@ def llama_server(log: Path, threads: int) -> Iterator[tuple[str, str, int]]:
 
 
 @asynccontextmanager
-async def fleet(tmp: Path, llama_threads: int) -> AsyncIterator[dict[str, Any]]:
+async def fleet(tmp: Path, llama_threads: int, router: str = "bus") -> AsyncIterator[dict[str, Any]]:
     """NATS, PostgreSQL, catalog, router, gateway and the llama.cpp server, the `coding` role routed to it; yields the
-    gateway's URL, the server's base URL, its model id and the body the gateway sends it."""
+    gateway's URL, the server's base URL, its model id and the body the gateway sends it. `router="local"`: no router
+    process, the gateway hosts the replica (`services.gateway_router`)."""
     async with AsyncExitStack() as stack:
         nats_srv = EmbeddedNats(tmp / "nats").start()
         stack.callback(nats_srv.stop)
@@ -118,12 +122,13 @@ async def fleet(tmp: Path, llama_threads: int) -> AsyncIterator[dict[str, Any]]:
             "MODELFLEET_ROUTER_CHECK_TIMEOUT_S": "10",
         }  # fmt: skip
         pids = {"nats": nats_srv.proc.pid if nats_srv.proc else 0}
-        for name in ("catalog", "router"):
+        for name in ("catalog", "router") if router == "bus" else ("catalog",):
             proc = ServiceProcess(name, env, tmp / "logs" / f"{name}.log").start()
             stack.callback(proc.stop)
             pids[name] = proc.proc.pid if proc.proc else 0
             await proc.wait_healthy(nats_srv.url, 60)
-        gateway = GatewayProcess("gateway", env, tmp / "logs" / "gateway.log").start()
+        module = "gateway" if router == "bus" else "gateway-router"
+        gateway = GatewayProcess(module, env, tmp / "logs" / "gateway.log").start()
         stack.callback(gateway.stop)
         url = await gateway.wait_ready(60)
         pids["gateway"] = gateway.proc.pid if gateway.proc else 0
@@ -279,30 +284,44 @@ async def burst(call: Any, clients: int, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def concurrent(paths: Paths, clients: int, n: int) -> dict[str, float]:
+async def concurrent(paths: Paths, clients: int, n: int, pids: dict[str, int], rounds: int = 5) -> dict[str, float]:
     await burst(paths.gateway, clients, clients * 2)  # warm: open the connections on both hops
     await burst(paths.direct, clients, clients * 2)
     via, direct = [], []
-    for r in range(3):
+    used: dict[str, float] = dict.fromkeys(pids, 0.0)  # CPU over the gateway's rounds only
+
+    async def through_gateway() -> float:
+        before = cpu_ms(pids)
+        rate = await burst(paths.gateway, clients, n)
+        after = cpu_ms(pids)
+        for name in pids:
+            used[name] += after[name] - before[name]
+        return rate
+
+    for r in range(rounds):
         if r % 2 == 0:
-            via.append(await burst(paths.gateway, clients, n))
+            via.append(await through_gateway())
             direct.append(await burst(paths.direct, clients, n))
         else:
             direct.append(await burst(paths.direct, clients, n))
-            via.append(await burst(paths.gateway, clients, n))
-    rps, direct_rps = sorted(via)[1], sorted(direct)[1]
+            via.append(await through_gateway())
+    rps, direct_rps = sorted(via)[rounds // 2], sorted(direct)[rounds // 2]
     return {
+        **{f"concurrent_cpu_ms_per_request_{name}": round(ms / (rounds * n), 3) for name, ms in used.items()},
         "clients": clients,
         "concurrent_requests": n,
+        "rounds": rounds,
         "rps": round(rps, 1),
         "direct_rps": round(direct_rps, 1),
         "rps_over_direct": round(rps / direct_rps, 3),
     }
 
 
-async def bench(requests: int, clients: int, concurrent_requests: int, llama_threads: int) -> dict[str, object]:
+async def bench(
+    requests: int, clients: int, concurrent_requests: int, llama_threads: int, router: str = "bus", rounds: int = 5
+) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
-        async with fleet(Path(tmp), llama_threads) as setup:
+        async with fleet(Path(tmp), llama_threads, router) as setup:
             # An idle connection is dropped after 4 s, before llama-cpp-python's server closes it (uvicorn: 5 s), so
             # no direct request goes out on a connection being closed (the gateway keeps its own for 75 s).
             limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2,
@@ -310,10 +329,10 @@ async def bench(requests: int, clients: int, concurrent_requests: int, llama_thr
             async with httpx.AsyncClient(timeout=60, limits=limits) as http:
                 paths = Paths(http, setup)
                 figures: dict[str, object] = {"model": setup["model"], "cpus": os.cpu_count(),
-                                              "llama_threads": llama_threads}  # fmt: skip
+                                              "llama_threads": llama_threads, "router": router}  # fmt: skip
                 figures.update(await sequential(paths, requests, setup["pids"]))
                 figures.update(await floors(paths, setup["nats"], setup["route_body"]))
-                figures.update(await concurrent(paths, clients, concurrent_requests))
+                figures.update(await concurrent(paths, clients, concurrent_requests, setup["pids"], rounds))
     return figures
 
 
@@ -324,8 +343,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--concurrent-requests", type=int, default=320)
     parser.add_argument("--llama-threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5, help="concurrent rounds each way (the median is taken)")
+    parser.add_argument("--router", choices=["bus", "local"], default="bus",
+                        help="bus: a router process, asked over NATS; local: the gateway hosts a router replica "
+                        "(python -m services.gateway_router) and no router process runs")  # fmt: skip
     args = parser.parse_args()
-    figures = asyncio.run(bench(args.requests, args.clients, args.concurrent_requests, args.llama_threads))
+    figures = asyncio.run(
+        bench(args.requests, args.clients, args.concurrent_requests, args.llama_threads, args.router, args.rounds)
+    )
     added, ratio = float(figures["added_p50_ms"]), float(figures["rps_over_direct"])  # type: ignore[arg-type]
     figures["goal"] = "added_p50_ms <= 2 and rps >= 0.8 x direct_rps"
     figures["goal_met"] = added <= 2 and ratio >= 0.8

@@ -53,6 +53,12 @@ def up(
         help="Serve each process's Prometheus /metrics on its documented port (a free one when that is taken); "
         "MODELFLEET_METRICS_PORT=0 in the environment turns them off too.",
     ),
+    router_in_gateway: bool = typer.Option(
+        False,
+        "--router-in-gateway",
+        help="Run the router replica inside the gateway's process (python -m services.gateway_router) instead of as "
+        "a process of its own: no bus round trip per request (docs/gateway.md).",
+    ),
 ) -> None:
     """Run a whole fleet on this machine until Ctrl-C or SIGTERM; then stop every process it started."""
     if isinstance(sys.stdout, io.TextIOWrapper):
@@ -95,10 +101,11 @@ def up(
                 f"admin token: in {token_file(state_dir)} (the CLI on this machine reads it; sign in to /ui/)"
             )
         logs = state_dir / "logs"
-        names = [*SERVICES, "gateway"]
+        names = [*(s for s in SERVICES if not (router_in_gateway and s == "router")), "gateway"]
+        modules = {n: _module(n) for n in names} | ({"gateway": "services.gateway_router"} if router_in_gateway else {})
         ports = metrics_ports(names) if metrics and env.get("MODELFLEET_METRICS_PORT") != "0" else {}
         supervisor = Supervisor([
-            Child(n, python_module(_module(n)), {
+            Child(n, python_module(modules[n]), {
                 **env, "MODELFLEET_METRICS_PORT": str(ports.get(n, 0)),
                 **({"MODELFLEET_ADMIN_TOKEN": admin_token} if n == "gateway" else {}),
             }, logs / f"{n}.log")

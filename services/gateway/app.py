@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import uvicorn
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -30,7 +31,7 @@ from services.gateway import metrics as gateway_metrics
 from services.gateway.backends import Backend, FallbackBackend, OllamaBackend, OpenAIBackend
 from services.gateway.bus_client import BusClient
 from services.gateway.call_reports import CallReporter
-from services.gateway.dataplane import DataPlane
+from services.gateway.dataplane import DataPlane, LocalRouter
 from services.gateway.errors import (
     contract_error_response,
     http_error_response,
@@ -41,11 +42,28 @@ from services.gateway.settings import GatewaySettings
 from services.runtime.bus import BusState, build_broker
 from services.runtime.metrics import install_metrics
 from services.runtime.rpc import Rpc
-from services.runtime.service import package_version
+from services.runtime.service import event_loop, package_version
 from services.runtime.telemetry import build_tracer_provider
 
 
-def build_app(settings: GatewaySettings) -> FastAPI:
+def serve(settings: GatewaySettings, local_router: LocalRouter | None = None) -> None:
+    """Serve the gateway with uvicorn until SIGTERM (`python -m services.gateway`, `python -m services.gateway_router`
+    with a router replica in the process)."""
+    loop = event_loop()  # a bad MODELFLEET_EVENT_LOOP stops the gateway here, as it stops every service
+    uvicorn.run(
+        build_app(settings, local_router),
+        host=settings.bind,
+        port=settings.port,
+        loop=loop,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_s,
+    )
+
+
+def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None) -> FastAPI:
+    """The gateway's app; with `local_router`, a router replica in this process that it starts and stops and asks
+    for routes once the replica has caught up with the streams (before that, and without one: over the bus)."""
     tracer_provider = build_tracer_provider("gateway")
     metrics = install_metrics("gateway", port=settings.metrics_port, bind=settings.metrics_bind)
     state = BusState()
@@ -75,15 +93,19 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     plane = DataPlane(bus, callers, reporter,
                       route_timeout_s=settings.request_timeout_s,
                       busy_retry_after_s=settings.busy_retry_after_s,
-                      provision_wait_s=settings.provision_wait_s)  # fmt: skip
+                      provision_wait_s=settings.provision_wait_s, local_router=local_router)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await bus.start()
+        if local_router is not None:
+            await local_router.start()
         try:
             yield
         finally:
             await reporter.aclose()
+            if local_router is not None:
+                await local_router.stop()
             await openai_backend.aclose()
             await ollama_backend.aclose()
             await bus.stop()

@@ -3,11 +3,12 @@ is out, report every call."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from contracts.router import BackendRef, RouteCandidate, RouteReply, RouteRequest
 from contracts.rpc import RpcError
@@ -26,6 +27,21 @@ class NoBackendAnswered(RpcError):
     def __init__(self, status: int, detail: str, *, code: str, field: str | None, retry_after: str | None = None):
         super().__init__(status, detail, code=code, field=field)
         self.retry_after = retry_after
+
+
+class LocalRouter(Protocol):
+    """A router replica in the gateway's own process (`python -m services.gateway_router`, docs/gateway.md): the
+    gateway starts and stops it with itself and, once it is `ready` (it has folded what the streams held when it
+    started), asks it for routes directly instead of over the bus."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def route(self, request: RouteRequest) -> RouteReply: ...
 
 
 @dataclass
@@ -61,8 +77,10 @@ class DataPlane:
         busy_retry_after_s: int = 1,
         provision_wait_s: float = 0.0,
         clock: Callable[[], float] = time.perf_counter,
+        local_router: LocalRouter | None = None,
     ):
         self.bus = bus
+        self.local_router = local_router
         self.backends = backends
         self.reporter = reporter
         self.route_timeout_s = route_timeout_s
@@ -106,7 +124,15 @@ class DataPlane:
 
     async def _ask(self, request: RouteRequest) -> RouteReply:
         # The router may hold the answer while an auto_download role's model is pulled (bounded by what we ask).
-        return await self.bus.ask(request, timeout_s=self.route_timeout_s + self.provision_wait_s)
+        bound_s = self.route_timeout_s + self.provision_wait_s
+        local = self.local_router
+        if local is None or not local.ready:
+            return await self.bus.ask(request, timeout_s=bound_s)
+        try:
+            async with asyncio.timeout(bound_s):
+                return await local.route(request)
+        except TimeoutError:  # the same answer as a bus ask that times out
+            raise RpcError(504, f"no route decision within {bound_s:g} s", code="timeout") from None
 
     async def decide(self, request: RouteRequest) -> RouteReply:
         """`POST /api/v1/route`'s ask: the gateway's `provision_wait_s` as `/v1/` sends it (unless the request names

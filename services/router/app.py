@@ -46,7 +46,13 @@ def build_fleet(settings: RouterSettings) -> Fleet:
 
 
 def build_app(settings: RouterSettings) -> Service:
-    parts = build_parts("router", settings)
+    return build_replica(settings)[0]
+
+
+def build_replica(settings: RouterSettings, *, own_metrics: bool = True) -> tuple[Service, Router]:
+    """The router service, and its route operation for a process that hosts the replica and routes through it
+    directly (`services.gateway_router`; `own_metrics=False`: it records on that process's `/metrics`)."""
+    parts = build_parts("router", settings, own_metrics=own_metrics)
     fleet = build_fleet(settings)
     per_role, default = build_strategies(settings)
     broker = parts.broker
@@ -63,6 +69,7 @@ def build_app(settings: RouterSettings) -> Service:
     handlers.register(parts.rpc, parts.streams, fleet, router, watch, settings.replay_s, on_demand,
                       settings.route_concurrency)  # fmt: skip
     register_fallbacks(parts.streams, fallbacks)
-    return parts.service(
+    service = parts.service(
         tasks=[checker.run, watch.run], publishes=[BackendChecked, LlmDegraded, LlmRecovered, ProvisionCommand]
     )
+    return service, router

@@ -54,6 +54,22 @@ _meter.create_observable_gauge(
 )
 
 
+async def consumer_counts(broker: NatsBroker, service: str) -> Counts:
+    """Each JetStream subscriber's pending counts on `broker`, asked of the server now (keyed by its durable name, or
+    `service` for an ephemeral consumer, whose name is random)."""
+    counts: Counts = {}
+    for sub in broker.subscribers:
+        info_of = getattr(getattr(sub, "subscription", None), "consumer_info", None)
+        if info_of is None:  # a core NATS subscriber, or one not started yet
+            continue
+        info = await info_of()
+        subject = info.config.filter_subject or str(getattr(sub, "subject", "") or "")
+        key = (info.config.durable_name or service, subject)
+        before = counts.get(key, (0, 0))
+        counts[key] = (before[0] + (info.num_pending or 0), before[1] + (info.num_ack_pending or 0))
+    return counts
+
+
 class ConsumerLag:
     """Every `interval_s`, the pending counts of each JetStream subscriber on `broker` (its durable name, or the
     service for an ephemeral consumer, whose name is random)."""
@@ -66,17 +82,7 @@ class ConsumerLag:
         _watched.add(self)
 
     async def refresh(self) -> None:
-        counts: Counts = {}
-        for sub in self.broker.subscribers:
-            info_of = getattr(getattr(sub, "subscription", None), "consumer_info", None)
-            if info_of is None:  # a core NATS subscriber, or one not started yet
-                continue
-            info = await info_of()
-            subject = info.config.filter_subject or str(getattr(sub, "subject", "") or "")
-            key = (info.config.durable_name or self.service, subject)
-            before = counts.get(key, (0, 0))
-            counts[key] = (before[0] + (info.num_pending or 0), before[1] + (info.num_ack_pending or 0))
-        self.counts = counts
+        self.counts = await consumer_counts(self.broker, self.service)
 
     async def run(self) -> None:
         while True:

@@ -62,10 +62,14 @@ class ServiceParts:
         )
 
 
-def build_parts(name: str, settings: RuntimeSettings, *, migrations: Path | None = None) -> ServiceParts:
-    """Broker (with tracing), stream router (with dead-lettering), and, given migrations, database + outbox."""
+def build_parts(
+    name: str, settings: RuntimeSettings, *, migrations: Path | None = None, own_metrics: bool = True
+) -> ServiceParts:
+    """Broker (with tracing), stream router (with dead-lettering), and, given migrations, database + outbox.
+    `own_metrics=False` for a service built inside another's process (the gateway's router replica): it records on
+    the host process's meter provider and `/metrics` instead of installing its own."""
     tracer_provider = build_tracer_provider(name)
-    metrics = install_metrics(name, port=settings.metrics_port, bind=settings.metrics_bind)
+    metrics = install_metrics(name, port=settings.metrics_port, bind=settings.metrics_bind) if own_metrics else None
     bus_state = BusState()
     broker = build_broker(settings.nats_url, name, tracer_provider, bus_state)
     host_id = stable_host_id(settings.state_dir, settings.host_id)

@@ -129,6 +129,39 @@ def test_up_reaches_all_healthy_restarts_a_crashed_child_and_stops_cleanly(tmp_p
                 proc.wait(10)
 
 
+def test_up_with_the_router_in_the_gateway_runs_no_router_process(tmp_path: Path) -> None:
+    """`--router-in-gateway`: the gateway's process hosts the router replica, which answers the fleet's health as the
+    router; no router process runs; SIGTERM still stops everything."""
+    state, port, log = tmp_path / "state", free_port(), tmp_path / "up.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELFLEET_", "OTEL_"))}
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN), "up", "--state-dir", str(state), "--port", str(port), "--no-metrics", "--router-in-gateway"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        body = _wait_health(url, 60, proc, log)
+        assert body["services"]["router"]["status"] == "up"  # type: ignore[index]
+        children = psutil.Process(proc.pid).children(recursive=True)
+        lines = [_cmdline(p) for p in children]
+        assert not [c for c in lines if "services.router" in c], lines
+        assert [c for c in lines if c.endswith("-m services.gateway_router")], lines
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0, log.read_text()
+        assert "stopped cleanly" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
 def test_status_fails_when_no_gateway_answers(tmp_path: Path) -> None:
     env = dict(os.environ, MODELFLEET_URL=f"http://127.0.0.1:{free_port()}")
     r = subprocess.run([str(BIN), "status"], env=env, capture_output=True, timeout=30)
