@@ -28,11 +28,12 @@ class CallReporter:
     rule): best effort, never on the answer's path. Reports wait in a bounded queue drained by one task; when the
     bus is slower than the calls, the newest reports are dropped (and counted) rather than held in memory.
 
-    A backend's first open call is told `busy_after_s` after it started if it is still open then (`BackendBusy`, the
-    count then), and every `busy_refresh_s` while calls stay open, so that the routers know a backend that answers
+    A backend that has had calls open without a break for `busy_after_s` is told busy (`BackendBusy`, the count
+    then), and again every `busy_refresh_s` while calls stay open, so that the routers know a backend that answers
     no check is busy serving, not hung; the refresh must come well within the routers' `in_flight_ttl_s` (30 s).
-    A call that ends within `busy_after_s` (most small completions) costs one report, its `BackendCallCompleted`:
-    the delay must stay well below the routers' check timeout (1 s), which is what the busy report is for.
+    Calls that each end within `busy_after_s`, one after another (small completions, even back to back), cost one
+    report each, their `BackendCallCompleted`: the delay must stay well below the routers' check timeout (1 s),
+    which is what the busy report is for.
 
     Call reports go out batched: a successful call's report waits up to `batch_window_s` for the calls that end after
     it, and all of them go out as one `BackendCallsCompleted` (at most `MAX_CALLS_PER_REPORT` a message), so a busy
@@ -69,6 +70,7 @@ class CallReporter:
         self._backends: dict[tuple[str, str], BackendRef] = {}
         #: backends whose open calls were told and not yet told ended (by a call report or a busy report of 0)
         self._told: set[tuple[str, str]] = set()
+        #: per backend with calls open, a timer from when it last went from none open to one (told busy when it fires)
         self._busy_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._stop_draining = LoopStop()
 
@@ -83,10 +85,18 @@ class CallReporter:
             self._backends[key] = backend  # the only publish a call start may cost, once `busy_after_s` has passed
             self._busy_timers[key] = asyncio.get_running_loop().call_later(self.busy_after_s, self._tell_busy, key)
 
+    def _ended(self, key: tuple[str, str]) -> int:
+        """One call on `key` is no longer open; the count left. At none, the backend's busy timer stops: the calls
+        ended within `busy_after_s` of the first, and their call reports tell the routers all there was."""
+        left = self.in_flight[key] = max(0, self.in_flight[key] - 1)
+        if left == 0 and (timer := self._busy_timers.pop(key, None)) is not None:
+            timer.cancel()
+        return left
+
     def _tell_busy(self, key: tuple[str, str]) -> None:
         self._busy_timers.pop(key, None)
         if self.in_flight[key] <= 0:
-            return  # the calls ended meanwhile: their call reports told the routers all there was
+            return
         self._told.add(key)
         self._enqueue(self._busy(key))
         if self._refresher is None or self._refresher.done():
@@ -96,9 +106,7 @@ class CallReporter:
         """A call the client gave up on: it no longer counts as open, and it says nothing about the backend (no call
         report); the last one's end is told as a busy report of 0, so routers stop counting the backend as serving."""
         key = (backend.host_id, backend.base_url)
-        was = self.in_flight[key]
-        self.in_flight[key] = max(0, was - 1)
-        if was == 1 and key in self._told:
+        if self._ended(key) == 0 and key in self._told:
             self._told.discard(key)
             self._enqueue(self._busy(key))
 
@@ -113,9 +121,9 @@ class CallReporter:
         status_code: int | None = None,
     ) -> None:
         key = (backend.host_id, backend.base_url)
-        self.in_flight[key] = max(0, self.in_flight[key] - 1)
+        left = self._ended(key)
         told = key in self._told  # the routers count this backend's calls from a busy report: correct them at once
-        if self.in_flight[key] == 0:
+        if left == 0:
             self._told.discard(key)  # this report's count of 0 tells the end
         if backend.kind == "fallback":
             return  # the fallback is no HTTP backend of the fleet view: it has slots, not a circuit (docs/gateway.md)

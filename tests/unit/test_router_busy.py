@@ -221,6 +221,36 @@ async def test_a_call_that_ends_before_busy_after_s_costs_its_call_report_alone(
         await reporter.aclose()
 
 
+async def test_back_to_back_short_calls_are_never_told_busy() -> None:
+    """Sequential small completions keep a call open most of the time, but none for `busy_after_s`: no busy report
+    (it would also end each report batch early), only their call reports."""
+    sent: list[Envelope] = []
+
+    async def publish(e: Envelope) -> None:
+        sent.append(e)
+
+    reporter = CallReporter(publish, instance="gw-1", busy_after_s=0.05, batch_window_s=0.01)
+    loop = asyncio.get_running_loop()
+    try:
+        ended = loop.time() + 0.3  # six times `busy_after_s` of calls, one after another, each well within it
+        calls = 0
+        while loop.time() < ended:
+            reporter.started(ref("e"))
+            done = asyncio.Event()
+            loop.call_later(0.01, done.set)
+            await done.wait()
+            reporter.finished(ref("e"), "m", "ok", latency_ms=10)
+            calls += 1
+
+        async def all_reported() -> bool:
+            return len([e for e in reports(sent) if isinstance(e, BackendCallCompleted)]) == calls
+
+        await eventually(all_reported, 5, "every call reported")
+        assert not [e for e in sent if isinstance(e, BackendBusy)]
+    finally:
+        await reporter.aclose()
+
+
 async def test_the_reporter_closes_even_when_a_publish_in_flight_swallows_its_cancel() -> None:
     """As the provisioner's progress relay (tests/unit/test_provision_progress.py): a cancel lost inside a publish
     must not leave the drainer waiting on its queue for ever, which would hang the gateway's shutdown."""
