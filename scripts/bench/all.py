@@ -72,6 +72,30 @@ def _f(figures: Figures, key: str) -> float:
     return float(figures[key])
 
 
+def _gateway_rows(where: str) -> tuple[Row, ...]:
+    """The gateway_overhead rows; `where` names the deployment measured when it is not the default."""
+    return (
+        Row(
+            f"gateway /v1/ chat completion, {where}sequential p50",
+            "gateway_p50_ms",
+            "ms",
+            "direct_p50_ms",
+            "the same request straight to llama.cpp's server",
+            "added p50 <= 2 ms",
+            lambda f: _f(f, "added_p50_ms") <= 2,
+        ),
+        Row(
+            f"gateway /v1/ chat completions, {where}32 clients",
+            "rps",
+            "req/s",
+            "direct_rps",
+            "the same requests straight to llama.cpp's server",
+            "ratio >= 0.8",
+            lambda f: _f(f, "rps_over_direct") >= 0.8,
+        ),
+    )
+
+
 BENCHES: tuple[Bench, ...] = (
     Bench(
         "probe_sample",
@@ -234,50 +258,12 @@ BENCHES: tuple[Bench, ...] = (
     ),
     Bench(
         "gateway_overhead",
-        (
-            Row(
-                "gateway /v1/ chat completion, sequential p50",
-                "gateway_p50_ms",
-                "ms",
-                "direct_p50_ms",
-                "the same request straight to llama.cpp's server",
-                "added p50 <= 2 ms",
-                lambda f: _f(f, "added_p50_ms") <= 2,
-            ),
-            Row(
-                "gateway /v1/ chat completions, 32 clients",
-                "rps",
-                "req/s",
-                "direct_rps",
-                "the same requests straight to llama.cpp's server",
-                "ratio >= 0.8",
-                lambda f: _f(f, "rps_over_direct") >= 0.8,
-            ),
-        ),
+        _gateway_rows(""),
         quick_args=("--requests", "40", "--clients", "8", "--concurrent-requests", "40"),
     ),
     Bench(
         "gateway_overhead_local",
-        (
-            Row(
-                "gateway /v1/ chat completion, router in the gateway's process, sequential p50",
-                "gateway_p50_ms",
-                "ms",
-                "direct_p50_ms",
-                "the same request straight to llama.cpp's server",
-                "added p50 <= 2 ms",
-                lambda f: _f(f, "added_p50_ms") <= 2,
-            ),
-            Row(
-                "gateway /v1/ chat completions, router in the gateway's process, 32 clients",
-                "rps",
-                "req/s",
-                "direct_rps",
-                "the same requests straight to llama.cpp's server",
-                "ratio >= 0.8",
-                lambda f: _f(f, "rps_over_direct") >= 0.8,
-            ),
-        ),
+        _gateway_rows("router in the gateway's process, "),
         args=("--router", "local"),
         quick_args=("--requests", "40", "--clients", "8", "--concurrent-requests", "40"),
         module="gateway_overhead",

@@ -7,8 +7,10 @@ import logging
 
 from contracts.router import RouteReply, RouteRequest
 from services.router.app import build_replica
+from services.router.operations import Router
 from services.router.settings import RouterSettings
 from services.runtime.consumer_lag import consumer_counts
+from services.runtime.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,9 @@ class ColocatedRouter:
     the bus, where another replica may answer. Its metrics go to the gateway's `/metrics`."""
 
     def __init__(self, settings: RouterSettings, *, catch_up_poll_s: float = 0.05, catch_up_max_s: float = 30.0):
-        self.service, self.router = build_replica(settings, own_metrics=False)
+        self.settings = settings
+        self.service: Service | None = None
+        self.router: Router | None = None
         self.catch_up_poll_s = catch_up_poll_s
         self.catch_up_max_s = catch_up_max_s
         self._ready = False
@@ -34,16 +38,19 @@ class ColocatedRouter:
         return self._ready
 
     async def start(self) -> None:
-        """Start in the background: the gateway serves (asking the bus) while the replica connects and catches up."""
-        self._starting = asyncio.create_task(self._start(), name="router-replica-start")
+        """Build the replica (after the gateway's app: the gateway's tracer provider is the process's global one),
+        and start it in the background: the gateway serves (asking the bus) while the replica connects and catches
+        up."""
+        self.service, self.router = build_replica(self.settings, own_metrics=False)
+        self._starting = asyncio.create_task(self._start(self.service), name="router-replica-start")
 
-    async def _start(self) -> None:
-        await self.service.start()  # retries NATS with backoff for as long as it takes
+    async def _start(self, service: Service) -> None:
+        await service.start()  # retries NATS with backoff for as long as it takes
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.catch_up_max_s
         while True:
             try:
-                counts = await consumer_counts(self.service.broker, self.service.name)
+                counts = await consumer_counts(service.broker, service.name)
                 if counts and all(pending == 0 and unacked == 0 for pending, unacked in counts.values()):
                     break
             except Exception as exc:  # NATS went away meanwhile: ask again
@@ -54,9 +61,11 @@ class ColocatedRouter:
                 break
             await asyncio.sleep(self.catch_up_poll_s)
         self._ready = True
-        log.info("router replica %s caught up: this gateway's routes are decided in-process", self.service.instance_id)
+        log.info("router replica %s caught up: this gateway's routes are decided in-process", service.instance_id)
 
     async def route(self, request: RouteRequest) -> RouteReply:
+        if self.router is None:
+            raise RuntimeError("the router replica was not started")
         return await self.router.route(request)
 
     async def stop(self) -> None:
@@ -64,4 +73,5 @@ class ColocatedRouter:
         if self._starting is not None:
             self._starting.cancel()
             await asyncio.gather(self._starting, return_exceptions=True)
-        await self.service.stop()
+        if self.service is not None:
+            await self.service.stop()

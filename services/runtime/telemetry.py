@@ -10,14 +10,26 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 
+#: The names this process's runtime put in `OTEL_SERVICE_NAME` itself (an operator's own value is not among them).
+_named_here: set[str] = set()
+#: Whether a provider was built in this process already (the first is the global one).
+_built: list[bool] = []
+
 
 def build_tracer_provider(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
     """A provider named for the service; spans go to `exporter`, else to OTLP/HTTP if its endpoint is set.
 
-    `OTEL_SERVICE_NAME` is set by the runtime per service; an operator's explicit value wins.
-    """
-    os.environ.setdefault("OTEL_SERVICE_NAME", service_name)
-    resource = Resource.create({"service.name": os.environ["OTEL_SERVICE_NAME"], "service.namespace": "modelfleet"})
+    `OTEL_SERVICE_NAME` is set by the runtime per service; an operator's explicit value wins. A process that hosts
+    two services (the gateway with its router replica, `services.gateway_router`) names each one's spans for it;
+    the first provider built is the process's global one."""
+    given = os.environ.get("OTEL_SERVICE_NAME")
+    first = not _built
+    _built.append(True)
+    if given is None:
+        os.environ["OTEL_SERVICE_NAME"] = given = service_name
+        _named_here.add(service_name)
+    name = service_name if given in _named_here else given
+    resource = Resource.create({"service.name": name, "service.namespace": "modelfleet"})
     provider = traced_when_exported(resource)
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -28,7 +40,8 @@ def build_tracer_provider(service_name: str, exporter: SpanExporter | None = Non
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=200))
-    trace.set_tracer_provider(provider)
+    if first:
+        trace.set_tracer_provider(provider)
     return provider
 
 

@@ -4,19 +4,16 @@ has caught up, no route ask crosses the bus; the replica still watches the role 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import nats
 import openai
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from contracts.router import BackendsRequest, RouteRequest
-from contracts.subjects import EVENTS_STREAM
+from contracts.router import RouteRequest
 from contracts.vram import GIB
 from tests.harness.cli import ADMIN_TOKEN
-from tests.harness.fleet_events import gpu_sample, publish
+from tests.harness.fleet_events import gpu_sample, publish, role_state, transitions
 from tests.harness.waiting import eventually, until
 from tests.peers.ollama_server import OllamaPeer
 
@@ -25,29 +22,6 @@ pytestmark = pytest.mark.e2e
 CODER = "qwen3-coder:30b"  # the default set's `coding` model
 HOST = "h-colocated"
 ASK = [{"role": "user", "content": "hello there"}]
-
-
-async def role_state(nc: Any, role: str) -> str | None:
-    """The role's state as the router replicas tell it on the bus (here: the one in the gateway's process)."""
-    reply = json.loads((await nc.request(BackendsRequest.SUBJECT, b"{}", timeout=5)).data)
-    return next((r["state"] for r in reply.get("roles", []) if r["role"] == role), None)
-
-
-async def transitions(js: Any, role: str) -> list[str]:
-    """Every llm.degraded / llm.recovered of `role` on the EVENTS stream, in order."""
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=5.0)
-    sub = await js.pull_subscribe("evt.router.llm.>", stream=EVENTS_STREAM, config=config)
-    got: list[str] = []
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(100, timeout=0.5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                break
-            got += [m.subject.split(".")[3] for m in msgs if json.loads(m.data).get("role") == role]
-    finally:
-        await sub.unsubscribe()
-    return got
 
 
 async def test_the_gateway_routes_in_process_and_its_replica_watches_the_role(

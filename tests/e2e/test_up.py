@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from services.runtime.embedded import EmbeddedPostgres, free_port
+from tests.harness.cli import stop_up
 
 pytestmark = pytest.mark.e2e
 
@@ -120,13 +121,7 @@ def test_up_reaches_all_healthy_restarts_a_crashed_child_and_stops_cleanly(tmp_p
         survivors = [pid for pid in spawned if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
         assert survivors == [], f"processes left behind: {[(pid, _cmdline(psutil.Process(pid))) for pid in survivors]}"
     finally:
-        if proc.poll() is None:  # a failed assertion above: still stop it the way a user would
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_up(proc)
 
 
 def test_up_with_the_router_in_the_gateway_runs_no_router_process(tmp_path: Path) -> None:
@@ -153,13 +148,7 @@ def test_up_with_the_router_in_the_gateway_runs_no_router_process(tmp_path: Path
         assert proc.wait(40) == 0, log.read_text()
         assert "stopped cleanly" in log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_up(proc)
 
 
 def test_status_fails_when_no_gateway_answers(tmp_path: Path) -> None:

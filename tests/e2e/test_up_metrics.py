@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from services.runtime.embedded import free_port
 from services.runtime.metrics import METRICS_PORTS
+from tests.harness.cli import stop_up
 from tests.harness.metrics import Samples, scrape
 from tests.harness.waiting import wait_until
 
@@ -72,9 +72,4 @@ def test_up_prints_where_each_child_serves_metrics_and_each_answers(tmp_path: Pa
             "unserved",
         }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_up(proc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,3 +27,14 @@ def cli(
 
 async def run_cli(url: str, *args: str, module: str = "services.cli.main") -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(cli, url, *args, module=module)
+
+
+def stop_up(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a `modelfleet up` the way a user does (SIGTERM), killing it only if it has not exited after 40 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -1,4 +1,5 @@
-"""What router tests publish and ask: a GPU host's sample, events with their dedup id, a raw route request."""
+"""What router tests publish and ask: a GPU host's sample, events with their dedup id, a raw route request, a role's
+state and its degraded/recovered transitions."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
 from contracts.envelope import Envelope
 from contracts.hardware import GpuDevice, GpuSampled, OllamaLoadedModel
-from contracts.router import RouteRequest
+from contracts.router import BackendsRequest, RouteRequest
+from contracts.subjects import EVENTS_STREAM
 from contracts.vram import GIB
 
 
@@ -36,3 +41,27 @@ async def route(nc: Any, **body: Any) -> dict[str, Any]:
     """The router's raw reply to `RouteRequest(**body)` (an error reply comes back as its `{"error": ...}` body)."""
     msg = await nc.request(RouteRequest.SUBJECT, RouteRequest(**body).model_dump_json().encode(), timeout=10)
     return dict(json.loads(msg.data))
+
+
+async def role_state(nc: Any, role: str) -> str | None:
+    """The role's state as a router replica tells it on the bus (`rpc.router.backends.v1`)."""
+    reply = json.loads((await nc.request(BackendsRequest.SUBJECT, b"{}", timeout=5)).data)
+    return next((r["state"] for r in reply.get("roles", []) if r["role"] == role), None)
+
+
+async def transitions(js: Any, role: str) -> list[str]:
+    """Every llm.degraded / llm.recovered for `role` on the EVENTS stream, in order (the stream, not core NATS:
+    a duplicate JetStream dropped never counts)."""
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=5.0)
+    sub = await js.pull_subscribe("evt.router.llm.>", stream=EVENTS_STREAM, config=config)
+    got: list[str] = []
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(100, timeout=0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                break
+            got += [m.subject.split(".")[3] for m in msgs if json.loads(m.data).get("role") == role]
+    finally:
+        await sub.unsubscribe()
+    return got

@@ -4,46 +4,19 @@ backend: one llm.degraded when it stops, one llm.recovered when it answers again
 from __future__ import annotations
 
 import asyncio
-import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
 from typing import Any
 
 import nats
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from contracts.router import BackendsRequest
-from contracts.subjects import EVENTS_STREAM
 from tests.harness.catalog import healthy_instances
-from tests.harness.fleet_events import gpu_sample, publish, route
+from tests.harness.fleet_events import gpu_sample, publish, role_state, route, transitions
 from tests.harness.waiting import until
 from tests.peers.ollama_server import OllamaPeer
 
 pytestmark = pytest.mark.integration
-
-
-async def role_state(nc: Any, role: str) -> str | None:
-    reply = json.loads((await nc.request(BackendsRequest.SUBJECT, b"{}", timeout=5)).data)
-    return next((r["state"] for r in reply.get("roles", []) if r["role"] == role), None)
-
-
-async def transitions(js: Any, role: str) -> list[str]:
-    """Every llm.degraded / llm.recovered for `role` on the EVENTS stream, in order (the stream, not core NATS:
-    a duplicate JetStream dropped never counts)."""
-    config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=5.0)
-    sub = await js.pull_subscribe("evt.router.llm.>", stream=EVENTS_STREAM, config=config)
-    got: list[str] = []
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(100, timeout=0.5)
-            except (TimeoutError, nats.errors.TimeoutError):
-                break
-            got += [m.subject.split(".")[3] for m in msgs if json.loads(m.data).get("role") == role]
-    finally:
-        await sub.unsubscribe()
-    return got
 
 
 async def test_one_degraded_then_one_recovered_across_two_replicas(nats_url, database_url, service_env, start_service):
