@@ -174,6 +174,8 @@ class AuthReply(Contract):
     user_id: Name
     admin: bool = False
     token_id: uuid.UUID | None = None
+    #: when the token stops being usable (a gateway caches the answer no longer); None: it never expires
+    expires_at: AwareDatetime | None = None
 
 
 class AuthRequest(RpcRequest[AuthReply]):

@@ -23,6 +23,7 @@ runs, and the comparison would measure that).
 - Concurrent: `--clients` tasks sharing one client, `--concurrent-requests` per round, `--rounds` rounds each way in
   alternating order; `rps` and `direct_rps` are the median rounds (goal rps >= 0.8 x direct_rps), and
   `concurrent_cpu_ms_per_request_<process>` each process's CPU per request over the gateway's rounds.
+- `--token user`: the gateway requests carry a user token the catalog issued instead of the admin token.
 - `--router local`: no router process; the gateway hosts the router replica (`python -m services.gateway_router`)
   and decides routes in-process (docs/gateway.md). `route_ask_p50_ms` is then that replica answering on the bus.
 The last line is one JSON object with the figures.
@@ -142,6 +143,9 @@ async def fleet(tmp: Path, llama_threads: int, router: str = "bus") -> AsyncIter
             imported = await http.post("/api/v1/catalog/import", params={"filename": "bench.json"},
                                        content=json.dumps(manifest), headers=admin)  # fmt: skip
             imported.raise_for_status()
+            issued = await http.post("/api/v1/users/bench-user/tokens", json={}, headers=admin)
+            issued.raise_for_status()
+            user_token = str(issued.json()["token"])
         served = BackendStatus(kind="openai", base_url=base_url, reachable=True,
                                loaded=[BackendLoadedModel(name=model_id)])  # fmt: skip
         sample = gpu_sample(HOST, "").model_copy(
@@ -171,18 +175,20 @@ async def fleet(tmp: Path, llama_threads: int, router: str = "bus") -> AsyncIter
             "nats": nats_srv.url,
             "route_body": route.model_dump_json(),
             "pids": pids,
+            "user_token": user_token,
         }
 
 
 class Paths:
     """The two ways to the same server, one shared keep-alive client."""
 
-    def __init__(self, http: httpx.AsyncClient, setup: dict[str, Any]):
+    def __init__(self, http: httpx.AsyncClient, setup: dict[str, Any], token: str = "admin"):
         self.http = http
         self.gateway_url = f"{setup['gateway']}/v1/chat/completions"
         self.healthz_url = f"{setup['gateway']}/healthz"
         self.gateway_body = json.dumps({"model": ROLE, "messages": MESSAGES, **FIELDS}).encode()
-        self.gateway_headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+        bearer = ADMIN_TOKEN if token == "admin" else setup["user_token"]
+        self.gateway_headers = {"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"}
         self.direct_url = f"{setup['backend']}/chat/completions"
         self.direct_body = setup["direct_body"].encode()
         self.direct_headers = {"Content-Type": "application/json"}
@@ -318,7 +324,13 @@ async def concurrent(paths: Paths, clients: int, n: int, pids: dict[str, int], r
 
 
 async def bench(
-    requests: int, clients: int, concurrent_requests: int, llama_threads: int, router: str = "bus", rounds: int = 5
+    requests: int,
+    clients: int,
+    concurrent_requests: int,
+    llama_threads: int,
+    router: str = "bus",
+    rounds: int = 5,
+    token: str = "admin",
 ) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         async with fleet(Path(tmp), llama_threads, router) as setup:
@@ -327,9 +339,10 @@ async def bench(
             limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2,
                                   keepalive_expiry=4.0)  # fmt: skip
             async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-                paths = Paths(http, setup)
+                paths = Paths(http, setup, token)
                 figures: dict[str, object] = {"model": setup["model"], "cpus": os.cpu_count(),
-                                              "llama_threads": llama_threads, "router": router}  # fmt: skip
+                                              "llama_threads": llama_threads, "router": router,
+                                              "token": token}  # fmt: skip
                 figures.update(await sequential(paths, requests, setup["pids"]))
                 figures.update(await floors(paths, setup["nats"], setup["route_body"]))
                 figures.update(await concurrent(paths, clients, concurrent_requests, setup["pids"], rounds))
@@ -344,12 +357,23 @@ def main() -> None:
     parser.add_argument("--concurrent-requests", type=int, default=320)
     parser.add_argument("--llama-threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5, help="concurrent rounds each way (the median is taken)")
+    parser.add_argument("--token", choices=["admin", "user"], default="admin",
+                        help="the gateway's bearer token: the admin token (checked in the gateway) or a user "
+                        "token the catalog issued (asked of it, then cached: GATEWAY_AUTH_CACHE_S)")  # fmt: skip
     parser.add_argument("--router", choices=["bus", "local"], default="bus",
                         help="bus: a router process, asked over NATS; local: the gateway hosts a router replica "
                         "(python -m services.gateway_router) and no router process runs")  # fmt: skip
     args = parser.parse_args()
     figures = asyncio.run(
-        bench(args.requests, args.clients, args.concurrent_requests, args.llama_threads, args.router, args.rounds)
+        bench(
+            args.requests,
+            args.clients,
+            args.concurrent_requests,
+            args.llama_threads,
+            args.router,
+            args.rounds,
+            args.token,
+        )
     )
     added, ratio = float(figures["added_p50_ms"]), float(figures["rps_over_direct"])  # type: ignore[arg-type]
     figures["goal"] = "added_p50_ms <= 2 and rps >= 0.8 x direct_rps"

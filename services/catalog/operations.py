@@ -182,13 +182,14 @@ class Catalog:
     # --- auth ------------------------------------------------------------------------------------------------------
 
     async def authenticate(self, token: str) -> AuthReply:
-        """Checked against PostgreSQL on every call (no cache), so a revocation holds at once on every replica."""
+        """Checked against PostgreSQL on every call (no cache here), so a revocation holds at once on every replica;
+        a gateway may reuse the answer until the token's expiry (docs/catalog.md, tokens)."""
         now = _now()
         async with self.store.database.transaction() as session:
             record = tokens.check_usable(await self.store.find_token(session, token), now)
             if tokens.needs_touch(record, now, self.settings.token_touch_interval_s):
                 await self.store.touch_token(session, record.token_id, now)
-        return AuthReply(user_id=record.user_id, token_id=record.token_id)
+        return AuthReply(user_id=record.user_id, token_id=record.token_id, expires_at=record.expires_at)
 
     async def issue_token(self, caller: Caller, req: TokenIssueRequest) -> TokenIssueReply:
         domain.require_admin(caller, "issuing tokens")

@@ -13,6 +13,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contracts.catalog import CatalogChanged
 from contracts.provisioner import ProvisionCommand
 from contracts.router import BackendBusy, BackendCallsCompleted
 from contracts.rpc import RpcError
@@ -28,6 +29,7 @@ from services.gateway import (
     updates_routes,
 )
 from services.gateway import metrics as gateway_metrics
+from services.gateway.auth import TokenCache
 from services.gateway.backends import Backend, FallbackBackend, OllamaBackend, OpenAIBackend
 from services.gateway.bus_client import BusClient
 from services.gateway.call_reports import CallReporter
@@ -78,6 +80,14 @@ def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None
         retry_max_s=settings.retry_max_s,
     )
 
+    token_cache = TokenCache(settings.auth_cache_s, state)
+
+    @broker.subscriber(CatalogChanged.SUBJECT)
+    async def on_catalog_changed(event: CatalogChanged) -> None:
+        """Consumes evt.catalog.entries.changed.v1 (core NATS, every gateway): drops the user tokens the catalog
+        accepted, since a revocation is such a change. Idempotent."""
+        token_cache.clear()
+
     timeout = httpx.Timeout(settings.backend_read_timeout_s, connect=settings.backend_connect_timeout_s)
     openai_backend = OpenAIBackend(
         connect_timeout_s=settings.backend_connect_timeout_s, read_timeout_s=settings.backend_read_timeout_s,
@@ -121,6 +131,7 @@ def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None
     app.state.settings = settings
     app.state.bus = bus
     app.state.plane = plane
+    app.state.token_cache = token_cache
     # A service's typed error (or the seam's 503/504) answers with its own status: no route maps errors by hand.
     app.add_exception_handler(RpcError, rpc_error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)

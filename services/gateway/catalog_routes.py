@@ -45,7 +45,7 @@ from contracts.catalog import (
     UserConfigRequest,
 )
 from services.gateway import links
-from services.gateway.auth import admin, caller
+from services.gateway.auth import admin, caller, token_cache_of
 from services.gateway.bus_client import bus_of
 from services.gateway.errors import ERROR_RESPONSES
 from services.runtime import staging
@@ -264,7 +264,10 @@ async def revoke_token(
 ) -> TokenRevokeReply:
     """The admin, or the owner: revoke at once, on every catalog replica; its next use gets 401 "token revoked"."""
     req = TokenRevokeRequest(caller=who, user_id=user_id, token_id=token_id)
-    return await bus_of(request).ask(req)
+    reply = await bus_of(request).ask(req)
+    if (cache := token_cache_of(request)) is not None:
+        cache.clear()  # here at once; other gateways on the catalog change the revocation publishes
+    return reply
 
 
 @router.post(

@@ -51,6 +51,11 @@ class GatewaySettings(RuntimeSettings):
         default=0.05, ge=0, le=1, description="How long a successful call's report waits for the calls that end after "
         "it, to go out in one message (a failure's goes out at once); 0: none waits (what is queued goes together).",
     )  # fmt: skip
+    auth_cache_s: float = Field(
+        default=30.0, ge=0, le=300, description="How long a user token the catalog accepted is taken without asking "
+        "again (never past the token's expiry; all dropped on any catalog change, a revocation included, and when "
+        "the NATS connection drops); 0: every request asks the catalog.",
+    )  # fmt: skip
     busy_retry_after_s: int = Field(
         default=1, ge=1, le=3600, description="`Retry-After` of a 429 when every backend is at its concurrency limit."
     )

@@ -81,9 +81,12 @@ class BusState:
     last_error: str = field(default="")
 
     closing: bool = False
+    #: how many times the connection dropped: what a process kept from the bus before a drop may be stale after it
+    drops: int = 0
 
     async def on_disconnected(self) -> None:
         self.connected = False
+        self.drops += 1
         if not self.closing:
             _connection_events.add(1, {"modelfleet.nats.event": "disconnected"})
             log.warning("lost NATS connection; reconnecting")

@@ -7,12 +7,16 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
+import httpx
+import nats
 import pytest
 from typer.testing import CliRunner
 
+from contracts.catalog import AuthRequest
 from services.cli.main import app as cli
 from tests.harness.catalog import bearer, catalog_fleet
 from tests.harness.cli import ADMIN_TOKEN
+from tests.harness.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -106,3 +110,37 @@ async def test_expired_token_and_the_cli(fleet, monkeypatch):
     assert naive.exit_code == 2 and "UTC offset" in naive.output
     both = runner.invoke(cli, ["tokens", "issue", "carol", "--expires-in", "1d", "--expires-at", "2099-01-31T00:00Z"])
     assert both.exit_code == 2 and "not both" in both.output
+
+
+async def test_a_gateway_reuses_an_accepted_token_and_drops_it_on_a_revocation_made_elsewhere(
+    nats_url, database_url, service_env, start_service, start_gateway
+):
+    """Two gateways: the second asks the catalog once for five requests with one token; a revocation through the
+    first reaches the second by the catalog's change event, and the token is refused there too."""
+    env = service_env(database_url=database_url, MODELFLEET_ADMIN_TOKEN=ADMIN_TOKEN)
+    await start_service("catalog", env)
+    one, other = await start_gateway(env), await start_gateway(env)
+    nc = await nats.connect(nats_url)
+    asks = await nc.subscribe(AuthRequest.SUBJECT)  # a copy of every token check asked of the catalog
+    admin = bearer(ADMIN_TOKEN)
+    try:
+        async with httpx.AsyncClient(base_url=one, timeout=15) as a, httpx.AsyncClient(base_url=other, timeout=15) as b:
+            issued = (await a.post("/api/v1/users/dave/tokens", json={}, headers=admin)).json()
+            dave = bearer(issued["token"])
+            for _ in range(5):
+                assert (await b.get("/api/v1/profiles", headers=dave)).status_code == 200
+            await nc.flush()  # the server's PONG comes after any copy of an ask those requests made
+            assert asks.delivered == 1
+
+            revoked = await a.delete(f"/api/v1/users/dave/tokens/{issued['token_id']}", headers=admin)
+            assert revoked.status_code == 200
+            assert (await a.get("/api/v1/profiles", headers=dave)).json()["detail"] == "token revoked"  # at once
+
+            async def refused_there() -> httpx.Response | None:
+                r = await b.get("/api/v1/profiles", headers=dave)
+                return r if r.status_code == 401 else None
+
+            refused = await eventually(refused_there, 10, "the other gateway refusing the revoked token")
+            assert refused.json()["detail"] == "token revoked"
+    finally:
+        await nc.close()
