@@ -67,14 +67,16 @@ async def test_the_gateway_routes_in_process_and_its_replica_watches_the_role(
             await client.chat.completions.create(model="coding", messages=ASK)
         assert refused.value.status_code == 503
         assert refused.value.body["code"] == "no_backend" and "'coding'" in refused.value.body["message"]  # type: ignore[index]
-        assert await transitions(js, "coding") == ["degraded"]
+        # the role's state flips as its event is published: read the stream until the event is there
+        await eventually(lambda: _transitions_are(js, ["degraded"]), 10, "llm.degraded on the stream")
 
         peer = OllamaPeer(port=port).start()
         peer.install(CODER)
         await until(lambda: _is(nc, "coding", "healthy"), 15)
         done = await eventually(lambda: client.chat.completions.create(model="coding", messages=ASK), 15, "answers")
         assert done.choices[0].message.content == "echo: hello there"
-        assert await transitions(js, "coding") == ["degraded", "recovered"]
+        await eventually(lambda: _transitions_are(js, ["degraded", "recovered"]), 10, "llm.recovered on the stream")
+        assert await transitions(js, "coding") == ["degraded", "recovered"]  # one event per transition, no more
     finally:
         peer.stop()
         await spy.unsubscribe()
@@ -84,3 +86,7 @@ async def test_the_gateway_routes_in_process_and_its_replica_watches_the_role(
 
 async def _is(nc: Any, role: str, state: str) -> bool:
     return await role_state(nc, role) == state
+
+
+async def _transitions_are(js: Any, expected: list[str]) -> bool:
+    return await transitions(js, "coding") == expected
