@@ -58,12 +58,13 @@ class TokenCache:
         return hashlib.sha256(token.encode()).digest()
 
     def get(self, token: str) -> Caller | None:
-        held = self._held.get(self._key(token))
+        key = self._key(token)
+        held = self._held.get(key)
         if held is None:
             return None
         who, until, drops = held
         if self.clock() >= until or drops != self.bus.drops:
-            del self._held[self._key(token)]
+            del self._held[key]
             return None
         return who
 
@@ -86,8 +87,8 @@ class TokenCache:
         return len(self._held)
 
 
-def token_cache_of(request: Request) -> TokenCache | None:
-    cache: TokenCache | None = getattr(request.app.state, "token_cache", None)
+def token_cache_of(request: Request) -> TokenCache:
+    cache: TokenCache = request.app.state.token_cache
     return cache
 
 
@@ -97,7 +98,7 @@ async def caller(request: Request) -> Caller:
     if is_admin_token(request, token):
         return Caller(user_id=ADMIN_USER, admin=True)
     cache = token_cache_of(request)
-    if cache is not None and (known := cache.get(token)) is not None:
+    if (known := cache.get(token)) is not None:
         return known
     try:
         check = AuthRequest(token=token)
@@ -111,8 +112,7 @@ async def caller(request: Request) -> Caller:
             raise RpcError(exc.status, f"cannot check the token: {exc.detail}", code=exc.code) from exc
         raise
     who = Caller(user_id=reply.user_id, admin=reply.admin)
-    if cache is not None:
-        cache.put(token, who, reply.expires_at)
+    cache.put(token, who, reply.expires_at)
     return who
 
 

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased,
 #: The names this process's runtime put in `OTEL_SERVICE_NAME` itself (an operator's own value is not among them).
 _named_here: set[str] = set()
 #: Whether a provider was built in this process already (the first is the global one).
-_built: list[bool] = []
+_built_one = False
 
 
 def build_tracer_provider(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
@@ -22,9 +22,9 @@ def build_tracer_provider(service_name: str, exporter: SpanExporter | None = Non
     `OTEL_SERVICE_NAME` is set by the runtime per service; an operator's explicit value wins. A process that hosts
     two services (the gateway with its router replica, `services.gateway_router`) names each one's spans for it;
     the first provider built is the process's global one."""
+    global _built_one
     given = os.environ.get("OTEL_SERVICE_NAME")
-    first = not _built
-    _built.append(True)
+    first, _built_one = not _built_one, True
     if given is None:
         os.environ["OTEL_SERVICE_NAME"] = given = service_name
         _named_here.add(service_name)
