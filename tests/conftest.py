@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.processes import GatewayProcess, ServiceProcess
+from tests.harness.processes import GatewayProcess, ServiceProcess, stop_all
 from tests.harness.provision_bus import Bus
 from tests.harness.servers import choose, create_database, nats_server, postgres_server
 
@@ -94,8 +94,7 @@ async def start_service(nats_url: str, tmp_path: Path) -> AsyncIterator[Callable
     try:
         yield start
     finally:
-        for proc in started:
-            proc.stop()
+        stop_all(started)
 
 
 @pytest.fixture
@@ -112,8 +111,7 @@ async def start_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
     try:
         yield start
     finally:
-        for proc in started:
-            proc.stop()
+        stop_all(started)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -45,7 +45,7 @@ from services.runtime.bus import BusState, build_broker
 from services.runtime.metrics import install_metrics
 from services.runtime.rpc import Rpc
 from services.runtime.service import event_loop, package_version
-from services.runtime.telemetry import build_tracer_provider
+from services.runtime.telemetry import build_tracer_provider, shutdown_tracing
 
 
 def serve(settings: GatewaySettings, local_router: LocalRouter | None = None) -> None:
@@ -120,7 +120,7 @@ def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None
             await ollama_backend.aclose()
             await bus.stop()
             metrics.flush()
-            tracer_provider.shutdown()
+            shutdown_tracing(tracer_provider)
 
     app = FastAPI(
         title="modelfleet gateway",

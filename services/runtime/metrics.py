@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import metrics
@@ -24,6 +25,9 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import start_http_server
+
+if TYPE_CHECKING:
+    from services.runtime.otlp import StoppableMetricExporter
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +63,24 @@ class MetricsEndpoint:
     port: int | None
     _server: WSGIServer | None = None
     _thread: threading.Thread | None = None
+    _otlp: StoppableMetricExporter | None = None
 
-    def flush(self) -> None:
-        """Push what was recorded to OTLP now (at stop). The provider stays: a process installs it once."""
-        self.provider.force_flush(timeout_millis=2_000)
+    def flush(self, within_s: float | None = None) -> None:
+        """Push what was recorded to OTLP now (at stop), if the collector takes it within `within_s` (`STOP_FLUSH_S`,
+        2 s); else it is dropped with one warning, and so is every later push (services/runtime/otlp.py). The provider
+        stays: a process installs it once."""
+        if self._otlp is None:  # no push over the network: the readers' own flush (none for Prometheus's)
+            self.provider.force_flush()
+            return
+        if self._otlp.aborted:
+            return
+        from services.runtime.otlp import STOP_FLUSH_S, finished_within
+
+        bound_s = STOP_FLUSH_S if within_s is None else within_s
+        if not finished_within(lambda: self.provider.force_flush(timeout_millis=bound_s * 1000), bound_s):
+            self._otlp.abort()
+            log.warning("metrics: the OTLP collector took no push within %g s of the stop; the last one is dropped",
+                        bound_s)  # fmt: skip
 
 
 _installed: MetricsEndpoint | None = None
@@ -94,13 +112,15 @@ def install_metrics(
         os.environ.setdefault("OTEL_SERVICE_NAME", service_name)
         resource = Resource.create({"service.name": os.environ["OTEL_SERVICE_NAME"], "service.namespace": "modelfleet"})
         all_readers: list[MetricReader] = [PrometheusMetricReader(), *readers]
+        otlp = None
         if _otlp_metrics_configured():
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+            from services.runtime.otlp import StoppableMetricExporter
 
-            all_readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=10_000))
+            otlp = StoppableMetricExporter()
+            all_readers.append(PeriodicExportingMetricReader(otlp, export_interval_millis=10_000))
         provider = MeterProvider(resource=resource, metric_readers=all_readers, views=_views())
         metrics.set_meter_provider(provider)
-        endpoint = MetricsEndpoint(provider, None)
+        endpoint = MetricsEndpoint(provider, None, _otlp=otlp)
         chosen = resolve_port(service_name, port)
         if chosen > 0:
             try:

@@ -26,6 +26,7 @@ from services.runtime.db import Database, DbState
 from services.runtime.metrics import MetricsEndpoint
 from services.runtime.rpc import Rpc
 from services.runtime.tasks import settle
+from services.runtime.telemetry import shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class Service:
             await self.database.close()
         if self.metrics is not None:
             self.metrics.flush()
-        self.tracer_provider.shutdown()
+        shutdown_tracing(self.tracer_provider)
 
     async def run(self) -> None:
         stop = asyncio.Event()

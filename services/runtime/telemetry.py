@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -10,10 +13,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 
+if TYPE_CHECKING:
+    from services.runtime.otlp import StoppableSpanExporter
+
 #: The names this process's runtime put in `OTEL_SERVICE_NAME` itself (an operator's own value is not among them).
 _named_here: set[str] = set()
 #: Whether a provider was built in this process already (the first is the global one).
 _built_one = False
+#: The OTLP exporter of each provider that has one, aborted by `shutdown_tracing` if the collector does not answer.
+_otlp_of: WeakKeyDictionary[TracerProvider, StoppableSpanExporter] = WeakKeyDictionary()
+
+log = logging.getLogger(__name__)
 
 
 def build_tracer_provider(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
@@ -37,12 +47,29 @@ def build_tracer_provider(service_name: str, exporter: SpanExporter | None = Non
         protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL"))
         if protocol not in (None, "", "http/protobuf"):
             raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; use http/protobuf")
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from services.runtime.otlp import StoppableSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), schedule_delay_millis=200))
+        _otlp_of[provider] = otlp = StoppableSpanExporter()
+        provider.add_span_processor(BatchSpanProcessor(otlp, schedule_delay_millis=200))
     if first:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def shutdown_tracing(provider: TracerProvider, within_s: float | None = None) -> None:
+    """Shut the provider down at a stop: its last spans go to the collector if it takes them within `within_s`
+    (`STOP_FLUSH_S`, 2 s); else they are dropped, with one warning, and the stop goes on (services/runtime/otlp.py)."""
+    otlp = _otlp_of.pop(provider, None)
+    if otlp is None:
+        provider.shutdown()
+        return
+    from services.runtime.otlp import STOP_FLUSH_S, finished_within
+
+    bound_s = STOP_FLUSH_S if within_s is None else within_s
+    if not finished_within(provider.shutdown, bound_s):
+        otlp.abort()
+        log.warning("traces: the OTLP collector took no spans within %g s of the stop; the last ones are dropped",
+                    bound_s)  # fmt: skip
 
 
 def traced_when_exported(resource: Resource | None = None) -> TracerProvider:

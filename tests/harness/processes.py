@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,13 @@ class ServiceProcess:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        return self.wait_stopped(timeout_s)
+
+    def wait_stopped(self, timeout_s: float = 10.0) -> int | None:
+        """The exit code, once the process (told to stop) exits; killed after `timeout_s`."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -86,6 +94,15 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def stop_all(procs: Sequence[ServiceProcess], timeout_s: float = 10.0) -> None:
+    """SIGTERM to every process first, then wait for each: they stop side by side, not one after another."""
+    for proc in procs:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait_stopped(timeout_s)
 
 
 @dataclass
