@@ -123,7 +123,8 @@ class Service:
         log.info("%s started (instance %s on %s)", self.name, self.instance_id, self.host_id)
 
     def _spawn(self, task: Task) -> None:
-        self._running.append(asyncio.create_task(self._supervise(task), name=f"{self.name}:{task}"))
+        name = getattr(task, "__qualname__", None) or str(task)  # `catalog:Outbox.run`, not the bound method's repr
+        self._running.append(asyncio.create_task(self._supervise(task), name=f"{self.name}:{name}"))
 
     async def _supervise(self, task: Task) -> None:
         """Background tasks must not die on a transient fault: restart them with backoff."""

@@ -12,14 +12,31 @@ log = logging.getLogger(__name__)
 #: Seconds a stopping process waits for its cancelled tasks; one that ignores the cancel is logged, with its stack,
 #: and left behind, so that SIGTERM always ends the process.
 STOP_GRACE_S = 10.0
+#: While it waits, a task still running this long after its cancel is cancelled again: on Python 3.11
+#: `asyncio.wait_for` (under nats-py's request, so under every JetStream publish) drops a cancel that lands as the
+#: reply arrives, and the task loops on as if never told. The outbox relay did so in about one stop in three.
+RECANCEL_S = 1.0
 
 
-async def settle(tasks: Sequence[asyncio.Task[Any]], what: str, grace_s: float = STOP_GRACE_S) -> None:
-    """Wait up to `grace_s` for cancelled `tasks` to finish; log any that did not, with where it waits."""
+async def settle(
+    tasks: Sequence[asyncio.Task[Any]], what: str, grace_s: float = STOP_GRACE_S, recancel_s: float = RECANCEL_S
+) -> None:
+    """Wait up to `grace_s` for cancelled `tasks` to finish, cancelling again every `recancel_s` any still running (a
+    lost cancel); log any that did not finish, with where it waits."""
     if not tasks:
         return
-    # asyncio.wait, not asyncio.timeout or wait_for: those can swallow a cancel of the caller on 3.11.
-    done, pending = await asyncio.wait(tasks, timeout=grace_s)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    done: set[asyncio.Task[Any]] = set()
+    pending = set(tasks)
+    while pending and (left_s := deadline - loop.time()) > 0:
+        # asyncio.wait, not asyncio.timeout or wait_for: those can swallow a cancel of the caller on 3.11.
+        finished, pending = await asyncio.wait(pending, timeout=min(recancel_s, left_s))
+        done |= finished
+        for task in pending:
+            if loop.time() < deadline:
+                log.info("%s %s runs on after its cancel (a lost cancel): cancelled again", what, task.get_name())
+                task.cancel()
     for task in done:  # retrieved, as gather(return_exceptions=True) would: a failure at stop is not news
         if not task.cancelled():
             task.exception()
