@@ -8,6 +8,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 from services.provisioner.ollama_backend import BackendError, OllamaBackend
@@ -85,3 +86,14 @@ async def test_register_verified_blob_then_create(ollama, tmp_path):
         assert peer.calls[f"POST /api/blobs/sha256:{digest}"] == uploads
     with pytest.raises(BackendError, match="holds sha256:"):
         await backend.register("x:1", path, "0" * 64)
+
+
+def test_a_stopped_peer_answers_nothing_even_on_a_pooled_connection() -> None:
+    """As an Ollama process that stops: the router's checker pools a keep-alive connection, and a peer whose handler
+    thread went on serving it after the stop made a stopped backend look alive again (a flaky degraded test)."""
+    peer = OllamaPeer().start()
+    with httpx.Client(base_url=peer.url, timeout=5) as client:
+        assert client.get("/api/version").status_code == 200  # the connection is now in the client's pool
+        peer.stop()
+        with pytest.raises(httpx.TransportError):
+            client.get("/api/version")

@@ -17,9 +17,11 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlparse
+
+from tests.peers.servers import ClosingHTTPServer
 
 _BLOCK = 1024 * 1024
 
@@ -107,10 +109,6 @@ class HubRepo:
         return self.branches.get(revision) or self.tags.get(revision)
 
 
-class _Origin(ThreadingHTTPServer):
-    daemon_threads = True
-
-
 class HubPeer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, cdn_port: int = 0, page_size: int = 2):
         self.repos: dict[str, HubRepo] = {}
@@ -124,8 +122,8 @@ class HubPeer:
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, Range header
         self.stalled = threading.Event()
         self._release = threading.Event()
-        self._api = _Origin((host, port), _api_handler(self))
-        self._cdn = _Origin((host, cdn_port), _cdn_handler(self))
+        self._api = ClosingHTTPServer((host, port), _api_handler(self))
+        self._cdn = ClosingHTTPServer((host, cdn_port), _cdn_handler(self))
         self._threads: list[threading.Thread] = []
 
     @property
@@ -164,8 +162,7 @@ class HubPeer:
     def stop(self) -> None:
         self._release.set()
         for server in (self._api, self._cdn):
-            server.shutdown()
-            server.server_close()
+            server.stop()
 
     def __enter__(self) -> HubPeer:
         return self.start()

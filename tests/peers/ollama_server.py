@@ -29,8 +29,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.peers.servers import ClosingHTTPServer
 
 
 def normalize(name: str) -> str:
@@ -127,8 +129,7 @@ class OllamaPeer:
         self.chat_streaming = 0
         self.calls: Counter[str] = Counter()
         self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _handler(self))
-        self._server.daemon_threads = True
+        self._server = ClosingHTTPServer((host, port), _handler(self))
         self._thread: threading.Thread | None = None
 
     @property
@@ -167,8 +168,9 @@ class OllamaPeer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Stops as an Ollama process does: no new connection, and the open ones (a client's pooled keep-alive
+        connection included) closed, not served on by their handler threads."""
+        self._server.stop()
 
     def __enter__(self) -> OllamaPeer:
         return self.start()
