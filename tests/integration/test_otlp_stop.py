@@ -4,7 +4,6 @@ retried for it, and a compose stop SIGKILLs after 10 s."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from contracts.health import HealthRequest
 from contracts.subjects import fill
 from services.runtime.embedded import free_port
 from tests.harness.processes import ServiceProcess
+from tests.harness.waiting import eventually
 from tests.peers.otlp_receiver import OtlpReceiver
 
 pytestmark = pytest.mark.integration
@@ -43,6 +43,10 @@ async def traced_asks(nats_url: str, service: str, count: int = 3) -> None:
         await nc.close()
 
 
+async def retrying_spans(proc: ServiceProcess) -> bool:
+    return "exporting spans batch, retrying" in proc.log_path.read_text(errors="replace")
+
+
 def stopped(proc: ServiceProcess) -> str:
     """SIGTERM, then the exit (a failure names what the process was doing), then its log."""
     assert proc.proc is not None
@@ -63,7 +67,8 @@ async def test_an_unreachable_collector_does_not_hold_the_stop(
     env = service_env(OTEL_EXPORTER_OTLP_ENDPOINT=refused, **PATIENT_EXPORTER)
     proc: ServiceProcess = await start_service("router", env)  # type: ignore[operator]
     await traced_asks(nats_url, "router")
-    await asyncio.sleep(0.5)  # the spans' batch (200 ms) is in the exporter's retries when the stop comes
+    # The stop comes while the spans' batch is in the exporter's retries (the SDK logs each retry).
+    await eventually(lambda: retrying_spans(proc), 15, "the span exporter retrying")
     log = stopped(proc)
     assert "traces: the OTLP collector took no spans within 2 s of the stop" in log, log[-3000:]
     assert "metrics: the OTLP collector took no push within 2 s of the stop" in log, log[-3000:]
