@@ -78,11 +78,11 @@ def up(
     supervisor: Supervisor | None = None
     try:
         if not nats_url:
-            nats = EmbeddedNats(state_dir / "nats", port=4222 if not port_open(4222) else free_port()).start()
+            nats = EmbeddedNats(state_dir / "nats", port=4222 if not port_open(4222) else 0).start()
             nats_url = nats.url
             console.print(f"[dim]embedded NATS (JetStream) at {nats_url}, data in {nats.data_dir}[/dim]")
         if not database_url:
-            pg = EmbeddedPostgres(state_dir / "postgres" / "data", port=free_port()).start()
+            pg = EmbeddedPostgres(state_dir / "postgres" / "data").start()
             database_url = pg.url
             console.print(f"[dim]embedded PostgreSQL at {pg.url}, data in {pg.data_dir}[/dim]")
             if pg.moved_from is not None:

@@ -12,12 +12,14 @@ import hashlib
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -41,8 +43,45 @@ class EmbeddedServerError(RuntimeError):
     """An embedded server could not be found, initialised or started."""
 
 
+PORT_FLOOR = 10_000  # below it live the well-known and registered services' ports
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local port of an outgoing connection (Linux's default 32768-60999)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback TCP port free now, for a server about to be started on it.
+
+    Taken outside the kernel's ephemeral range, so no outgoing connection (of any process) can be given it as
+    its local port between this check and the server's bind: a port from `bind(("127.0.0.1", 0))` comes from
+    that range, and in a busy test run a client's connection took one before nats-server could listen on it.
+    A port is handed out once per process. Another process picking the same port at the same moment stays
+    possible (one chance in ~20,000); the embedded servers start again on new ports when that happens.
+    """
+    low, high = _ephemeral_range()
+    spans = [(lo, hi) for lo, hi in ((PORT_FLOOR, low), (high + 1, 65536)) if hi > lo]
+    with _handed_out_lock:
+        for _ in range(500):
+            lo, hi = random.choice(spans)
+            port = random.randrange(lo, hi)
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # a machine whose ephemeral range covers nearly every port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -53,15 +92,52 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait(check: object, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None, log: Path) -> None:
+class PortTaken(EmbeddedServerError):
+    """The server exited because another process listened on its port first."""
+
+
+def _log_size(log: Path) -> int:
+    try:
+        return log.stat().st_size
+    except OSError:
+        return 0
+
+
+def _wait(
+    check: object, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None, log: Path, log_from: int = 0
+) -> None:
+    """Until `check()` holds; raises when `proc` exits first (`PortTaken` when its log, from byte `log_from` on,
+    says its address was in use) or after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise EmbeddedServerError(f"{what} exited with {proc.returncode}; see {log}:\n{_tail(log)}")
+            error = PortTaken if _port_taken(log, log_from) else EmbeddedServerError
+            raise error(f"{what} exited with {proc.returncode}; see {log}:\n{_tail(log)}")
         if check():  # type: ignore[operator]
             return
         time.sleep(0.02)
     raise EmbeddedServerError(f"{what} not ready after {timeout_s:.0f}s; see {log}:\n{_tail(log)}")
+
+
+def _port_taken(log: Path, log_from: int) -> bool:
+    try:
+        with log.open("rb") as f:
+            f.seek(log_from)
+            return b"address already in use" in f.read().lower()
+    except OSError:
+        return False
+
+
+def _start_on_free_ports(start: Callable[[], None], chosen: bool, attempts: int = 3) -> None:
+    """`start()`, again on new ports (it picks them when its port fields are 0) while another process took one
+    first; a port the caller chose (`chosen`) is not changed."""
+    for attempt in range(attempts):
+        try:
+            start()
+            return
+        except PortTaken:
+            if chosen or attempt == attempts - 1:
+                raise
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -96,9 +172,18 @@ class EmbeddedNats:
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
-        self.http_port = self.http_port or free_port()
+        chosen = (self.port, self.http_port)
+
+        def attempt() -> None:
+            self.port, self.http_port = chosen[0] or free_port(), chosen[1] or free_port()
+            self._start(timeout_s)
+
+        _start_on_free_ports(attempt, chosen=all(chosen))
+        return self
+
+    def _start(self, timeout_s: float) -> None:
         log = self.data_dir / "nats-server.log"
+        log_from = _log_size(log)
         cmd = [
             str(find_nats_server()), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.http_port),
             "-js", "-sd", str(self.data_dir / "jetstream"), "-l", str(log),
@@ -108,8 +193,7 @@ class EmbeddedNats:
             start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM),
         )  # fmt: skip
         health = f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true"
-        _wait(lambda: _http_ok(health), timeout_s, "nats-server", self.proc, log)
-        return self
+        _wait(lambda: _http_ok(health), timeout_s, "nats-server", self.proc, log, log_from)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         _terminate(self.proc, timeout_s)
@@ -247,8 +331,19 @@ class EmbeddedPostgres:
             )
             if r.returncode != 0:
                 raise EmbeddedServerError(f"initdb failed: {r.stderr.decode(errors='replace')[-2000:]}")
-        self.port = self.port or free_port()
+        chosen = self.port
+
+        def attempt() -> None:
+            self.port = chosen or free_port()
+            self._start_server(timeout_s)
+
+        _start_on_free_ports(attempt, chosen=bool(chosen))
+        self._ensure_database()
+        return self
+
+    def _start_server(self, timeout_s: float) -> None:
         log_path = self.data_dir.parent / "postgres.log"
+        log_from = _log_size(log_path)
         settings = [f"fsync={'on' if self.fsync else 'off'}", "unix_socket_directories="]
         if not self.fsync:
             settings += ["synchronous_commit=off", "full_page_writes=off"]
@@ -263,9 +358,7 @@ class EmbeddedPostgres:
                 user=user.pw_uid if user else None, group=user.pw_gid if user else None,
                 extra_groups=[] if user else None, start_new_session=True, preexec_fn=die_with_parent(signal.SIGINT),
             )  # fmt: skip
-        _wait(self._accepting, timeout_s, "postgres", self.proc, log_path)
-        self._ensure_database()
-        return self
+        _wait(self._accepting, timeout_s, "postgres", self.proc, log_path, log_from)
 
     def _adopt_legacy_cluster(self) -> None:
         """Move a cluster an older release kept in /var/tmp for this same data dir back under it."""
