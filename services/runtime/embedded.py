@@ -70,20 +70,27 @@ def free_port() -> int:
     spans = [(lo, hi) for lo, hi in ((PORT_FLOOR, low), (high + 1, 65536)) if hi > lo]
     with _handed_out_lock:
         for _ in range(500):
-            lo, hi = random.choice(spans)
-            port = random.randrange(lo, hi)
-            if port in _handed_out:
-                continue
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            _handed_out.add(port)
-            return port
-    with socket.socket() as s:  # a machine whose ephemeral range covers nearly every port
+            # A machine whose ephemeral range covers every port above the floor: the kernel's pick, still once.
+            port = random.randrange(*random.choice(spans)) if spans else _kernel_port()
+            if port not in _handed_out and _binds(port):
+                _handed_out.add(port)
+                return port
+    raise EmbeddedServerError("no free loopback port in 500 tries")
+
+
+def _kernel_port() -> int:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _binds(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def port_open(port: int) -> bool:

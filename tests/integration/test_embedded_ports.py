@@ -22,12 +22,22 @@ def _ephemeral() -> range:
 
 
 def test_a_picked_port_is_outside_the_range_of_outgoing_connections_and_given_once() -> None:
+    ephemeral = _ephemeral()
+    assert ephemeral.start > embedded.PORT_FLOOR or ephemeral.stop <= 65535, f"no port outside {ephemeral} here"
     ports = [free_port() for _ in range(200)]
-    assert not [p for p in ports if p in _ephemeral()]
+    assert not [p for p in ports if p in ephemeral]
     assert len(set(ports)) == len(ports)
     with socket.socket() as client:  # what a client's connection gets: a port from the kernel's range
         client.bind(("127.0.0.1", 0))
-        assert client.getsockname()[1] in _ephemeral()
+        assert client.getsockname()[1] in ephemeral
+
+
+def test_where_the_kernels_range_covers_every_port_its_picks_are_still_given_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(embedded, "_ephemeral_range", lambda: (1024, 65535))
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports) and all(1024 <= p <= 65535 for p in ports)
 
 
 @pytest.fixture
