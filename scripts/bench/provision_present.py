@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -98,6 +99,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         ollama.stop()
         pg.stop()
         nats_srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -158,6 +159,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         log.close()
         pg.stop()
         nats_srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

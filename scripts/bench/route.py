@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -192,6 +193,7 @@ async def bench_round_trips(hosts: int, n: int) -> dict[str, float]:
         log.close()
         pg.stop()
         nats_srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from services.gateway.settings import GatewaySettings
 from services.runtime.bus import BusState, build_broker
 from services.runtime.metrics import install_metrics
 from services.runtime.rpc import Rpc
-from services.runtime.service import event_loop, package_version
+from services.runtime.service import event_loop, freeze_heap, package_version
 from services.runtime.telemetry import build_tracer_provider, shutdown_tracing
 
 
@@ -110,6 +110,7 @@ def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None
         await bus.start()
         if local_router is not None:
             await local_router.start()
+        freeze_heap("gateway")
         try:
             yield
         finally:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ ADMIN_TOKEN = "admin-secret-for-tests"
 #: The CLI falls back to the admin token `modelfleet up` keeps in the state dir: point it at an empty one, so a
 #: developer's own fleet never lends its token to a test that means to send none.
 _EMPTY_STATE_DIR = tempfile.mkdtemp(prefix="modelfleet-cli-state-")
+atexit.register(shutil.rmtree, _EMPTY_STATE_DIR, ignore_errors=True)
 
 
 def cli(
