@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +17,12 @@ import psutil
 import pytest
 
 from services.runtime.embedded import free_port
-from tests.harness.cli import ADMIN_TOKEN
+from tests.harness.cli import ADMIN_TOKEN, BIN
 from tests.harness.waiting import wait_until
 from tests.peers.ollama_server import OllamaPeer, library_model
 
 pytestmark = pytest.mark.chaos
 
-BIN = Path(sys.executable).parent / "modelfleet"
 HOST = "chaos-host"
 CODER = "qwen3-coder:30b"  # the default set's `coding` model
 ASK = {"model": "coding", "messages": [{"role": "user", "content": "hello there"}]}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -13,11 +12,10 @@ import psutil
 import pytest
 
 from services.runtime.embedded import EmbeddedPostgres, free_port
+from tests.harness.cli import BIN
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.chaos
-
-BIN = Path(sys.executable).parent / "modelfleet"
 
 
 def start_up(state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:

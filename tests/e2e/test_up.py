@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,27 +14,9 @@ import psutil
 import pytest
 
 from services.runtime.embedded import EmbeddedPostgres, free_port
-from tests.harness.cli import stop_up
+from tests.harness.cli import BIN, stop_up, wait_up_healthy
 
 pytestmark = pytest.mark.e2e
-
-BIN = Path(sys.executable).parent / "modelfleet"
-
-
-def _wait_health(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"modelfleet up exited with {proc.returncode}:\n{log.read_text()}"
-        try:
-            r = httpx.get(f"{url}/api/v1/health", timeout=3)
-            last = r.json()
-            if r.status_code == 200:
-                return last  # type: ignore[return-value]
-        except (httpx.HTTPError, ValueError) as exc:
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"not all-healthy after {timeout_s}s: {last}\n{log.read_text()}")
 
 
 def _cmdline(p: psutil.Process) -> str:
@@ -66,7 +47,7 @@ def test_up_reaches_all_healthy_restarts_a_crashed_child_and_stops_cleanly(tmp_p
         )
     try:
         started = time.monotonic()
-        body = _wait_health(url, 60, proc, log)
+        body = wait_up_healthy(url, 60, proc, log)
         print(f"all-healthy after {time.monotonic() - started:.1f}s")
         assert set(body["services"]) == {"catalog", "provisioner", "hardware-probe", "router", "inference-fallback"}
         assert all(s["status"] == "up" for s in body["services"].values())
@@ -112,7 +93,7 @@ def test_up_reaches_all_healthy_restarts_a_crashed_child_and_stops_cleanly(tmp_p
             time.sleep(0.2)
         assert again, f"crashed router was not restarted:\n{log.read_text()}"
         spawned |= {p.pid for p in again}
-        _wait_health(url, 30, proc, log)
+        wait_up_healthy(url, 30, proc, log)
         assert "router exited" in log.read_text()
 
         proc.send_signal(signal.SIGTERM)
@@ -138,7 +119,7 @@ def test_up_with_the_router_in_the_gateway_runs_no_router_process(tmp_path: Path
             stderr=subprocess.STDOUT,
         )
     try:
-        body = _wait_health(url, 60, proc, log)
+        body = wait_up_healthy(url, 60, proc, log)
         assert body["services"]["router"]["status"] == "up"  # type: ignore[index]
         children = psutil.Process(proc.pid).children(recursive=True)
         lines = [_cmdline(p) for p in children]

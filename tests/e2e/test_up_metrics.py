@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -14,13 +13,12 @@ import pytest
 
 from services.runtime.embedded import free_port
 from services.runtime.metrics import METRICS_PORTS
-from tests.harness.cli import stop_up
+from tests.harness.cli import BIN, stop_up
 from tests.harness.metrics import Samples, scrape
 from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
-BIN = Path(sys.executable).parent / "modelfleet"
 LINE = re.compile(r"^metrics (\S+) (http://\S+/metrics)$", re.M)
 
 

@@ -10,8 +10,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
+
+import httpx
 
 ADMIN_TOKEN = "admin-secret-for-tests"
+#: The `modelfleet` command the project's install puts beside the interpreter.
+BIN = Path(sys.executable).parent / "modelfleet"
 #: The CLI falls back to the admin token `modelfleet up` keeps in the state dir: point it at an empty one, so a
 #: developer's own fleet never lends its token to a test that means to send none.
 _EMPTY_STATE_DIR = tempfile.mkdtemp(prefix="modelfleet-cli-state-")
@@ -30,6 +36,24 @@ def cli(
 
 async def run_cli(url: str, *args: str, module: str = "services.cli.main") -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(cli, url, *args, module=module)
+
+
+def wait_up_healthy(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> dict[str, object]:
+    """The gateway's all-healthy `/api/v1/health` body once a `modelfleet up` (`proc`, output in `log`) reaches it;
+    fails at once, with the log, if `up` exits meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"modelfleet up exited with {proc.returncode}:\n{log.read_text()}"
+        try:
+            r = httpx.get(f"{url}/api/v1/health", timeout=3)
+            last = r.json()
+            if r.status_code == 200:
+                return last  # type: ignore[no-any-return]
+        except (httpx.HTTPError, ValueError) as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"not all-healthy after {timeout_s}s: {last}\n{log.read_text()}")
 
 
 def stop_up(proc: subprocess.Popen[bytes]) -> None:

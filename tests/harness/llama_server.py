@@ -37,11 +37,13 @@ def llama_server(
     timeout_s: float = 60.0,
     log: Path | None = None,
     interrupt_requests: bool = False,
+    port: int | None = None,
 ) -> Iterator[tuple[str, str]]:
     """`python -m llama_cpp.server` on a free loopback port; yields (base URL ending in `/v1`, model id it lists).
     Ready once `/v1/models` answers; killed by its PID on exit. `interrupt_requests` is the server's own default
-    (True) when asked for: any new request, a health check included, then cuts the stream being served short."""
-    port = free_port()
+    (True) when asked for: any new request, a health check included, then cuts the stream being served short. `port`:
+    that port (a server started again where a killed one listened) instead of a free one."""
+    port = port or free_port()
     cmd = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(model or smollm2_gguf()), "--model_alias", alias,
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
@@ -57,13 +59,14 @@ def llama_server(
             if proc.poll() is not None:
                 raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}")
             try:
-                listed = httpx.get(f"{base}/models", timeout=1).json()["data"]
-                yield base, str(listed[0]["id"])
+                model_id = str(httpx.get(f"{base}/models", timeout=1).json()["data"][0]["id"])
                 break
             except (httpx.HTTPError, ValueError, KeyError, IndexError):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"llama_cpp.server not ready after {timeout_s}s") from None
                 time.sleep(0.1)
+        # outside the readiness loop: an httpx error raised by the caller's block is the caller's, not "not ready"
+        yield base, model_id
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
