@@ -27,6 +27,24 @@ os.environ.setdefault("MODELFLEET_EGRESS_ALLOW", TEST_EGRESS_ALLOW)
 os.environ.setdefault("MODELFLEET_METRICS_PORT", "0")
 
 
+#: What a service process started by a test inherits from this process: a service built in-process (the fallback's
+#: and the probe's integration tests, the gateway's app) sets these for itself (services/runtime/telemetry.py), and
+#: every service process a later test started would then name its spans and metrics after that one service.
+_INHERITED = ("OTEL_SERVICE_NAME", "OTEL_SEMCONV_STABILITY_OPT_IN")
+
+
+@pytest.fixture(autouse=True)
+def _inherited_environment_restored() -> Iterator[None]:
+    """Each test leaves those variables as it found them, for the service processes of the tests after it."""
+    before = {name: os.environ.get(name) for name in _INHERITED}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One PostgreSQL server for the session; tests take a fresh database from `database_url`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 
 import httpx
@@ -29,23 +30,22 @@ async def test_health_request_is_one_trace_across_every_service(
         )
         url = await start_gateway(service_env(**otel))
         async with httpx.AsyncClient() as client:
-            for _ in range(50):  # the gateway may still be connecting to NATS
-                r = await client.get(f"{url}/api/v1/health", timeout=5)
+            for _ in range(50):  # the gateway may still be connecting to NATS, services still starting
+                # each try its own trace (the client's traceparent): the trace followed is the answered one's, not
+                # that of an earlier try whose spans reached the receiver last
+                trace_id = secrets.token_hex(16)
+                traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+                r = await client.get(f"{url}/api/v1/health", headers={"traceparent": traceparent}, timeout=5)
                 if r.status_code == 200:
                     break
                 await asyncio.sleep(0.2)
         assert r.status_code == 200, r.text
-        trace_id = r.headers.get("traceparent", "").split("-")[1] if "traceparent" in r.headers else None
 
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            spans = otlp.snapshot()
-            roots = [s for s in spans if s.service == "gateway" and s.name.startswith("GET /api/v1/health")]
-            if roots:
-                trace_id = trace_id or roots[-1].trace_id
-                services = {s.service for s in spans if s.trace_id == trace_id}
-                if services >= {"gateway", *SERVICES}:
-                    break
+            services = {s.service for s in otlp.snapshot() if s.trace_id == trace_id}
+            if services >= {"gateway", *SERVICES}:
+                break
             await asyncio.sleep(0.2)
         in_trace = [s for s in otlp.snapshot() if s.trace_id == trace_id]
         assert {s.service for s in in_trace} >= {"gateway", *SERVICES}, {(s.service, s.name) for s in otlp.snapshot()}
