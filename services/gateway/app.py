@@ -19,6 +19,7 @@ from contracts.router import BackendBusy, BackendCallsCompleted
 from contracts.rpc import RpcError
 from services.gateway import (
     catalog_routes,
+    chat_fast_path,
     handlers,
     hosts_routes,
     local_models_routes,
@@ -142,6 +143,7 @@ def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None
     # template again) both try the routes in order, so /v1/ requests match at once instead of after every
     # control-plane route (tens of regex matches per request, twice).
     app.include_router(openai_routes.router)
+    chat_fast_path.install(app)  # plain chat completions without FastAPI's per-request machinery
     app.include_router(handlers.router)
     app.include_router(hosts_routes.router)
     app.include_router(local_models_routes.router)

@@ -54,10 +54,26 @@ async def rpc_error_response(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error.model_dump(mode="json"), status_code=body.status, headers=headers)
 
 
+def invalid_json(exc: RequestValidationError) -> str | None:
+    """What is wrong with a body that is not JSON at all (FastAPI's `json_invalid`, whose `loc` is the character
+    offset), worded for the client; None when the body parsed and some field is at fault."""
+    for e in exc.errors():
+        if e.get("type") == "json_invalid":
+            loc = e.get("loc", ())
+            where = f" at character {loc[1]}" if len(loc) > 1 else ""
+            why = (e.get("ctx") or {}).get("error") or e.get("msg") or "JSON decode error"
+            return f"the body is not valid JSON: {why}{where}"
+    return None
+
+
 async def validation_error_response(request: Request, exc: Exception) -> JSONResponse:
     """The control plane's 422 for a request FastAPI refused by its shape: `detail` lists every error, `field` names
-    the first (`query.host`, `body.timeout_s`), `code` is `invalid_request`."""
+    the first (`query.host`, `body.timeout_s`), `code` is `invalid_request`. A body that is not JSON at all is a 400
+    `invalid_json` saying where it stops parsing."""
     assert isinstance(exc, RequestValidationError)
+    if (not_json := invalid_json(exc)) is not None:
+        error = ErrorResponse(detail=not_json, code="invalid_json", field=None)
+        return JSONResponse(error.model_dump(mode="json"), status_code=400)
     errors = [
         {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
         for e in exc.errors()

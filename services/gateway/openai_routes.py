@@ -4,7 +4,7 @@ every failure as OpenAI's error body."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
@@ -21,6 +21,7 @@ from services.gateway.auth import caller
 from services.gateway.backends import BACKEND_LABEL, BackendError, ChatCall
 from services.gateway.bus_client import bus_of
 from services.gateway.dataplane import DataPlane, NoBackendAnswered, Opened, Served
+from services.gateway.errors import invalid_json
 
 #: OpenAPI: the error answers of every /v1/ route.
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -53,42 +54,51 @@ class OpenAIRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def openai_handler(request: Request) -> Response:
-            request.state.arrived = time.perf_counter()
-            operation = metrics.OPERATIONS.get(request.url.path)
-            exchange = metrics.Exchange(operation, request.state.arrived) if operation else None
-            request.state.exchange = exchange
-            try:
-                response = await answer(request)
-            except Exception as exc:  # left to the app's handlers (a 500 for most): counted as one, by its class
-                if exchange is not None:
-                    exchange.finish(500, type(exc).__name__)
-                raise
-            if exchange is not None and not isinstance(response, StreamingResponse):  # a stream finishes at its end
-                exchange.finish(response.status_code)
-            return response
-
-        async def answer(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except NoBackendAnswered as exc:
-                headers = {"Retry-After": exc.retry_after} if exc.retry_after else None
-                return openai_error(exc.status, str(exc.detail), exc.code, exc.field, headers)
-            except RpcError as exc:
-                headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-                if exc.status == 429:  # the router's `rate_limited`: every backend is at its concurrency limit
-                    headers = {"Retry-After": str(plane_of(request).busy_retry_after_s)}
-                return openai_error(exc.status, str(exc.detail), exc.code, exc.field, headers)
-            except RequestValidationError as exc:
-                first = exc.errors()[0] if exc.errors() else {}
-                param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-                message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
-                                    for e in exc.errors())  # fmt: skip
-                return openai_error(422, message, "invalid_request", param)
-            except HTTPException as exc:
-                code = "invalid_api_key" if exc.status_code == 401 else None
-                return openai_error(exc.status_code, str(exc.detail), code, None, dict(exc.headers or {}) or None)
+            return await answer_openai(request, time.perf_counter(), lambda: handler(request))
 
         return openai_handler
+
+
+async def answer_openai(request: Request, arrived: float, handle: Callable[[], Awaitable[Response]]) -> Response:
+    """`handle()`'s answer to a /v1/ request that arrived at `arrived`, its exchange measured (chat, embeddings), and
+    every failure as OpenAI's error body: what each /v1/ route answers through, the chat fast path included."""
+    request.state.arrived = arrived
+    operation = metrics.OPERATIONS.get(request.scope["path"])
+    exchange = metrics.Exchange(operation, arrived) if operation else None
+    request.state.exchange = exchange
+    try:
+        response = await _openai_errors(request, handle)
+    except Exception as exc:  # left to the app's handlers (a 500 for most): counted as one, by its class
+        if exchange is not None:
+            exchange.finish(500, type(exc).__name__)
+        raise
+    if exchange is not None and not isinstance(response, StreamingResponse):  # a stream finishes at its end
+        exchange.finish(response.status_code)
+    return response
+
+
+async def _openai_errors(request: Request, handle: Callable[[], Awaitable[Response]]) -> Response:
+    try:
+        return await handle()
+    except NoBackendAnswered as exc:
+        headers = {"Retry-After": exc.retry_after} if exc.retry_after else None
+        return openai_error(exc.status, str(exc.detail), exc.code, exc.field, headers)
+    except RpcError as exc:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status == 429:  # the router's `rate_limited`: every backend is at its concurrency limit
+            headers = {"Retry-After": str(plane_of(request).busy_retry_after_s)}
+        return openai_error(exc.status, str(exc.detail), exc.code, exc.field, headers)
+    except RequestValidationError as exc:
+        if (not_json := invalid_json(exc)) is not None:
+            return openai_error(400, not_json, "invalid_json")
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
+                            for e in exc.errors())  # fmt: skip
+        return openai_error(422, message, "invalid_request", param)
+    except HTTPException as exc:
+        code = "invalid_api_key" if exc.status_code == 401 else None
+        return openai_error(exc.status_code, str(exc.detail), code, None, dict(exc.headers or {}) or None)
 
 
 #: The /v1/ paths this gateway serves, and their method (the `Allow` of a 405).
