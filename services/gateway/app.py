@@ -129,6 +129,10 @@ def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None
         version=package_version(),
         description="Control plane and OpenAI-compatible data plane of a modelfleet fleet.",
         lifespan=lifespan,
+        # One instrumentation: OpenTelemetry's FastAPI instrumentor below (the server span, `http.server.*`, as the
+        # dashboards read them). FastAPI's own (0.16x) stands aside when it sees that one, after a walk of the
+        # middleware stack on every request; off, it is not in the request's path at all.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.bus = bus
