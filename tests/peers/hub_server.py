@@ -343,14 +343,17 @@ def _cdn_handler(peer: HubPeer) -> type[BaseHTTPRequestHandler]:
         def _body(self, f: HubFile, start: int, end: int) -> None:
             sent = start
             began = time.monotonic()
+            # A response is cut as the switch stood when it began: a client that turns the switch off once it has
+            # the bytes before the cut (as a resume test does) must not race this loop to its next chunk.
+            cut_after = peer.cut_after
             try:
                 for piece in f.chunks(start, end):
                     if peer.corrupt and sent <= f.size // 2 < sent + len(piece):
                         flipped = bytearray(piece)
                         flipped[f.size // 2 - sent] ^= 0xFF
                         piece = bytes(flipped)
-                    if peer.cut_after is not None and sent + len(piece) > peer.cut_after:
-                        piece = piece[: max(0, peer.cut_after - sent)]
+                    if cut_after is not None and sent + len(piece) > cut_after:
+                        piece = piece[: max(0, cut_after - sent)]
                         self.wfile.write(piece)
                         peer.served[f.sha256] += len(piece)
                         self.close_connection = True
