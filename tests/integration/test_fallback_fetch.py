@@ -109,8 +109,13 @@ async def test_a_repo_fallback_not_on_disk_is_fetched_verified_loaded_and_answer
     rpc, peer, commit, bus = fleet["rpc"], fleet["hub"], fleet["commit"], fleet["bus"]
     folder = fleet["models"] / REPO / commit
     assert not folder.exists()
-    reply: SlotsReply = await rpc.ask(SlotsRequest(), timeout_s=10)  # servable before it is fetched
-    assert reply.sources.get("coding") == f"repo {REPO}@{commit}"
+
+    async def sourced() -> SlotsReply | None:  # the roles come from the catalog after the service is up
+        reply: SlotsReply = await rpc.ask(SlotsRequest(), timeout_s=10)
+        return reply if reply.sources.get("coding") else None
+
+    reply = await eventually(sourced, timeout_s=30, what="the coding role's fallback source")
+    assert reply.sources["coding"] == f"repo {REPO}@{commit}"  # servable before it is fetched
 
     peer.stall_after = MIB  # the weights' body waits mid-way: the slot shows `fetching` meanwhile
     coding = asyncio.create_task(generate(rpc, "coding"))
