@@ -39,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
 #: Modules of scripts/bench/ that are not benchmarks.
-NOT_BENCHMARKS = frozenset({"__init__", "all", "baseline"})
+NOT_BENCHMARKS = frozenset({"__init__", "all", "baseline", "bare_proxy"})  # helpers the benchmarks use
 
 Figures = dict[str, Any]
 
@@ -83,6 +83,13 @@ def _gateway_rows(where: str) -> tuple[Row, ...]:
             "the same request straight to llama.cpp's server",
             "added p50 <= 2 ms",
             lambda f: _f(f, "added_p50_ms") <= 2,
+        ),
+        Row(
+            f"gateway /v1/ chat completion, {where}sequential p50, next to the least a proxy does",
+            "gateway_p50_ms",
+            "ms",
+            "bare_p50_ms",
+            "the same request through a bare proxy, scripts.bench.bare_proxy",
         ),
         Row(
             f"gateway /v1/ chat completions, {where}32 clients",

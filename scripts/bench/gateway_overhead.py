@@ -11,18 +11,23 @@ the same each time; the direct request carries the very fields the gateway sends
 on `--llama-threads` threads (1: on a 2-core machine, a server spinning on both cores stalls whenever the fleet
 runs, and the comparison would measure that).
 
-- Sequential: `--requests` pairs, gateway and direct interleaved (ABBA order, so drift and order cancel), one
-  keep-alive httpx client. `added_p50_ms`: the median of the per-pair differences (goal <= 2 ms); `added_p99_ms`:
+- A third path, the floor: the direct request through `scripts.bench.bare_proxy`, a proxy that does nothing but pass
+  the body on (uvicorn, httptools and aiohttp, as the gateway). What it adds is what one more HTTP hop costs this
+  machine at that moment, which no proxy can take out; what the gateway adds beyond it is the gateway's own doing.
+- Sequential: `--requests` rounds of the three paths, in every order in turn (so drift and order cancel), one
+  keep-alive httpx client. `added_p50_ms`: the median of the per-round gateway - direct (goal <= 2 ms); `added_p99_ms`:
   the gateway's p99 minus the direct p99. `overhead_header_p50_ms`: the gateway's own `x-modelfleet-overhead-ms`
   (it stops before the response is encoded and counts the gateway's own HTTP client inside the backend's time).
   Beside them, two parts of the path alone: `healthz_p50_ms` (the gateway's cheapest answer: uvicorn and FastAPI,
-  untraced) and `route_ask_p50_ms` (the route ask it makes, from this process). `cpu_ms_per_request_<process>`: the
-  CPU time (user + system) each process used over the sequential pairs, per gateway request (for the backend and this
-  client, which serve both paths: per request of either path); a load-independent view of what each hop costs, where
+  untraced) and `route_ask_p50_ms` (the route ask it makes, from this process). `bare_added_p50_ms`: the median
+  bare proxy - direct; `beyond_bare_p50_ms`: the median gateway - bare proxy. `cpu_ms_per_request_<process>`: the
+  CPU time (user + system) each process used over the sequential rounds, per request of its path (for the backend
+  and this client, which serve all three: per request of any); a load-independent view of what each hop costs, where
   latency moves with whatever else the machine runs.
 - Concurrent: `--clients` tasks sharing one client, `--concurrent-requests` per round, `--rounds` rounds each way in
-  alternating order; `rps` and `direct_rps` are the median rounds (goal rps >= 0.8 x direct_rps), and
-  `concurrent_cpu_ms_per_request_<process>` each process's CPU per request over the gateway's rounds.
+  rotating order; `rps`, `direct_rps` and `bare_rps` are the median rounds (goal rps >= 0.8 x direct_rps), and
+  `concurrent_cpu_ms_per_request_<process>` each process's CPU per request over the rounds of its path (the bare
+  proxy's own, every other's the gateway's).
 - `--token user`: the gateway requests carry a user token the catalog issued instead of the admin token.
 - `--router local`: no router process; the gateway hosts the router replica (`python -m services.gateway_router`)
   and decides routes in-process (docs/gateway.md). `route_ask_p50_ms` is then that replica answering on the bus.
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -104,6 +110,36 @@ def llama_server(log: Path, threads: int) -> Iterator[tuple[str, str, int]]:
             proc.wait(5)
 
 
+@contextmanager
+def bare_proxy(target: str, log: Path) -> Iterator[tuple[str, int]]:
+    """`scripts.bench.bare_proxy` in front of `target`; yields its URL and process id once it answers."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "scripts.bench.bare_proxy", "--port", str(port), "--target", target]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the bare proxy exited with {proc.returncode}; see {log}")
+            try:
+                httpx.get(url, timeout=1)  # any answer: it listens
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the bare proxy not ready after 60 s; see {log}") from None
+                time.sleep(0.1)
+        yield url, proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 @asynccontextmanager
 async def fleet(tmp: Path, llama_threads: int, router: str = "bus") -> AsyncIterator[dict[str, Any]]:
     """NATS, PostgreSQL, catalog, router, gateway and the llama.cpp server, the `coding` role routed to it; yields the
@@ -135,6 +171,9 @@ async def fleet(tmp: Path, llama_threads: int, router: str = "bus") -> AsyncIter
         pids["gateway"] = gateway.proc.pid if gateway.proc else 0
         base_url, model_id, pids["backend"] = stack.enter_context(
             llama_server(tmp / "logs" / "llama.log", llama_threads)
+        )
+        bare_url, pids["bare_proxy"] = stack.enter_context(
+            bare_proxy(f"{base_url}/chat/completions", tmp / "logs" / "bare_proxy.log")
         )
 
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -170,6 +209,7 @@ async def fleet(tmp: Path, llama_threads: int, router: str = "bus") -> AsyncIter
         yield {
             "gateway": url,
             "backend": base_url,
+            "bare": bare_url,
             "model": model_id,
             "direct_body": json.dumps(direct_body),
             "nats": nats_srv.url,
@@ -192,6 +232,7 @@ class Paths:
         self.direct_url = f"{setup['backend']}/chat/completions"
         self.direct_body = setup["direct_body"].encode()
         self.direct_headers = {"Content-Type": "application/json"}
+        self.bare_url = setup["bare"]
 
     async def gateway(self) -> tuple[float, float]:
         """Latency in ms and the gateway's own overhead header."""
@@ -203,11 +244,18 @@ class Paths:
         return elapsed, float(r.headers["x-modelfleet-overhead-ms"])
 
     async def direct(self) -> float:
+        return await self._timed(self.direct_url, "the llama.cpp server")
+
+    async def bare(self) -> float:
+        """The very request `direct` sends, through the bare proxy (`scripts.bench.bare_proxy`)."""
+        return await self._timed(self.bare_url, "the bare proxy")
+
+    async def _timed(self, url: str, who: str) -> float:
         t0 = time.perf_counter()
-        r = await self.http.post(self.direct_url, content=self.direct_body, headers=self.direct_headers)
+        r = await self.http.post(url, content=self.direct_body, headers=self.direct_headers)
         elapsed = (time.perf_counter() - t0) * 1000
         if r.status_code != 200:
-            raise RuntimeError(f"the llama.cpp server answered {r.status_code}: {r.text[:300]}")
+            raise RuntimeError(f"{who} answered {r.status_code}: {r.text[:300]}")
         return elapsed
 
 
@@ -220,26 +268,36 @@ def cpu_ms(pids: dict[str, int]) -> dict[str, float]:
     return used
 
 
+#: The order of the three paths in each round of the sequential phase: every permutation in turn, so that drift and
+#: order cancel (what ABBA does for two).
+ORDERS = tuple(itertools.permutations(("gateway", "direct", "bare")))
+
+
 async def sequential(paths: Paths, n: int, pids: dict[str, int]) -> dict[str, float]:
-    for _ in range(30):  # warm both paths (connections, the server's prompt cache, the router's caches)
+    for _ in range(30):  # warm every path (connections, the server's prompt cache, the router's caches)
         await paths.gateway()
         await paths.direct()
-    via, direct, header, added = [], [], [], []
+        await paths.bare()
+    via, direct, bare, header, added, bare_added, beyond = [], [], [], [], [], [], []
     before = cpu_ms({**pids, "client": os.getpid()})
     for i in range(n):
-        if i % 2 == 0:
-            (g, h), d = await paths.gateway(), await paths.direct()
-        else:
-            d = await paths.direct()
-            g, h = await paths.gateway()
-        via.append(g)
-        direct.append(d)
-        header.append(h)
-        added.append(g - d)
+        took: dict[str, float] = {}
+        for path in ORDERS[i % len(ORDERS)]:
+            if path == "gateway":
+                took["gateway"], took["header"] = await paths.gateway()
+            else:
+                took[path] = await (paths.direct() if path == "direct" else paths.bare())
+        via.append(took["gateway"])
+        direct.append(took["direct"])
+        bare.append(took["bare"])
+        header.append(took["header"])
+        added.append(took["gateway"] - took["direct"])
+        bare_added.append(took["bare"] - took["direct"])
+        beyond.append(took["gateway"] - took["bare"])
     after = cpu_ms({**pids, "client": os.getpid()})
-    # Per gateway request: every process but the backend and the client serves only the gateway's requests; the
-    # backend and the client serve both paths, so theirs is per request of either path.
-    cpu = {f"cpu_ms_per_request_{name}": round((after[name] - before[name]) / (2 * n if name in ("backend", "client")
+    # Per request of its own path: every process but the backend and the client serves one path only (the fleet the
+    # gateway's, the bare proxy its own); the backend and the client serve all three, so theirs is per request of any.
+    cpu = {f"cpu_ms_per_request_{name}": round((after[name] - before[name]) / (3 * n if name in ("backend", "client")
            else n), 3) for name in before}  # fmt: skip
     return {
         **cpu,
@@ -252,6 +310,9 @@ async def sequential(paths: Paths, n: int, pids: dict[str, int]) -> dict[str, fl
         "direct_p99_ms": round(pct(direct, 0.99), 3),
         "overhead_header_p50_ms": round(pct(header, 0.5), 3),
         "overhead_header_p99_ms": round(pct(header, 0.99), 3),
+        "bare_p50_ms": round(pct(bare, 0.5), 3),
+        "bare_added_p50_ms": round(pct(bare_added, 0.5), 3),
+        "beyond_bare_p50_ms": round(pct(beyond, 0.5), 3),
     }
 
 
@@ -291,27 +352,23 @@ async def burst(call: Any, clients: int, n: int) -> float:
 
 
 async def concurrent(paths: Paths, clients: int, n: int, pids: dict[str, int], rounds: int = 5) -> dict[str, float]:
-    await burst(paths.gateway, clients, clients * 2)  # warm: open the connections on both hops
-    await burst(paths.direct, clients, clients * 2)
-    via, direct = [], []
-    used: dict[str, float] = dict.fromkeys(pids, 0.0)  # CPU over the gateway's rounds only
-
-    async def through_gateway() -> float:
-        before = cpu_ms(pids)
-        rate = await burst(paths.gateway, clients, n)
-        after = cpu_ms(pids)
-        for name in pids:
-            used[name] += after[name] - before[name]
-        return rate
-
+    calls = {"gateway": paths.gateway, "direct": paths.direct, "bare": paths.bare}
+    for call in calls.values():  # warm: open the connections on every hop
+        await burst(call, clients, clients * 2)
+    rates: dict[str, list[float]] = {path: [] for path in calls}
+    # CPU over the rounds of the path each process serves: the bare proxy's over its own, every other's (the backend's
+    # included) over the gateway's
+    serves = {name: "bare" if name == "bare_proxy" else "gateway" for name in pids}
+    used: dict[str, float] = dict.fromkeys(pids, 0.0)
     for r in range(rounds):
-        if r % 2 == 0:
-            via.append(await through_gateway())
-            direct.append(await burst(paths.direct, clients, n))
-        else:
-            direct.append(await burst(paths.direct, clients, n))
-            via.append(await through_gateway())
-    rps, direct_rps = sorted(via)[rounds // 2], sorted(direct)[rounds // 2]
+        for path in ORDERS[r % len(ORDERS)]:
+            before = cpu_ms(pids)
+            rates[path].append(await burst(calls[path], clients, n))
+            after = cpu_ms(pids)
+            for name in pids:
+                if serves[name] == path:
+                    used[name] += after[name] - before[name]
+    rps, direct_rps, bare_rps = (sorted(rates[path])[rounds // 2] for path in ("gateway", "direct", "bare"))
     return {
         **{f"concurrent_cpu_ms_per_request_{name}": round(ms / (rounds * n), 3) for name, ms in used.items()},
         "clients": clients,
@@ -320,6 +377,8 @@ async def concurrent(paths: Paths, clients: int, n: int, pids: dict[str, int], r
         "rps": round(rps, 1),
         "direct_rps": round(direct_rps, 1),
         "rps_over_direct": round(rps / direct_rps, 3),
+        "bare_rps": round(bare_rps, 1),
+        "bare_rps_over_direct": round(bare_rps / direct_rps, 3),
     }
 
 
@@ -336,7 +395,7 @@ async def bench(
         async with fleet(Path(tmp), llama_threads, router) as setup:
             # An idle connection is dropped after 4 s, before llama-cpp-python's server closes it (uvicorn: 5 s), so
             # no direct request goes out on a connection being closed (the gateway keeps its own for 75 s).
-            limits = httpx.Limits(max_connections=clients * 2, max_keepalive_connections=clients * 2,
+            limits = httpx.Limits(max_connections=clients * 3, max_keepalive_connections=clients * 3,
                                   keepalive_expiry=4.0)  # fmt: skip
             async with httpx.AsyncClient(timeout=60, limits=limits) as http:
                 paths = Paths(http, setup, token)
@@ -381,11 +440,12 @@ def main() -> None:
     print(
         f"sequential: gateway p50 {figures['gateway_p50_ms']} ms vs direct {figures['direct_p50_ms']} ms, added p50 "
         f"{figures['added_p50_ms']} ms (p99 {figures['added_p99_ms']} ms; gateway's own header p50 "
-        f"{figures['overhead_header_p50_ms']} ms)"
+        f"{figures['overhead_header_p50_ms']} ms); a bare proxy added {figures['bare_added_p50_ms']} ms, the gateway "
+        f"{figures['beyond_bare_p50_ms']} ms beyond it"
     )
     print(
         f"{figures['clients']} clients: {figures['rps']} req/s through the gateway vs {figures['direct_rps']} direct "
-        f"({figures['rps_over_direct']}x)"
+        f"({figures['rps_over_direct']}x; the bare proxy {figures['bare_rps']}, {figures['bare_rps_over_direct']}x)"
     )
     print(json.dumps(figures))
 
