@@ -26,6 +26,7 @@ from services.gateway import (
     openai_routes,
     provision_routes,
     route_routes,
+    server_measures,
     ui,
     updates_routes,
 )
@@ -164,4 +165,5 @@ def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=tracer_provider, excluded_urls="healthz", exclude_spans=["receive", "send"]
     )
+    server_measures.install(app, tracer_provider)  # an untraced chat completion measured without the span's work
     return app

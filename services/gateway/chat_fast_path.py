@@ -8,8 +8,9 @@ FastAPI's route calls, through the same error mapping and measurements (`answer_
 that is not JSON or not valid, another content type, a malformed header — goes, with the body read so far, to
 FastAPI's route, which answers it exactly as it always has (the same 422 and its `param`, the same 401).
 
-It sits inside the app: the middlewares (the OpenTelemetry server span and `http.server.request.duration`, the error
-middlewares) see it like any route. On the 2-core development machine it took a tenth to a seventh of the gateway's
+It sits inside the app: the middlewares (the error middlewares; OpenTelemetry's server span and HTTP measurements, or
+for a request no trace covers the same measurements made past it, services/gateway/server_measures.py) see it like
+any route. On the 2-core development machine it took a tenth to a seventh of the gateway's
 CPU per completion out (docs/gateway.md "What it costs").
 """
 

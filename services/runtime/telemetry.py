@@ -80,6 +80,11 @@ def traced_when_exported(resource: Resource | None = None) -> TracerProvider:
     return provider
 
 
+def exports_spans(provider: TracerProvider) -> bool:
+    """Whether the provider's spans go anywhere now (it has a span processor: an exporter's, or a test's)."""
+    return bool(provider._active_span_processor._span_processors)
+
+
 def _otlp_endpoint_configured() -> bool:
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
@@ -95,7 +100,7 @@ class WhenExported(Sampler):
     provider: TracerProvider | None = None
 
     def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):  # type: ignore[no-untyped-def]
-        exported = self.provider is None or bool(self.provider._active_span_processor._span_processors)
+        exported = self.provider is None or exports_spans(self.provider)
         return (ALWAYS_ON if exported else ALWAYS_OFF).should_sample(
             parent_context, trace_id, name, kind, attributes, links, trace_state
         )

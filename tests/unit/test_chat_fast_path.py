@@ -9,11 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from starlette.routing import Match
 
-from scripts.generated_docs import doc_environment
 from services.gateway.chat_fast_path import PATH, ChatFastPath, _replay
+from tests.harness.gateway_app import gateway_app
 
 pytestmark = pytest.mark.unit
 
@@ -36,19 +35,9 @@ class Handed:
         await self.full(scope, _replay(body, receive), send)
 
 
-def gateway_app() -> FastAPI:
-    """The gateway's app, built as `scripts.gen_openapi` builds it: the process's environment restored after (a
-    build sets `OTEL_SERVICE_NAME`, which every service process a later test starts would inherit)."""
-    with doc_environment():
-        from services.gateway.app import build_app
-        from services.gateway.settings import GatewaySettings
-
-        return build_app(GatewaySettings(admin_token=TOKEN, nats_url="nats://127.0.0.1:1", metrics_port=0))
-
-
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, Handed]]:
-    app = gateway_app()
+    app = gateway_app(TOKEN)
     first = app.router.routes[0]
     assert isinstance(first.app, ChatFastPath)  # type: ignore[attr-defined]
     handed = Handed(first.app)  # type: ignore[attr-defined]
@@ -57,7 +46,7 @@ async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, Handed]]:
 
 
 def test_the_fast_route_comes_first_and_takes_only_post_on_its_path() -> None:
-    app = gateway_app()
+    app = gateway_app(TOKEN)
     fast = app.router.routes[0]
     scope = {"type": "http", "path": PATH, "method": "POST", "root_path": ""}
     assert fast.matches(scope)[0] == Match.FULL
