@@ -46,10 +46,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import nats
@@ -73,6 +73,38 @@ MESSAGES = [{"role": "system", "content": "Answer in one word."}, {"role": "user
 #: The request's own sampling fields: the top layer of the role's parameters, sent as is on the direct path.
 FIELDS: dict[str, Any] = {"max_tokens": 1, "temperature": 0, "seed": 1}
 
+T = TypeVar("T")
+
+
+@contextmanager
+def served(cmd: list[str], log: Path, what: str, ready: Callable[[], T]) -> Iterator[tuple[T, int]]:
+    """`cmd` started (its output to `log`) and stopped at the end; yields what `ready()` returns once it returns
+    (it raises an httpx error, ValueError, KeyError or IndexError while the server is not ready yet) and the process
+    id."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}")
+            try:
+                answer = ready()
+                break
+            except (httpx.HTTPError, ValueError, KeyError, IndexError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{what} not ready after 60 s; see {log}") from None
+                time.sleep(0.1)
+        yield answer, proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
 
 @contextmanager
 def llama_server(log: Path, threads: int) -> Iterator[tuple[str, str, int]]:
@@ -84,60 +116,23 @@ def llama_server(log: Path, threads: int) -> Iterator[tuple[str, str, int]]:
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", str(threads),
         "--verbose", "false",
     ]  # fmt: skip
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}; see {log}")
-            try:
-                listed = httpx.get(f"{base}/models", timeout=1).json()["data"]
-                break
-            except (httpx.HTTPError, ValueError, KeyError, IndexError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"llama_cpp.server not ready after 60 s; see {log}") from None
-                time.sleep(0.1)
-        yield base, str(listed[0]["id"]), proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+
+    def model_id() -> str:
+        return str(httpx.get(f"{base}/models", timeout=1).json()["data"][0]["id"])
+
+    with served(cmd, log, "llama_cpp.server", model_id) as (served_id, pid):
+        yield base, served_id, pid
 
 
 @contextmanager
 def bare_proxy(target: str, log: Path) -> Iterator[tuple[str, int]]:
-    """`scripts.bench.bare_proxy` in front of `target`; yields its URL and process id once it answers."""
+    """`scripts.bench.bare_proxy` in front of `target`; yields its URL and process id once it listens."""
     port = free_port()
     cmd = [sys.executable, "-m", "scripts.bench.bare_proxy", "--port", str(port), "--target", target]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the bare proxy exited with {proc.returncode}; see {log}")
-            try:
-                httpx.get(url, timeout=1)  # any answer: it listens
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the bare proxy not ready after 60 s; see {log}") from None
-                time.sleep(0.1)
-        yield url, proc.pid
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with served(cmd, log, "the bare proxy", lambda: httpx.get(url, timeout=1)) as (_, pid):  # any answer: it listens
+        yield url, pid
 
 
 @asynccontextmanager
