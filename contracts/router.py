@@ -58,6 +58,18 @@ class RouteReason(Contract):
     detail: Annotated[str, StringConstraints(max_length=2000)] = ""
 
 
+class RouteReuse(Contract):
+    """How long the asking gateway may answer the same request with this reply without asking again (DESIGN §9: a
+    gateway may cache a route for a short time; the router's events end it sooner). Offered only for a decision no
+    other backend competes in: the model loaded on one usable backend, its circuit closed, the view fresh."""
+
+    ms: int = Field(ge=1, le=60_000, description="Reuse for at most this long after the reply arrives.")
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=0, description="Only for requests whose prompt estimate is at most this (the num_ctx the "
+        "reply was decided at: a larger prompt raises it, and the reply with it).",
+    )  # fmt: skip
+
+
 class RouteReply(Contract):
     """Where to send one request. `host_id`, `backend_url` and `model_ref` repeat `backend` for older readers;
     `fallback` is true when the chosen backend serves a model of the resolved fallback chain, not the model itself."""
@@ -80,6 +92,10 @@ class RouteReply(Contract):
     reason: RouteReason | None = None
     fallback_source: Annotated[str, StringConstraints(max_length=4096)] | None = Field(
         default=None, description="What the role's fallback slot loads (`path /m.gguf`, `gguf …`), when one serves it."
+    )
+    # Added with route reuse (optional, so the major version holds; an older gateway asks every time):
+    reuse: RouteReuse | None = Field(
+        default=None, description="When set, the asking gateway may reuse this reply for identical requests a while."
     )
 
 

@@ -13,9 +13,10 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from contracts.catalog import CatalogChanged
+from contracts.catalog import CatalogChanged, ProfileChanged
+from contracts.envelope import Envelope
 from contracts.provisioner import ProvisionCommand
-from contracts.router import BackendBusy, BackendCallsCompleted
+from contracts.router import BackendBusy, BackendCallsCompleted, BackendChecked, LlmDegraded, LlmRecovered
 from contracts.rpc import RpcError
 from services.gateway import (
     catalog_routes,
@@ -42,6 +43,7 @@ from services.gateway.errors import (
     rpc_error_response,
     validation_error_response,
 )
+from services.gateway.route_memo import RouteMemo
 from services.gateway.settings import GatewaySettings
 from services.runtime.bus import BusState, build_broker
 from services.runtime.metrics import install_metrics
@@ -84,11 +86,30 @@ def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None
 
     token_cache = TokenCache(settings.auth_cache_s, state)
 
+    memo = RouteMemo(settings.route_reuse_max_s)
+    gateway_metrics.count_route_reuses(lambda: memo.reused)
+
     @broker.subscriber(CatalogChanged.SUBJECT)
     async def on_catalog_changed(event: CatalogChanged) -> None:
         """Consumes evt.catalog.entries.changed.v1 (core NATS, every gateway): drops the user tokens the catalog
-        accepted, since a revocation is such a change. Idempotent."""
+        accepted, since a revocation is such a change, and the reused routes. Idempotent."""
         token_cache.clear()
+        memo.forget()
+
+    @broker.subscriber(ProfileChanged.SUBJECT)
+    @broker.subscriber(LlmDegraded.SUBJECT)
+    @broker.subscriber(LlmRecovered.SUBJECT)
+    async def on_route_changed(event: Envelope) -> None:
+        """Consumes evt.catalog.profile.changed.v1, evt.router.llm.degraded.v1 and .recovered.v1 (core NATS, every
+        gateway): a decision may have changed, the reused routes are dropped. Idempotent."""
+        memo.forget()
+
+    @broker.subscriber(BackendChecked.SUBJECT)
+    async def on_backend_checked(event: BackendChecked) -> None:
+        """Consumes evt.router.backend.checked.v1 (core NATS, every gateway; published when a check can change a
+        circuit): a failed check drops the reused routes. Idempotent."""
+        if event.outcome != "ok":
+            memo.forget()
 
     timeout = httpx.Timeout(settings.backend_read_timeout_s, connect=settings.backend_connect_timeout_s)
     openai_backend = OpenAIBackend(
@@ -105,7 +126,8 @@ def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None
     plane = DataPlane(bus, callers, reporter,
                       route_timeout_s=settings.request_timeout_s,
                       busy_retry_after_s=settings.busy_retry_after_s,
-                      provision_wait_s=settings.provision_wait_s, local_router=local_router)  # fmt: skip
+                      provision_wait_s=settings.provision_wait_s, local_router=local_router,
+                      memo=memo)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

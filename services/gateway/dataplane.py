@@ -15,6 +15,7 @@ from contracts.rpc import RpcError
 from services.gateway.backends import Backend, BackendError, ChatCall
 from services.gateway.bus_client import BusClient
 from services.gateway.call_reports import CallReporter
+from services.gateway.route_memo import RouteMemo
 
 T = TypeVar("T")
 #: How long a name the catalog said is no role is asked as a model name at once.
@@ -64,8 +65,9 @@ class Opened:
 
 
 class DataPlane:
-    """One chat or embedding request: `route` (one `rpc.router.route.v1` ask), then `complete`, `open_stream` or
-    `embed` on the route's backend and, failing that, on each entry of its fallback chain in order."""
+    """One chat or embedding request: `route` (one `rpc.router.route.v1` ask, or a reply the router offered for reuse,
+    services/gateway/route_memo.py), then `complete`, `open_stream` or `embed` on the route's backend and, failing
+    that, on each entry of its fallback chain in order."""
 
     def __init__(
         self,
@@ -78,8 +80,10 @@ class DataPlane:
         provision_wait_s: float = 0.0,
         clock: Callable[[], float] = time.perf_counter,
         local_router: LocalRouter | None = None,
+        memo: RouteMemo | None = None,
     ):
         self.bus = bus
+        self.memo = memo
         self.local_router = local_router
         self.backends = backends
         self.reporter = reporter
@@ -122,24 +126,40 @@ class DataPlane:
             self._not_roles[name] = now + ROLE_MEMO_S
         return await self._ask(RouteRequest(model=name, **common))
 
-    async def _ask(self, request: RouteRequest) -> RouteReply:
+    async def _ask(self, request: RouteRequest, *, reuse: bool = True) -> RouteReply:
         # The router may hold the answer while an auto_download role's model is pulled (bounded by what we ask).
         bound_s = self.route_timeout_s + self.provision_wait_s
         local = self.local_router
         if local is None or not local.ready:
-            return await self.bus.ask(request, timeout_s=bound_s)
+            memo = self.memo
+            if memo is None or not reuse:
+                return await self.bus.ask(request, timeout_s=bound_s)
+            key = memo.key(request)
+            hit = memo.get(key, request.prompt_tokens)
+            if hit is not None:
+                return hit
+            generation = memo.generation
+            reply = await self.bus.ask(request, timeout_s=bound_s)
+            memo.keep(key, reply, generation)
+            return reply
         try:
             async with asyncio.timeout(bound_s):
                 return await local.route(request)
         except TimeoutError:  # the same answer as a bus ask that times out
             raise RpcError(504, f"no route decision within {bound_s:g} s", code="timeout") from None
 
+    def forget_routes(self) -> None:
+        """Something may have changed a reused decision (a failed call, a router's or the catalog's event): every
+        route is asked for again."""
+        if self.memo is not None:
+            self.memo.forget()
+
     async def decide(self, request: RouteRequest) -> RouteReply:
         """`POST /api/v1/route`'s ask: the gateway's `provision_wait_s` as `/v1/` sends it (unless the request names
         its own), and the ask's timeout grown by as much."""
         if request.provision_wait_s is None:
             request = request.model_copy(update={"provision_wait_s": self.provision_wait_s})
-        return await self._ask(request)
+        return await self._ask(request, reuse=False)  # a fresh decision: what the router would answer now
 
     async def complete(self, reply: RouteReply, call: ChatCall) -> Served[dict[str, Any]]:
         return await self._first_answer(reply, lambda b, t: b.complete(t.backend.base_url, t.model_name, call))
@@ -206,6 +226,7 @@ class DataPlane:
                 if not exc.retryable:  # the request's own fault: every backend would refuse it
                     raise RpcError(exc.status or 502, f"the backend refused the request: {exc}",
                                    code="backend_refused") from None  # fmt: skip
+                self.forget_routes()
                 failures.append((target, exc))
                 continue
             except BaseException:  # cancelled (the client left): the call ended but told nothing about the backend
@@ -229,6 +250,7 @@ class DataPlane:
                 yield item
         except BackendError as exc:
             outcome, status = exc.outcome, exc.status
+            self.forget_routes()
             raise
         finally:
             # Reported before closing: a cancelled close must not lose the in-flight decrement. A client that left

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from services.runtime.metrics import meter
 
@@ -50,6 +53,26 @@ _served = _meter.create_counter(
     unit="{request}",
     description="/v1/ requests by the backend that answered (host, kind) and the route's reason",
 )
+
+#: what each memo of reusable routes in this process has answered (services/gateway/route_memo.py), read at scrape
+_reuse_counts: list[Callable[[], int]] = []
+
+
+def _observe_reuses(options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(sum(count() for count in _reuse_counts))]
+
+
+_meter.create_observable_counter(
+    "modelfleet.gateway.route.reuses",
+    callbacks=[_observe_reuses],
+    unit="{request}",
+    description="Route asks answered with a reply the router offered for reuse, without a bus round trip",
+)
+
+
+def count_route_reuses(count: Callable[[], int]) -> None:
+    """Report `count()` (a memo's reuses so far) in `modelfleet.gateway.route.reuses`."""
+    _reuse_counts.append(count)
 
 
 def stable_http_semconv() -> None:

@@ -18,6 +18,10 @@ class GatewaySettings(RuntimeSettings):
     )  # fmt: skip
     health_timeout_s: float = Field(default=1.5, gt=0, le=30, description="How long a service may stay silent.")
     request_timeout_s: float = Field(default=10.0, gt=0, le=600, description="Timeout of a bus request.")
+    route_reuse_max_s: float = Field(
+        default=1.0, ge=0, le=60, description="The longest a route reply the router offers for reuse is reused "
+        "(the router's `route_reuse_ms` is shorter by default); 0: every request asks the router.",
+    )  # fmt: skip
     backend_connect_timeout_s: float = Field(default=2.0, gt=0, le=10, description="Connecting to a backend.")
     outbound_connect_timeout_s: float = Field(
         default=10.0, gt=0, le=10, description="Connecting to a caller's `gguf_url` (else 503 naming its host)."

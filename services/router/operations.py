@@ -20,6 +20,7 @@ from contracts.router import (
     RouteReason,
     RouteReply,
     RouteRequest,
+    RouteReuse,
 )
 from contracts.rpc import RpcError
 from services.router import domain, metrics
@@ -168,7 +169,38 @@ class Router:
                 detail=domain.describe(decision, resolved.model_ref),
             ),
             fallback_source=last[1] if last else None,
+            reuse=self._reuse(decision, resolved, parameters, trained, req, ctx),
         )
+
+    def _reuse(
+        self,
+        decision: domain.Decision,
+        resolved: ResolveReply,
+        parameters: dict[str, Any],
+        trained: int | None,
+        req: RouteRequest,
+        ctx: int,
+    ) -> RouteReuse | None:
+        """What a gateway may reuse this decision for: only one no other backend competes in, so that no strategy
+        ordered it and no load can change it while it holds: the model itself loaded on exactly one usable backend
+        (no other usable backend of it, none skipped as busy), its circuit closed, at most half its limit busy, the view
+        fresh. The num_ctx decided at must not come from the prompt estimate (a larger prompt would raise it)."""
+        ms = self.settings.route_reuse_ms
+        if ms <= 0 or decision.fail_open or decision.saturated:
+            return None
+        first = decision.picks[0]
+        b = first.backend
+        ref = resolved.model_ref
+        if first.tier != "loaded" or first.model_ref != ref or b.tripped or b.busy_sum * 2 > b.limit:
+            return None
+        if any(p.model_ref == ref for p in decision.picks[1:]):
+            return None
+        without_prompt = domain.num_ctx(
+            parameters, trained, required_context=req.required_context, default=self.settings.default_num_ctx
+        )
+        if without_prompt != ctx:
+            return None
+        return RouteReuse.model_construct(ms=ms, max_prompt_tokens=ctx)
 
     def _candidate(self, p: Pick) -> RouteCandidate:
         """A chain entry; contracts are frozen, so one made for a (backend, limit, model) serves every later route."""

@@ -45,6 +45,9 @@ class RouterSettings(RuntimeSettings):
     #: how long a catalog resolution is reused (dropped at once on a catalog change event)
     resolve_cache_ttl_s: float = Field(default=5.0, ge=0)
     resolve_timeout_s: float = Field(default=2.0, gt=0)
+    #: how long a gateway may reuse a route reply no other backend competes in (`RouteReply.reuse`, docs/router.md
+    #: "Route reuse"); 0: every reply says ask again
+    route_reuse_ms: int = Field(default=500, ge=0, le=60_000)
     #: num_ctx for Ollama when neither the parameters nor the catalog's model entry give one
     default_num_ctx: int = Field(default=8192, ge=256)
     #: candidates after the chosen one in a reply's fallback chain

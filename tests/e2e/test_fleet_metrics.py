@@ -43,7 +43,9 @@ async def fleet(nats_url, database_url, service_env, start_service, start_gatewa
     await start_service(
         "router", service_env(MODELFLEET_METRICS_PORT=str(ports["router"]), MODELFLEET_ROUTER_ALLOWED_FAILS="1")
     )
-    url = await start_gateway({**env, "MODELFLEET_METRICS_PORT": str(ports["gateway"])})
+    # every request asks the router (no reused route, services/gateway/route_memo.py): its decisions are counted here
+    gateway_env = {**env, "MODELFLEET_METRICS_PORT": str(ports["gateway"]), "MODELFLEET_GATEWAY_ROUTE_REUSE_MAX_S": "0"}
+    url = await start_gateway(gateway_env)
     live, dead = OllamaPeer().start(), OllamaPeer().start()
     for name in (CODER, GENERAL, EMBEDDER):
         live.install(name)

@@ -14,7 +14,7 @@ import pytest
 
 from contracts.hardware import GpuSampled
 from contracts.provisioner import ModelPulled
-from contracts.router import BackendCallCompleted, RouteRequest
+from contracts.router import BackendBusy, BackendCallCompleted, RouteRequest
 from contracts.vram import GIB
 from tests.harness.catalog import healthy_instances
 from tests.harness.fleet_events import gpu_sample, publish, route
@@ -134,5 +134,52 @@ async def test_a_model_by_name_and_its_fallback(nats_url, database_url, service_
         assert "fallback" in got["reason"]["detail"]
         direct = await route(nc, model="qwen3:14b", required_context=100_000)
         assert direct["fallback"] is False and direct["options"]["num_ctx"] == 100_000
+    finally:
+        await nc.close()
+
+
+async def test_a_reply_is_offered_for_reuse_only_where_no_other_backend_competes(
+    nats_url, database_url, service_env, start_service
+):
+    """`RouteReply.reuse` (docs/router.md "Route reuse"): the model loaded on one usable backend, at most half its
+    limit, at a num_ctx the prompt did not raise; not when a second backend has it, when the backend is busy, when
+    the prompt raises num_ctx, nor for a model only installed."""
+    await start_service("catalog", service_env(database_url=database_url))
+    await start_service("router", service_env(**NO_CHECKS))
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    h1 = "http://h1.test:11434"
+    offered = {"ms": 500, "max_prompt_tokens": 40960}  # the default reuse; `general`'s num_ctx
+    try:
+        await publish(js, sample("h1", loaded=("qwen3:30b-a3b",)), sample("h3"))
+        got = await route_until(nc, on_host("h1"), role="general", prompt_tokens=1000)
+        assert got["reuse"] == offered and got["reason"]["tier"] == "loaded"
+        assert (await route(nc, role="general", prompt_tokens=40960))["reuse"] == offered
+        raised = await route(nc, role="general", prompt_tokens=50_000)  # num_ctx follows the prompt: not reusable
+        assert raised["options"]["num_ctx"] == 50_000 and raised["reuse"] is None
+
+        def busy(n: int) -> BackendBusy:
+            return BackendBusy(
+                producer="gateway", host_id="h1", backend_url=h1, gateway_instance="gw-test", in_flight=n
+            )
+
+        await publish(js, busy(33))  # of 64: over half
+        await route_until(nc, lambda r: r.get("host_id") == "h1" and r.get("reuse") is None, role="general")
+        await publish(js, busy(32))
+        await route_until(nc, lambda r: r.get("reuse") == offered, role="general")
+
+        # a second backend has it loaded: the strategy orders the two, the reply is not reusable
+        await publish(js, sample("h2", loaded=("qwen3:30b-a3b",)))
+        two = await route_until(
+            nc, lambda r: "h2" in {c["backend"]["host_id"] for c in r.get("fallback_chain", [])} or
+            r.get("host_id") == "h2", role="general",
+        )  # fmt: skip
+        assert two["reuse"] is None
+
+        # installed only (a pull on h3): tier `fits`, not reusable
+        await publish(js, ModelPulled(producer="provisioner", request_id=uuid.uuid4(), target_host="h3",
+                                      model="qwen3-coder:30b", size_bytes=18 * GIB))  # fmt: skip
+        coding = await route_until(nc, on_host("h3"), role="coding")
+        assert coding["reason"]["tier"] in ("fits", "installed") and coding["reuse"] is None
     finally:
         await nc.close()
