@@ -29,6 +29,9 @@ runs, and the comparison would measure that).
   `concurrent_cpu_ms_per_request_<process>` each process's CPU per request over the rounds of its path (the bare
   proxy's own, every other's the gateway's).
 - `--token user`: the gateway requests carry a user token the catalog issued instead of the admin token.
+- The role has one backend, so the router offers its route for reuse and the gateway asks it over the bus about
+  twice a second rather than for every request (docs/router.md "Route reuse"; with `--router local` the replica in
+  its process is asked every time). `--no-route-reuse`: every request asks, as for a role several backends serve.
 - `--router local`: no router process; the gateway hosts the router replica (`python -m services.gateway_router`)
   and decides routes in-process (docs/gateway.md). `route_ask_p50_ms` is then that replica answering on the bus.
 The last line is one JSON object with the figures.
@@ -136,7 +139,9 @@ def bare_proxy(target: str, log: Path) -> Iterator[tuple[str, int]]:
 
 
 @asynccontextmanager
-async def fleet(tmp: Path, llama_threads: int, router: str = "bus") -> AsyncIterator[dict[str, Any]]:
+async def fleet(
+    tmp: Path, llama_threads: int, router: str = "bus", route_reuse: bool = True
+) -> AsyncIterator[dict[str, Any]]:
     """NATS, PostgreSQL, catalog, router, gateway and the llama.cpp server, the `coding` role routed to it; yields the
     gateway's URL, the server's base URL, its model id and the body the gateway sends it. `router="local"`: no router
     process, the gateway hosts the replica (`services.gateway_router`)."""
@@ -152,6 +157,8 @@ async def fleet(tmp: Path, llama_threads: int, router: str = "bus") -> AsyncIter
             "MODELFLEET_ROUTER_RESOLVE_CACHE_TTL_S": "3600",
             # a starved 2-core machine can hold the server's /models past the default 1 s check: no cooled-down run
             "MODELFLEET_ROUTER_CHECK_TIMEOUT_S": "10",
+            # the role has one backend: its routes are reused (docs/router.md "Route reuse") unless told otherwise
+            "MODELFLEET_GATEWAY_ROUTE_REUSE_MAX_S": "1" if route_reuse else "0",
         }  # fmt: skip
         pids = {"nats": nats_srv.proc.pid if nats_srv.proc else 0}
         for name in ("catalog", "router") if router == "bus" else ("catalog",):
@@ -385,9 +392,10 @@ async def bench(
     router: str = "bus",
     rounds: int = 5,
     token: str = "admin",
+    route_reuse: bool = True,
 ) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
-        async with fleet(Path(tmp), llama_threads, router) as setup:
+        async with fleet(Path(tmp), llama_threads, router, route_reuse) as setup:
             # An idle connection is dropped after 4 s, before llama-cpp-python's server closes it (uvicorn: 5 s), so
             # no direct request goes out on a connection being closed (the gateway keeps its own for 75 s).
             limits = httpx.Limits(max_connections=clients * 3, max_keepalive_connections=clients * 3,
@@ -396,7 +404,7 @@ async def bench(
                 paths = Paths(http, setup, token)
                 figures: dict[str, object] = {"model": setup["model"], "cpus": os.cpu_count(),
                                               "llama_threads": llama_threads, "router": router,
-                                              "token": token}  # fmt: skip
+                                              "token": token, "route_reuse": route_reuse}  # fmt: skip
                 figures.update(await sequential(paths, requests, setup["pids"]))
                 figures.update(await floors(paths, setup["nats"], setup["route_body"]))
                 figures.update(await concurrent(paths, clients, concurrent_requests, setup["pids"], rounds))
@@ -417,6 +425,9 @@ def main() -> None:
     parser.add_argument("--router", choices=["bus", "local"], default="bus",
                         help="bus: a router process, asked over NATS; local: the gateway hosts a router replica "
                         "(python -m services.gateway_router) and no router process runs")  # fmt: skip
+    parser.add_argument("--no-route-reuse", dest="route_reuse", action="store_false",
+                        help="every request asks the router (MODELFLEET_GATEWAY_ROUTE_REUSE_MAX_S=0): the figures "
+                        "of a role several backends serve, whose routes are never reused")  # fmt: skip
     args = parser.parse_args()
     figures = asyncio.run(
         bench(
@@ -427,6 +438,7 @@ def main() -> None:
             args.router,
             args.rounds,
             args.token,
+            args.route_reuse,
         )
     )
     added, ratio = float(figures["added_p50_ms"]), float(figures["rps_over_direct"])  # type: ignore[arg-type]
