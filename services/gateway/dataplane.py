@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from opentelemetry import trace
+
 from contracts.router import BackendRef, RouteCandidate, RouteReply, RouteRequest
 from contracts.rpc import RpcError
 from services.gateway.backends import Backend, BackendError, ChatCall
@@ -137,6 +139,7 @@ class DataPlane:
             key = memo.key(request)
             hit = memo.get(key, request.prompt_tokens)
             if hit is not None:
+                trace.get_current_span().set_attribute("modelfleet.route.reused", True)  # no-op when untraced
                 return hit
             generation = memo.generation
             reply = await self.bus.ask(request, timeout_s=bound_s)

@@ -5,7 +5,9 @@ counts the asks that cross the bus."""
 
 from __future__ import annotations
 
+import secrets
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,23 +22,32 @@ from tests.harness.fleet_events import gpu_sample, publish
 from tests.harness.metrics import free_port, scrape_async
 from tests.harness.waiting import eventually
 from tests.peers.ollama_server import OllamaPeer
+from tests.peers.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 pytestmark = pytest.mark.e2e
 
 CODER = "qwen3-coder:30b"  # the default set's `coding` model (num_ctx 65536)
 HOST = "h-reuse"
+SPAN_KIND_SERVER = 2  # OTLP's Span.SpanKind
 ASK = [{"role": "user", "content": "hello there"}]
 
 
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
 async def test_a_gateway_reuses_an_offered_route_until_something_may_have_changed_it(
-    nats_url, database_url, service_env, start_service, start_gateway
+    nats_url, database_url, service_env, start_service, start_gateway, otlp
 ):
     peer = OllamaPeer().start()
     peer.install(CODER)
-    env = service_env(database_url=database_url, MODELFLEET_ADMIN_TOKEN=ADMIN_TOKEN)
+    traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+    env = service_env(database_url=database_url, MODELFLEET_ADMIN_TOKEN=ADMIN_TOKEN, **traced)
     await start_service("catalog", env)
     # reuse long enough that none ends by time while the test runs: what ends one here is a failure or an event
-    await start_service("router", service_env(MODELFLEET_ROUTER_ROUTE_REUSE_MS="60000"))
+    await start_service("router", service_env(MODELFLEET_ROUTER_ROUTE_REUSE_MS="60000", **traced))
     metrics = free_port()
     url = await start_gateway(
         {**env, "MODELFLEET_GATEWAY_ROUTE_REUSE_MAX_S": "60", "MODELFLEET_METRICS_PORT": str(metrics)}
@@ -60,6 +71,12 @@ async def test_a_gateway_reuses_an_offered_route_until_something_may_have_change
 
         # the role's model loaded on one backend: the reply is reused, streamed or not, for the same request only
         assert [await asks() for _ in range(3)] == [0, 0, 0]
+        # a traced one: no router span in its trace (no ask), and its server span says why
+        trace_id = secrets.token_hex(16)
+        assert await asks(extra_headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}) == 0
+        server = await eventually(lambda: _server_span(otlp, trace_id), 20, "the traced request's server span")
+        assert server.attribute("modelfleet.route.reused") is True
+        assert not [s for s in otlp.snapshot() if s.trace_id == trace_id and s.service == "router"]
         before = spy.delivered
         stream = await client.chat.completions.create(model="coding", messages=ASK, stream=True)
         assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "echo: hello there"
@@ -99,6 +116,10 @@ async def test_a_gateway_reuses_an_offered_route_until_something_may_have_change
         await spy.unsubscribe()
         await client.close()
         await nc.close()
+
+
+async def _server_span(otlp: OtlpReceiver, trace_id: str) -> ReceivedSpan | None:
+    return next((s for s in otlp.snapshot() if s.trace_id == trace_id and s.kind == SPAN_KIND_SERVER), None)
 
 
 async def _asked_again(asks: Any) -> bool:

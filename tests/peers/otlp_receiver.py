@@ -6,6 +6,7 @@ import gzip
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -21,6 +22,11 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     kind: int
+    #: the span's own attributes, (key, value) in the order sent
+    attributes: tuple[tuple[str, object], ...] = ()
+
+    def attribute(self, key: str) -> object:
+        return dict(self.attributes).get(key)
 
 
 class OtlpReceiver:
@@ -73,6 +79,7 @@ class OtlpReceiver:
                                 span_id=s.span_id.hex(),
                                 parent_span_id=s.parent_span_id.hex(),
                                 kind=s.kind,
+                                attributes=tuple((a.key, _value(a.value)) for a in s.attributes),
                             )
                         )
 
@@ -87,3 +94,9 @@ class OtlpReceiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _value(value: Any) -> object:
+    """An OTLP `AnyValue`'s scalar (arrays and maps as their protobuf message)."""
+    which = value.WhichOneof("value")
+    return getattr(value, which) if which else None
