@@ -37,6 +37,9 @@ def route(
     out.print(f"options: {json.dumps(reply['options'], sort_keys=True)}", markup=False)
     if reply.get("fallback_source"):
         out.print(f"fallback slot loads: {reply['fallback_source']}", markup=False)
+    if reuse := reply.get("reuse"):
+        out.print(f"reused by a gateway for up to {reuse['ms']} ms (prompts up to {reuse['max_prompt_tokens']} tokens)",
+                  markup=False)  # fmt: skip
     rows = [(c["backend"]["host_id"], c["backend"]["base_url"], c["model_name"]) for c in reply["fallback_chain"]]
     if rows:
         out.print(data_table("fallback chain", ("host", "backend", "model"), rows, keep_whole=("backend", "model")))

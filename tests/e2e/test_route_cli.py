@@ -41,6 +41,7 @@ async def test_route_and_backends_over_http_and_the_cli(
             ).json()
             assert got["backend"] == {"host_id": "h1", "kind": "ollama", "base_url": peer.url, "max_in_flight": 64}
             assert got["model_name"] == "qwen3-coder:30b" and got["options"]["num_ctx"] == 70000
+            assert got["reuse"] is None  # the prompt raised num_ctx: not reusable (docs/router.md "Route reuse")
             assert (await http.post("/api/v1/route", json={"role": "coding"})).status_code == 401
             none = await http.post("/api/v1/route", json={"role": "vision"}, headers=admin)
             assert none.status_code == 503 and none.json()["code"] == "no_backend"
@@ -57,6 +58,7 @@ async def test_route_and_backends_over_http_and_the_cli(
             assert json.loads(shown.output)["backend"]["base_url"] == peer.url
             table = runner.invoke(cli, ["route", "--role", "coding"])
             assert table.exit_code == 0 and "qwen3-coder:30b" in table.output and "h1" in table.output
+            assert "reused by a gateway for up to 500 ms (prompts up to 65536 tokens)" in table.output
             backends = runner.invoke(cli, ["backends", "--json"])
             assert backends.exit_code == 0 and peer.url in {
                 b["base_url"] for b in json.loads(backends.output)["backends"]
