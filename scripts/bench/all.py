@@ -269,6 +269,13 @@ BENCHES: tuple[Bench, ...] = (
         quick_args=("--requests", "40", "--clients", "8", "--concurrent-requests", "40"),
     ),
     Bench(
+        "gateway_overhead_asking",
+        _gateway_rows("every route asked over the bus (a role several backends serve), "),
+        args=("--no-route-reuse",),
+        quick_args=("--requests", "40", "--clients", "8", "--concurrent-requests", "40"),
+        module="gateway_overhead",
+    ),
+    Bench(
         "gateway_overhead_local",
         _gateway_rows("router in the gateway's process, "),
         args=("--router", "local"),
