@@ -23,7 +23,10 @@ async def test_one_degraded_then_one_recovered_across_two_replicas(nats_url, dat
     peer = OllamaPeer().start()
     port = int(peer.url.rsplit(":", 1)[1])
     await start_service("catalog", service_env(database_url=database_url))
-    env = service_env(MODELFLEET_ROUTER_COOLDOWN_S="2")
+    # A cooldown longer than the check interval (2 s): each failed check reopens the circuit before it can go
+    # half-open, so the route asked below is refused (with 2 s, a route asked in the moment between the cooldown's
+    # end and the next failed check's fold went to the half-open backend, as a trial call should).
+    env = service_env(MODELFLEET_ROUTER_COOLDOWN_S="5")
     await start_service("router", env)
     await start_service("router", env)
     nc = await nats.connect(nats_url)
