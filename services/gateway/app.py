@@ -86,15 +86,16 @@ def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None
 
     token_cache = TokenCache(settings.auth_cache_s, state)
 
-    memo = RouteMemo(settings.route_reuse_max_s)
-    gateway_metrics.count_route_reuses(lambda: memo.reused)
+    # none when reuse is off: no request builds a key for nothing
+    memo = RouteMemo(settings.route_reuse_max_s) if settings.route_reuse_max_s > 0 else None
+    gateway_metrics.count_route_reuses(lambda: memo.reused if memo is not None else 0)
 
     @broker.subscriber(CatalogChanged.SUBJECT)
     async def on_catalog_changed(event: CatalogChanged) -> None:
         """Consumes evt.catalog.entries.changed.v1 (core NATS, every gateway): drops the user tokens the catalog
         accepted, since a revocation is such a change, and the reused routes. Idempotent."""
         token_cache.clear()
-        memo.forget()
+        plane.forget_routes()
 
     @broker.subscriber(ProfileChanged.SUBJECT)
     @broker.subscriber(LlmDegraded.SUBJECT)
@@ -102,14 +103,14 @@ def build_app(settings: GatewaySettings, local_router: LocalRouter | None = None
     async def on_route_changed(event: Envelope) -> None:
         """Consumes evt.catalog.profile.changed.v1, evt.router.llm.degraded.v1 and .recovered.v1 (core NATS, every
         gateway): a decision may have changed, the reused routes are dropped. Idempotent."""
-        memo.forget()
+        plane.forget_routes()
 
     @broker.subscriber(BackendChecked.SUBJECT)
     async def on_backend_checked(event: BackendChecked) -> None:
         """Consumes evt.router.backend.checked.v1 (core NATS, every gateway; published when a check can change a
         circuit): a failed check drops the reused routes. Idempotent."""
         if event.outcome != "ok":
-            memo.forget()
+            plane.forget_routes()
 
     timeout = httpx.Timeout(settings.backend_read_timeout_s, connect=settings.backend_connect_timeout_s)
     openai_backend = OpenAIBackend(

@@ -136,14 +136,13 @@ class DataPlane:
             memo = self.memo
             if memo is None or not reuse:
                 return await self.bus.ask(request, timeout_s=bound_s)
-            key = memo.key(request)
-            hit = memo.get(key, request.prompt_tokens)
+            hit = memo.get(request)
             if hit is not None:
                 trace.get_current_span().set_attribute("modelfleet.route.reused", True)  # no-op when untraced
                 return hit
             generation = memo.generation
             reply = await self.bus.ask(request, timeout_s=bound_s)
-            memo.keep(key, reply, generation)
+            memo.keep(request, reply, generation)
             return reply
         try:
             async with asyncio.timeout(bound_s):

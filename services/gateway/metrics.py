@@ -54,12 +54,13 @@ _served = _meter.create_counter(
     description="/v1/ requests by the backend that answered (host, kind) and the route's reason",
 )
 
-#: what each memo of reusable routes in this process has answered (services/gateway/route_memo.py), read at scrape
-_reuse_counts: list[Callable[[], int]] = []
+#: how many route asks this process's memo of reusable routes has answered (services/gateway/route_memo.py), read at
+#: scrape; set by the app
+_reuse_count: Callable[[], int] = lambda: 0  # noqa: E731 - replaced by `count_route_reuses`
 
 
 def _observe_reuses(options: CallbackOptions) -> Iterable[Observation]:
-    return [Observation(sum(count() for count in _reuse_counts))]
+    return [Observation(_reuse_count())]
 
 
 _meter.create_observable_counter(
@@ -71,8 +72,9 @@ _meter.create_observable_counter(
 
 
 def count_route_reuses(count: Callable[[], int]) -> None:
-    """Report `count()` (a memo's reuses so far) in `modelfleet.gateway.route.reuses`."""
-    _reuse_counts.append(count)
+    """Report `count()` (the app's memo's reuses so far) in `modelfleet.gateway.route.reuses`."""
+    global _reuse_count
+    _reuse_count = count
 
 
 def stable_http_semconv() -> None:

@@ -45,27 +45,32 @@ class RouteMemo:
             values.append(value)
         return tuple(values)
 
-    def get(self, key: Key, prompt_tokens: int | None) -> RouteReply | None:
-        hit = self._replies.get(key)
+    def get(self, request: RouteRequest) -> RouteReply | None:
+        """The kept reply for `request`, if one holds (no key is built while nothing is kept)."""
+        if not self._replies:
+            return None
+        hit = self._replies.get(key := self.key(request))
         if hit is None:
             return None
         reply, until, max_prompt_tokens = hit
         if until <= self.clock():
             del self._replies[key]
             return None
-        if max_prompt_tokens is not None and (prompt_tokens or 0) > max_prompt_tokens:
+        if max_prompt_tokens is not None and (request.prompt_tokens or 0) > max_prompt_tokens:
             return None
         self.reused += 1
         return reply
 
-    def keep(self, key: Key, reply: RouteReply, generation: int) -> None:
-        """Keep `reply` when the router offers it for reuse and nothing was forgotten since it was asked for."""
+    def keep(self, request: RouteRequest, reply: RouteReply, generation: int) -> None:
+        """Keep `reply` for `request` when the router offers it for reuse and nothing was forgotten since it was asked
+        for."""
         reuse = reply.reuse
         if reuse is None or self.max_s <= 0 or generation != self.generation:
             return
         if len(self._replies) >= self.limit:
             self._replies.clear()
-        self._replies[key] = (reply, self.clock() + min(reuse.ms / 1000, self.max_s), reuse.max_prompt_tokens)
+        until = self.clock() + min(reuse.ms / 1000, self.max_s)
+        self._replies[self.key(request)] = (reply, until, reuse.max_prompt_tokens)
 
     def forget(self) -> None:
         self.generation += 1

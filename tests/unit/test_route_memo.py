@@ -33,49 +33,49 @@ def test_the_same_request_but_its_prompt_estimate_gets_the_kept_reply_within_its
     clock = Clock()
     memo = RouteMemo(1.0, clock=clock)
     kept = reply(ms=500)
-    memo.keep(memo.key(ask(prompt_tokens=10)), kept, memo.generation)
-    assert memo.get(memo.key(ask(prompt_tokens=3000)), 3000) is kept
+    memo.keep(ask(prompt_tokens=10), kept, memo.generation)
+    assert memo.get(ask(prompt_tokens=3000)) is kept
     # options compare by content, not by key order
-    same = ask(options={"temperature": 0.2})
-    assert memo.get(memo.key(same), 10) is kept
+    assert memo.key(ask(options={"a": [1], "b": 2})) == memo.key(ask(options={"b": 2, "a": [1]}))
+    assert memo.get(ask(options={"temperature": 0.2})) is kept
     for other in (ask(user_id="bob"), ask(options={"temperature": 0.3}), ask(role="general"),
                   ask(performance_profile="fast"), ask(required_context=9000), ask(provision_wait_s=0)):  # fmt: skip
-        assert memo.get(memo.key(other), 10) is None, other
-    assert memo.get(memo.key(ask()), 8193) is None  # a prompt past the num_ctx it was decided at
+        assert memo.get(other) is None, other
+    assert memo.get(ask(prompt_tokens=8193)) is None  # a prompt past the num_ctx it was decided at
     clock.now += 0.499
-    assert memo.get(memo.key(ask()), 10) is kept
+    assert memo.get(ask(prompt_tokens=10)) is kept
     clock.now += 0.002
-    assert memo.get(memo.key(ask()), 10) is None and len(memo) == 0
+    assert memo.get(ask(prompt_tokens=10)) is None and len(memo) == 0
     assert memo.reused == 3
 
 
 def test_the_gateway_bound_caps_the_routers_time_and_zero_keeps_nothing() -> None:
     clock = Clock()
     memo = RouteMemo(0.2, clock=clock)
-    memo.keep(memo.key(ask()), reply(ms=60_000), memo.generation)
+    memo.keep(ask(), reply(ms=60_000), memo.generation)
     clock.now += 0.21
-    assert memo.get(memo.key(ask()), None) is None
+    assert memo.get(ask()) is None
     off = RouteMemo(0.0, clock=clock)
-    off.keep(off.key(ask()), reply(), off.generation)
+    off.keep(ask(), reply(), off.generation)
     assert len(off) == 0
 
 
 def test_a_reply_not_offered_or_asked_before_a_forget_is_not_kept() -> None:
     memo = RouteMemo(1.0)
-    memo.keep(memo.key(ask()), reply(ms=None), memo.generation)
+    memo.keep(ask(), reply(ms=None), memo.generation)
     assert len(memo) == 0
     asked_at = memo.generation
-    memo.keep(memo.key(ask(role="general")), reply(), memo.generation)
+    memo.keep(ask(role="general"), reply(), memo.generation)
     memo.forget()  # e.g. llm.degraded while another ask was on its way
     assert len(memo) == 0
-    memo.keep(memo.key(ask()), reply(), asked_at)
+    memo.keep(ask(), reply(), asked_at)
     assert len(memo) == 0
-    memo.keep(memo.key(ask()), reply(max_prompt_tokens=None), memo.generation)
-    assert memo.get(memo.key(ask()), 10**9) is not None  # no bound on the prompt
+    memo.keep(ask(), reply(max_prompt_tokens=None), memo.generation)
+    assert memo.get(ask(prompt_tokens=10**9)) is not None  # no bound on the prompt
 
 
 def test_a_full_memo_starts_over() -> None:
     memo = RouteMemo(1.0, limit=2)
     for role in ("a", "b", "c"):
-        memo.keep(memo.key(ask(role=role)), reply(), memo.generation)
-    assert len(memo) == 1 and memo.get(memo.key(ask(role="c")), None) is not None
+        memo.keep(ask(role=role), reply(), memo.generation)
+    assert len(memo) == 1 and memo.get(ask(role="c")) is not None
